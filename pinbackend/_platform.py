@@ -1,0 +1,130 @@
+"""Every operating-system difference pinbackend cares about, decided in this one module.
+
+The rest of the package asks this module what the OS can do (capability flags computed once
+at import, without side effects) and calls its small functions; nothing else looks at
+``sys.platform``, probes ``os`` for affinity support or imports ``fcntl``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+
+try:  # POSIX only: the kernel lock that backs a core lease.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__all__ = [
+    "CAN_LOCK_FILES",
+    "CAN_SET_AFFINITY",
+    "IS_LINUX",
+    "AffinityUnavailable",
+    "allowed_cpus",
+    "get_thread_affinity",
+    "list_thread_ids",
+    "lock_exclusive",
+    "probe_lock",
+    "set_thread_affinity",
+    "thread_affinities",
+]
+
+IS_LINUX = sys.platform.startswith("linux")
+#: ``sched_setaffinity`` exists (Linux, some BSDs); macOS has no affinity API at all.
+CAN_SET_AFFINITY = hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
+#: ``flock`` exists: leases are possible.
+CAN_LOCK_FILES = fcntl is not None and hasattr(fcntl, "flock")
+
+
+class AffinityUnavailable(OSError):
+    """This OS or container does not let us set CPU affinity (macOS, EPERM, seccomp)."""
+
+
+def allowed_cpus() -> frozenset[int]:
+    """Return the CPUs the calling thread may run on (all CPUs where the OS cannot tell)."""
+    if CAN_SET_AFFINITY:
+        return frozenset(os.sched_getaffinity(0))
+    return frozenset(range(os.cpu_count() or 1))
+
+
+def list_thread_ids(pid: int | str = "self") -> list[int]:
+    """Return the kernel thread ids of a process (Linux ``/proc/<pid>/task``).
+
+    Elsewhere only the calling thread is known, so that is all this returns for ``"self"``.
+    """
+    if IS_LINUX:
+        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    if pid in ("self", os.getpid()):
+        return [threading.get_native_id()]
+    raise AffinityUnavailable(f"cannot list the threads of process {pid} on {sys.platform}")
+
+
+def set_thread_affinity(tid: int, cpus: frozenset[int]) -> None:
+    """Pin one thread (Linux: ``sched_setaffinity`` takes a thread id) to ``cpus``.
+
+    Raises :class:`AffinityUnavailable` where the OS has no affinity or forbids it (EPERM),
+    and ``ProcessLookupError`` if the thread has exited meanwhile.
+    """
+    if not CAN_SET_AFFINITY:
+        raise AffinityUnavailable(f"{sys.platform} has no CPU affinity API")
+    try:
+        os.sched_setaffinity(tid, cpus)
+    except PermissionError as error:
+        raise AffinityUnavailable(f"not allowed to set CPU affinity here: {error}") from error
+    except OSError as error:
+        if error.errno == errno.ESRCH:
+            raise ProcessLookupError(tid) from error
+        raise
+
+
+def get_thread_affinity(tid: int) -> frozenset[int]:
+    """Return the CPUs one thread may run on."""
+    if not CAN_SET_AFFINITY:
+        raise AffinityUnavailable(f"{sys.platform} has no CPU affinity API")
+    return frozenset(os.sched_getaffinity(tid))
+
+
+def thread_affinities(pid: int | str = "self") -> dict[int, frozenset[int]]:
+    """Return every thread's allowed CPUs for a process, read from ``/proc`` (Linux only).
+
+    Threads that exit while we read are skipped. Used for diagnostics and to verify pinning.
+    """
+    from .core.cpuset import parse_cpu_list
+
+    result = {}
+    for tid in list_thread_ids(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as status:
+                for line in status:
+                    if line.startswith("Cpus_allowed_list:"):
+                        result[tid] = parse_cpu_list(line.split(":", 1)[1])
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return result
+
+
+def lock_exclusive(fd: int) -> bool:
+    """Try to take the kernel lock on ``fd`` without waiting; return whether we got it.
+
+    ``flock`` locks belong to the open file description: the kernel drops them when the last
+    descriptor closes, including when the holder is killed (SIGKILL too), and two separate
+    ``open()`` calls exclude each other even inside one process.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def probe_lock(fd: int) -> bool:
+    """Return whether some other open file description holds the lock on ``fd``'s file."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False

@@ -1,0 +1,63 @@
+"""Helpers shared by the subcommands: argument types, JSON output, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import NoReturn
+
+from ..core.cpuset import CpuListError, parse_cpu_list
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """argparse type for CPU lists such as ``0-3,8``."""
+    try:
+        cpus = parse_cpu_list(text)
+    except CpuListError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"empty CPU list {text!r}; expected e.g. '0-3,8'")
+    return cpus
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def add_root_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--root DIR``: read the topology from a snapshot instead of this machine."""
+    parser.add_argument(
+        "--root",
+        default="/",
+        metavar="DIR",
+        help="read /sys and /proc under DIR (a topology snapshot) instead of this machine",
+    )
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json``: machine-readable output on stdout."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a picture")
+
+
+def print_json(data: object) -> None:
+    """Print ``data`` as indented JSON on stdout."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """Print ``pinbackend: error: message`` on stderr and exit."""
+    print(f"pinbackend: error: {message}", file=sys.stderr)
+    raise SystemExit(status)

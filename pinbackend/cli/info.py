@@ -1,0 +1,70 @@
+"""``pinbackend info``: the machine, the allowed CPUs, the quota and the thread pools."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+
+from ..core.sysfs import read_topology
+from ..core.topology import TopologyError
+from ._common import add_json_option, add_root_option, fail, print_json
+from .render import describe_topology
+
+HELP = "show the topology, allowed CPUs, CPU quota and BLAS/OpenMP thread pools"
+DEFAULT_IMPORTS = "numpy"
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``info`` subcommand."""
+    parser = subparsers.add_parser(
+        "info",
+        help=HELP,
+        description=HELP + ". Thread pools are those threadpoolctl sees after importing "
+        "the modules named by --import (libraries load native pools only when imported).",
+    )
+    add_root_option(parser)
+    add_json_option(parser)
+    parser.add_argument(
+        "--import",
+        dest="modules",
+        default=DEFAULT_IMPORTS,
+        metavar="MODULES",
+        help=f"comma-separated modules to import before listing thread pools "
+        f"(default: {DEFAULT_IMPORTS}; missing ones are skipped; '' for none)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def thread_pools(modules: str) -> list[dict]:
+    """Import the installed ``modules`` and return threadpoolctl's view of the loaded pools."""
+    from threadpoolctl import threadpool_info
+
+    for name in filter(None, (m.strip() for m in modules.split(","))):
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    return threadpool_info()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the topology (and, on the live machine, thread pools)."""
+    try:
+        topology = read_topology(args.root)
+    except TopologyError as error:
+        fail(str(error))
+    live = topology.source == "live"
+    pools = thread_pools(args.modules) if live else []
+    if args.json:
+        data = topology.to_dict()
+        data["thread_pools"] = pools
+        print_json(data)
+        return 0
+    print(describe_topology(topology))
+    if live:
+        print("thread pools (threadpoolctl):" if pools else "thread pools: none loaded")
+        for pool in pools:
+            print(
+                f"  {pool.get('internal_api', '?'):<10} {pool.get('num_threads', '?'):>3} threads"
+                f"  {pool.get('version') or ''}  {pool.get('filepath', '')}"
+            )
+    return 0

@@ -1,0 +1,54 @@
+"""Helpers shared by the process tests: run Python in a child and read what it reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+PYTHON = sys.executable
+
+
+def run_python(code: str, *, env: dict | None = None, timeout: float = 60, check: bool = True):
+    """Run ``code`` in a fresh interpreter; return the CompletedProcess (text mode)."""
+    result = subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"child failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def last_json(stdout: str):
+    """The last line of a child's stdout, parsed as JSON."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def pinbackend_cli(*args: str, timeout: float = 60, env: dict | None = None, check: bool = False):
+    """Run ``python -m pinbackend ARGS`` and return the CompletedProcess."""
+    result = subprocess.run(
+        [PYTHON, "-m", "pinbackend", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pinbackend {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def blas_threads(report: dict) -> set[int]:
+    """Thread counts of the BLAS pools in a process report."""
+    return {p["num_threads"] for p in report["thread_pools"] if p["user_api"] == "blas"}
+
+
+def thread_masks(report: dict) -> set[tuple[int, ...]]:
+    """Distinct CPU masks over every thread of a process report."""
+    return {tuple(cpus) for cpus in report["threads"].values()}

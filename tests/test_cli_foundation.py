@@ -1,0 +1,119 @@
+"""`info`, `plan`, `run` and `status` as a user runs them: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from _helpers import pinbackend_cli
+from conftest import SNAPSHOTS
+
+
+def json_out(*args):
+    result = pinbackend_cli(*args, check=True)
+    return json.loads(result.stdout)
+
+
+def test_info_json_on_this_machine():
+    info = json_out("info", "--json")
+    assert info["allowed"] == sorted(os.sched_getaffinity(0))
+    for key in ("packages", "numa_nodes", "cores", "l3_groups"):
+        groups = info[key]
+        assert all(isinstance(g, list) and g for g in groups)
+    assert sorted(cpu for core in info["cores"] for cpu in core) == info["allowed"]
+    assert any(pool["user_api"] == "blas" for pool in info["thread_pools"])
+
+
+def test_info_human_output_names_the_parts():
+    out = pinbackend_cli("info", check=True).stdout
+    assert "allowed CPUs:" in out and "package" in out and "thread pools" in out
+
+
+@pytest.mark.parametrize("name", SNAPSHOTS)
+def test_info_and_plan_work_on_every_snapshot(name, snapshot_root):
+    root = str(snapshot_root(name))
+    info = json_out("info", "--json", "--root", root)
+    allowed = set(info["allowed"])
+    assert allowed and {cpu for core in info["cores"] for cpu in core} == allowed
+    plan = json_out("plan", "-n", "4", "--json", "--root", root)
+    workers = [set(w) for w in plan["workers"]]
+    assert len(workers) == 4
+    assert set().union(*workers) == allowed
+    assert sum(len(w) for w in workers) == len(allowed)
+    human = pinbackend_cli("plan", "-n", "4", "--root", root, check=True).stdout
+    assert "core map" in human and "NUMA node" in human
+
+
+def groups_of(info, key):
+    return [set(g) for g in info[key]]
+
+
+def inside_one(worker, groups):
+    return sum(1 for g in groups if g & worker) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "n_workers", "level", "per_group"),
+    [
+        ("16em64t-4s2c2t", 4, "packages", 1),
+        ("32intel64-2p8co2t+8ve", 4, "packages", 2),
+        ("64amd64-4s2n4ca2co", 8, "numa_nodes", 1),
+        ("64amd64-4s2n4ca2co", 16, "l3_groups", 2),
+        ("128arm-2pa2n8cluster4co", 4, "numa_nodes", 1),
+        ("16amd64-8n2c", 8, "numa_nodes", 1),
+    ],
+)
+def test_plans_follow_the_machine(name, n_workers, level, per_group, snapshot_root):
+    root = str(snapshot_root(name))
+    info = json_out("info", "--json", "--root", root)
+    plan = json_out("plan", "-n", str(n_workers), "--json", "--root", root)
+    groups = groups_of(info, level)
+    workers = [set(w) for w in plan["workers"]]
+    assert all(inside_one(w, groups) for w in workers), f"a worker straddles {level}"
+    assert [sum(1 for w in workers if w <= g) for g in groups] == [per_group] * len(groups)
+    # SMT siblings are never split between workers.
+    for core in groups_of(info, "cores"):
+        assert sum(1 for w in workers if w & core) == 1
+
+
+def test_hybrid_plan_keeps_p_and_e_cores_apart(snapshot_root):
+    root = str(snapshot_root("20em64t-hybrid-1p6c2t+2ca4co1t"))
+    info = json_out("info", "--json", "--root", root)
+    kinds = groups_of(info, "cpu_kinds")
+    assert len(kinds) == 2
+    plan = json_out("plan", "-n", "4", "--json", "--root", root)
+    assert all(inside_one(set(w), kinds) for w in plan["workers"])
+
+
+def test_plan_on_a_cpuset_uses_only_allowed_cpus(snapshot_root):
+    root = str(snapshot_root("16amd64-8n2c-cpusets"))
+    plan = json_out("plan", "--json", "--root", root)
+    used = {cpu for w in plan["workers"] for cpu in w}
+    assert used == {0, 1, 2, 3, 5, 6, 12, 13, 14, 15}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["plan", "-n", "0"], "must be a positive integer; got '0'"),
+        (["plan", "-n", "3"], "3 workers of 1 core(s) need 3 cores"),
+        (["plan", "--reserve", "999"], "reserve names CPUs 999"),
+        (["plan", "--reserve", "x-y"], "invalid CPU list 'x-y'"),
+        (["info", "--root", "/nonexistent/machine"], "/nonexistent/machine"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    if args[:2] == ["plan", "-n"] and args[2] == "3" and len(os.sched_getaffinity(0)) != 2:
+        pytest.skip("the message assumes this project's 2-core machines")
+    result = pinbackend_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1
+
+
+def test_info_on_an_empty_root_is_a_clear_error(tmp_path):
+    result = pinbackend_cli("plan", "--root", str(tmp_path))
+    assert result.returncode == 2
+    assert str(tmp_path) in result.stderr
