@@ -59,8 +59,21 @@ def _live_children() -> list[psutil.Process]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks():
-    """Fail a test that leaves a child process or a changed thread env var."""
+def lease_registry(tmp_path_factory, monkeypatch):
+    """Give every test its own lease registry, so tests never see the host's real leases."""
+    from pinbackend.host.leases import REGISTRY_ENV
+
+    directory = tmp_path_factory.mktemp("leases", numbered=True)
+    directory.chmod(0o700)
+    monkeypatch.setenv(REGISTRY_ENV, str(directory))
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(lease_registry):
+    """Fail a test that leaves a child process, a held lease or a changed thread env var."""
+    from pinbackend.host.leases import list_leases
+
     env_before = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
     yield
     env_after = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
@@ -73,5 +86,7 @@ def no_leaks():
     for child in leftover:
         child.kill()
     psutil.wait_procs(leftover, timeout=5)
+    leases = list_leases(scope=None)
     assert not changed, f"test changed thread env vars of the test process: {changed}"
     assert not leftover_pids, f"test left child processes running: {leftover_pids}"
+    assert not leases, f"test left core leases held: {leases}"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
-from _helpers import pinbackend_cli
+from _helpers import PYTHON, pinbackend_cli
 from conftest import SNAPSHOTS
+
+REPORT = (
+    "import json, os; from pinbackend.diagnostics import process_report; "
+    "import numpy; print(json.dumps(process_report()), flush=True)"
+)
 
 
 def json_out(*args):
@@ -101,6 +109,8 @@ def test_plan_on_a_cpuset_uses_only_allowed_cpus(snapshot_root):
         (["plan", "--reserve", "999"], "reserve names CPUs 999"),
         (["plan", "--reserve", "x-y"], "invalid CPU list 'x-y'"),
         (["info", "--root", "/nonexistent/machine"], "/nonexistent/machine"),
+        (["run", "--cores", "999", "--", "true"], "CPUs 999 are not allowed here"),
+        (["run"], "run needs a command"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
@@ -117,3 +127,82 @@ def test_info_on_an_empty_root_is_a_clear_error(tmp_path):
     result = pinbackend_cli("plan", "--root", str(tmp_path))
     assert result.returncode == 2
     assert str(tmp_path) in result.stderr
+
+
+def test_run_pins_caps_and_returns_the_exit_code():
+    result = pinbackend_cli("run", "--cores", "1", "--", PYTHON, "-c", REPORT + "; exit(7)")
+    assert result.returncode == 7, result.stderr
+    report = json.loads(result.stdout)
+    assert report["affinity"] == [1]
+    assert {tuple(m) for m in report["threads"].values()} == {(1,)}
+    assert report["env"]["OPENBLAS_NUM_THREADS"] == "1"
+    assert [p["num_threads"] for p in report["thread_pools"] if p["user_api"] == "blas"] == [1]
+
+
+def test_run_of_a_missing_command_is_127():
+    result = pinbackend_cli("run", "-n", "1", "--", "no-such-command-pinbackend")
+    assert result.returncode == 127
+    assert "command not found" in result.stderr
+
+
+@contextlib.contextmanager
+def running(*args):
+    """Start ``pinbackend ARGS`` whose command prints one line and waits on stdin."""
+    with subprocess.Popen(
+        [PYTHON, "-m", "pinbackend", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            yield process, process.stdout.readline()
+        finally:
+            process.stdin.close()
+            process.wait(timeout=30)
+
+
+WAIT = REPORT + "; import sys; sys.stdin.read()"
+
+
+def test_two_runs_side_by_side_get_different_cores():
+    with running("run", "-n", "1", "--", PYTHON, "-c", WAIT) as (first, line):
+        first_cores = json.loads(line)["affinity"]
+        second = pinbackend_cli("run", "-n", "1", "--", PYTHON, "-c", REPORT, check=True)
+        second_cores = json.loads(second.stdout)["affinity"]
+        assert len(first_cores) == len(second_cores) == 1
+        assert first_cores != second_cores
+        status = json_out("status", "--json")
+        (lease,) = status["leases"]
+        # exec keeps the pid: the lease holder is the command itself.
+        assert lease["pid"] == first.pid
+        assert lease["cores"] == first_cores
+        assert WAIT in lease["command"]
+        assert status["registry"] == os.environ["PINBACKEND_RUNTIME_DIR"]
+
+
+def test_run_refuses_held_cores_unless_sharing():
+    with running("run", "--cores", "0", "--", PYTHON, "-c", WAIT) as (holder, _):
+        refused = pinbackend_cli("run", "--cores", "0", "--", "true")
+        assert refused.returncode == 2
+        assert f"CPUs 0 are held by pid {holder.pid}" in refused.stderr
+        shared = pinbackend_cli("run", "--cores", "0", "--share", "--", "true")
+        assert shared.returncode == 0
+        assert "warning: sharing CPUs 0" in shared.stderr
+
+
+def test_status_and_info_list_the_holder():
+    with running("run", "--cores", "0", "--", PYTHON, "-c", WAIT) as (holder, _):
+        out = pinbackend_cli("status", check=True).stdout
+        assert str(holder.pid) in out and "lease registry:" in out
+        (lease,) = json_out("info", "--json")["leases"]
+        assert (lease["pid"], lease["cores"]) == (holder.pid, [0])
+        assert f"pid {holder.pid}: CPUs 0" in pinbackend_cli("info", check=True).stdout
+    assert "no leases held" in pinbackend_cli("status", check=True).stdout
+
+
+def test_run_does_not_change_the_callers_environment():
+    # The caller (this test process) keeps its env; only the command sees the caps.
+    before = dict(os.environ)
+    pinbackend_cli("run", "-n", "1", "--", sys.executable, "-c", "pass", check=True)
+    assert dict(os.environ) == before

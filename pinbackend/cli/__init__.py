@@ -11,10 +11,10 @@ import sys
 import warnings
 
 from .. import __version__
-from . import info, plan
+from . import info, plan, run, status
 from ._common import UsageError, fail
 
-SUBCOMMANDS = {"info": info, "plan": plan}
+SUBCOMMANDS = {"info": info, "plan": plan, "run": run, "status": status}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import sys
 
+from ..core.cpuset import format_cpu_list
 from ..core.sysfs import read_topology
 from ..core.topology import TopologyError
+from ..host.leases import LeaseError, list_leases
 from ._common import add_json_option, add_root_option, fail, print_json
 from .render import describe_topology
 
@@ -46,6 +49,14 @@ def thread_pools(modules: str) -> list[dict]:
     return threadpool_info()
 
 
+def _leases() -> list:
+    try:
+        return list_leases(scope=None)
+    except LeaseError as error:
+        print(f"pinbackend: warning: cannot list leases: {error}", file=sys.stderr)
+        return []
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the topology (and, on the live machine, thread pools)."""
     try:
@@ -54,12 +65,18 @@ def run(args: argparse.Namespace) -> int:
         fail(str(error))
     live = topology.source == "live"
     pools = thread_pools(args.modules) if live else []
+    leases = _leases() if live else []
     if args.json:
         data = topology.to_dict()
         data["thread_pools"] = pools
+        data["leases"] = [info.to_dict() for info in leases]
         print_json(data)
         return 0
     print(describe_topology(topology))
+    if live:
+        print("core leases on this host:" if leases else "core leases: none")
+        for info in leases:
+            print(f"  pid {info.pid}: CPUs {format_cpu_list(info.cores)}  {info.command}")
     if live:
         print("thread pools (threadpoolctl):" if pools else "thread pools: none loaded")
         for pool in pools:

@@ -1,0 +1,140 @@
+"""``pinbackend run``: run any command on a leased core set (the pseudo-daemon's tool).
+
+The command replaces this process (``exec``), keeping its pid, so the lease lives exactly as
+long as the command, the exit code is the command's own, and signals reach it directly. The
+command and its children inherit the CPU mask and the thread-cap environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+import warnings
+
+from ..core.cpuset import format_cpu_list
+from ..core.planner import PlanError, plan_slots
+from ..core.sysfs import read_topology
+from ..host.leases import Lease, LeaseConflict, LeaseError, busy_cpus, claim
+from ..host.pinning import PinningError, pin_or_warn
+from ..host.slot import current_scope, slot_env
+from ._common import cpu_list, fail, positive_int
+
+HELP = "run a command on a leased set of cores (held for the command's lifetime)"
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``run`` subcommand."""
+    parser = subparsers.add_parser(
+        "run",
+        help=HELP,
+        description=HELP + ". The command inherits the CPU mask and thread caps "
+        "(OMP/OPENBLAS/MKL/... _NUM_THREADS = its number of CPUs).",
+        usage="%(prog)s [--cores LIST | -n K] [options] -- COMMAND [ARGS...]",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cores", type=cpu_list, metavar="LIST", help="exactly these CPUs")
+    which.add_argument(
+        "-n",
+        "--n-cores",
+        type=positive_int,
+        metavar="K",
+        help="let the planner pick K free physical cores (default: 1)",
+    )
+    parser.add_argument(
+        "--reserve",
+        type=cpu_list,
+        default=frozenset(),
+        metavar="LIST",
+        help="with -n: CPUs never to pick",
+    )
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        help="if CPUs are held by another lease, share them (with a warning) instead of failing",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for busy CPUs to become free before failing (default: 0)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Lease the cores, pin, set the caps and ``exec`` the command."""
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        fail("run needs a command: pinbackend run [--cores LIST | -n K] -- COMMAND [ARGS...]")
+    executable = shutil.which(command[0])
+    if executable is None:
+        fail(f"command not found: {command[0]!r}", status=127)
+    lease = _lease(args, " ".join(command))
+    if lease.info.shared:
+        warnings.warn(
+            f"sharing CPUs {format_cpu_list(lease.info.shared)} with another lease (--share): "
+            f"expect both jobs to slow down",
+            stacklevel=1,
+        )
+    try:
+        pin_or_warn(lease.cores)
+    except PinningError as error:
+        fail(str(error))
+    env = {**os.environ, **slot_env(lease.cores, lease)}
+    for fd in lease.fds():
+        os.set_inheritable(fd, True)
+    os.execve(executable, command, env)
+    return 127  # not reached: execve raises on failure
+
+
+def _lease(args: argparse.Namespace, command: str) -> Lease:
+    topology = read_topology()
+    scope = current_scope()
+    try:
+        if args.cores is not None:
+            outside = args.cores - topology.allowed
+            if outside:
+                fail(
+                    f"--cores {format_cpu_list(args.cores)}: CPUs {format_cpu_list(outside)} "
+                    f"are not allowed here; allowed CPUs: {format_cpu_list(topology.allowed)}"
+                )
+            return claim(
+                args.cores, scope=scope, share=args.share, timeout=args.wait, command=command
+            )
+        return _lease_planned(args, topology, scope, command)
+    except (LeaseError, PlanError) as error:
+        fail(str(error))
+
+
+def _lease_planned(args, topology, scope: str, command: str) -> Lease:
+    """Plan K free cores and claim them, re-planning when another job takes them first."""
+    size = args.n_cores or 1
+    deadline = time.monotonic() + args.wait
+    races = 0
+    while True:
+        busy = busy_cpus(scope)
+        try:
+            plan = plan_slots(topology, 1, cores_per_worker=size, reserve=args.reserve, busy=busy)
+        except PlanError:
+            if args.share:
+                plan = plan_slots(topology, 1, cores_per_worker=size, reserve=args.reserve)
+                return claim(plan.slots[0], scope=scope, share=True, command=command)
+            if time.monotonic() >= deadline:
+                raise PlanError(
+                    f"not enough free cores for {size} core(s): allowed "
+                    f"{format_cpu_list(topology.allowed)}, held by other leases "
+                    f"{format_cpu_list(busy) or 'none'}; use --wait, --share or fewer cores"
+                ) from None
+            time.sleep(0.1)
+            continue
+        try:
+            return claim(plan.slots[0], scope=scope, command=command)
+        except LeaseConflict:
+            # Another job took these cores between planning and claiming: plan again.
+            races += 1
+            if races > 100:
+                raise

@@ -1,0 +1,128 @@
+"""Apply a slot to the current process: pin every thread, cap every pool, remember it.
+
+This is the one function every entry point (joblib workers, Dask workers, the runner) calls
+once it holds a lease. It also records the slot so that nested parallelism inside the process
+plans within the slot (and claims within the lease's scope) instead of the whole host.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..core.cpuset import format_cpu_list
+from .caps import cap_threads, thread_env
+from .leases import Lease
+from .pinning import pin_or_warn
+
+__all__ = [
+    "SCOPE_ENV",
+    "SLOT_ENV",
+    "AppliedSlot",
+    "apply_slot",
+    "current_scope",
+    "current_slot",
+    "reset_current_slot",
+    "slot_env",
+]
+
+#: Set for processes started inside a slot: nested pools claim inside this lease's scope.
+SCOPE_ENV = "PINBACKEND_SCOPE"
+#: Set for processes started inside a slot: the slot's CPUs, for diagnostics.
+SLOT_ENV = "PINBACKEND_SLOT"
+
+
+@dataclass(frozen=True)
+class AppliedSlot:
+    """The slot this process runs in."""
+
+    cores: frozenset[int]
+    threads: int
+    pinned: bool
+    lease_id: str | None
+    caps: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """Plain-data form (placement views, JSON)."""
+        return {
+            "cores": sorted(self.cores),
+            "threads": self.threads,
+            "pinned": self.pinned,
+            "lease_id": self.lease_id,
+            "caps": list(self.caps),
+        }
+
+
+_current: AppliedSlot | None = None
+
+
+def current_slot() -> AppliedSlot | None:
+    """The slot applied in this process, or None outside pinbackend's workers."""
+    return _current
+
+
+def reset_current_slot() -> None:
+    """Forget the applied slot (tests; a process that left its slot)."""
+    global _current
+    _current = None
+
+
+def current_scope() -> str:
+    """Lease scope for claims made from this process ('' = the whole host)."""
+    if _current is not None and _current.lease_id:
+        return _current.lease_id
+    return os.environ.get(SCOPE_ENV, "")
+
+
+def slot_env(cores: Iterable[int], lease: Lease | None = None) -> dict[str, str]:
+    """Environment for a process about to start inside ``cores``: thread caps and scope."""
+    cores = frozenset(cores)
+    env = thread_env(len(cores))
+    env[SLOT_ENV] = format_cpu_list(cores)
+    if lease is not None:
+        env[SCOPE_ENV] = lease.lease_id
+    return env
+
+
+def apply_slot(
+    cores: Iterable[int],
+    *,
+    lease: Lease | None = None,
+    threads: int | None = None,
+    own_process: bool = False,
+) -> AppliedSlot:
+    """Pin every thread of this process to ``cores`` and cap its pools to ``threads``.
+
+    ``threads`` defaults to the number of CPUs in the slot. Where pinning is impossible one
+    warning is emitted and the caps still apply. ``own_process`` is for processes
+    pinbackend started itself (pool workers): there it also sets the slot's environment
+    variables for future children and makes ``os.cpu_count()`` report the slot size, which
+    ``multiprocessing.Pool()`` and many libraries use to size themselves. Never pass it in a
+    user's own process.
+    """
+    global _current
+    cores = frozenset(cores)
+    threads = len(cores) if threads is None else threads
+    pinned = pin_or_warn(cores)
+    caps = cap_threads(threads)
+    if own_process:
+        os.environ.update(slot_env(cores, lease))
+        os.environ.update(thread_env(threads))
+        os.cpu_count = _fixed_cpu_count(len(cores))
+    _current = AppliedSlot(
+        cores=cores,
+        threads=threads,
+        pinned=pinned,
+        lease_id=lease.lease_id if lease is not None else None,
+        caps=tuple(caps),
+    )
+    return _current
+
+
+def _fixed_cpu_count(count: int):
+    def cpu_count() -> int:
+        """Number of CPUs of this worker's pinbackend slot (patched in pool workers)."""
+        return count
+
+    return cpu_count
