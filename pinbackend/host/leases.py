@@ -75,6 +75,7 @@ class LeaseInfo:
     since: float | None = None
     scope: str = ""
     shared: frozenset[int] = frozenset()
+    owner: int | None = None
 
     def to_dict(self) -> dict:
         """Plain-data form used by ``status --json``."""
@@ -86,6 +87,7 @@ class LeaseInfo:
             "since": self.since,
             "scope": self.scope,
             "shared": sorted(self.shared),
+            "owner": self.owner,
         }
 
 
@@ -178,6 +180,7 @@ def _read_record(fd: int, cpu: int, scope: str) -> LeaseInfo:
                 since=float(data["since"]),
                 scope=scope,
                 shared=frozenset(int(c) for c in data.get("shared", ())),
+                owner=data.get("owner"),
             )
         except (ValueError, KeyError, TypeError):
             time.sleep(0.01)  # the holder may be writing its record right now
@@ -264,13 +267,15 @@ def claim(
     share: bool = False,
     timeout: float = 0.0,
     command: str | None = None,
+    owner: int | None = None,
 ) -> Lease:
     """Take a lease on exactly ``cores``.
 
     Waits up to ``timeout`` seconds for busy CPUs to become free, then raises
     :class:`LeaseConflict` naming them and their holders, unless ``share`` is true: then the
     busy CPUs are used without holding them (the lease records them as shared) and the
-    caller is expected to warn.
+    caller is expected to warn. ``owner`` is the pid of the process that planned the pool
+    this lease belongs to (a pool's own workers do not count as busy when it plans again).
     """
     cores = frozenset(cores)
     if not cores:
@@ -301,6 +306,7 @@ def claim(
         since=time.time(),
         scope=scope,
         shared=busy,
+        owner=owner,
     )
     record = json.dumps(info.to_dict()).encode()
     for fd in fds.values():
@@ -313,7 +319,11 @@ def claim(
 
 
 def claim_first_free(
-    candidates: Sequence[Iterable[int]], *, scope: str = "", timeout: float = 0.0
+    candidates: Sequence[Iterable[int]],
+    *,
+    scope: str = "",
+    timeout: float = 0.0,
+    owner: int | None = None,
 ) -> Lease:
     """Lease the first candidate core set that is entirely free, waiting up to ``timeout``."""
     candidates = [frozenset(c) for c in candidates]
@@ -323,7 +333,7 @@ def claim_first_free(
     while True:
         for cores in candidates:
             try:
-                return claim(cores, scope=scope)
+                return claim(cores, scope=scope, owner=owner)
             except LeaseConflict as conflict:
                 last = conflict
         if time.monotonic() >= deadline:
@@ -404,9 +414,19 @@ def list_leases(scope: str | None = "") -> list[LeaseInfo]:
     return sorted(leases, key=lambda info: (info.since or 0.0, info.lease_id))
 
 
-def busy_cpus(scope: str = "") -> frozenset[int]:
-    """Return the CPUs that live leases in ``scope`` hold (shared ones are not held)."""
-    return frozenset().union(*(info.cores - info.shared for info in list_leases(scope)))
+def busy_cpus(scope: str = "", *, ignore_owner: int | None = None) -> frozenset[int]:
+    """Return the CPUs that live leases in ``scope`` hold (shared ones are not held).
+
+    Leases of pools planned by ``ignore_owner`` are left out: a pool re-planning must not
+    count its own workers as strangers.
+    """
+    return frozenset().union(
+        *(
+            info.cores - info.shared
+            for info in list_leases(scope)
+            if ignore_owner is None or info.owner != ignore_owner
+        )
+    )
 
 
 def _remove_idle_scope(lease_id: str) -> None:

@@ -1,0 +1,131 @@
+"""Pools of pinned workers: plan the slots once in the parent, claim one in each worker.
+
+Pool workers (loky, ``multiprocessing``, Dask) have no stable index and come and go
+(crashes, idle timeouts, restarts), so a worker cannot be *told* its slot: each new worker
+claims the first planned slot that no live worker holds. The :class:`PoolPlan` travelling to
+workers is small, picklable and equal across calls with the same settings, so executors that
+compare their initializer arguments (loky) keep reusing their workers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..core.cpuset import format_cpu_list
+from ..core.planner import OversubscriptionWarning, plan_slots
+from ..core.sysfs import read_topology
+from .caps import thread_env
+from .leases import Lease, LeaseConflict, claim, claim_first_free, list_leases
+from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope
+
+__all__ = ["DEFAULT_CLAIM_TIMEOUT", "PoolPlan", "join_pool", "plan_pool"]
+
+#: Seconds a new worker waits for a slot: a crashed pool's old workers may still be exiting.
+DEFAULT_CLAIM_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """The slots of one pool, the lease scope they live in and who planned them."""
+
+    slots: tuple[frozenset[int], ...]
+    scope: str
+    owner: int
+    shared: bool = False
+    threads: int | None = None
+    claim_timeout: float = DEFAULT_CLAIM_TIMEOUT
+
+    @property
+    def n_workers(self) -> int:
+        """How many workers the pool runs."""
+        return len(self.slots)
+
+    @property
+    def thread_cap(self) -> int:
+        """Threads per worker before it knows its slot: the smallest slot (or ``threads``)."""
+        smallest = min(len(slot) for slot in self.slots)
+        return smallest if self.threads is None else min(self.threads, smallest)
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment for workers about to start: thread caps and the lease scope."""
+        env = thread_env(self.thread_cap)
+        if self.scope:
+            env[SCOPE_ENV] = self.scope
+        return env
+
+
+def plan_pool(
+    n_workers: int | None = None,
+    *,
+    cores_per_worker: int | None = None,
+    reserve: Iterable[int] = (),
+    oversubscribe: str = "error",
+    threads: int | None = None,
+    claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
+) -> PoolPlan:
+    """Plan a pool on this host's free cores (inside the current slot when nested).
+
+    Cores held by other leases in the same scope are left out, except those of this
+    process's own pools, whose workers will be reused or replaced.
+    """
+    topology = read_topology()
+    scope = current_scope()
+    owner = os.getpid()
+    busy = frozenset().union(
+        *(info.cores - info.shared for info in list_leases(scope) if info.owner != owner)
+    )
+    plan = plan_slots(
+        topology,
+        n_workers,
+        cores_per_worker=cores_per_worker,
+        reserve=frozenset(reserve),
+        busy=busy,
+        oversubscribe=oversubscribe,
+    )
+    return PoolPlan(
+        slots=plan.slots,
+        scope=scope,
+        owner=owner,
+        shared=plan.shared,
+        threads=threads,
+        claim_timeout=claim_timeout,
+    )
+
+
+def join_pool(pool: PoolPlan) -> AppliedSlot:
+    """In a new worker process: claim a free slot of ``pool`` and apply it.
+
+    Runs before the worker takes any task. Raises :class:`pinbackend.host.leases.LeaseConflict`
+    when no slot frees up within ``pool.claim_timeout`` (the worker then fails to start and
+    the pool reports it), never running on a core another worker holds.
+    """
+    distinct = list(dict.fromkeys(pool.slots))
+    if pool.shared:
+        lease = _claim_shared(pool, distinct)
+    else:
+        lease = claim_first_free(
+            distinct, scope=pool.scope, timeout=pool.claim_timeout, owner=pool.owner
+        )
+    threads = len(lease.cores) if pool.threads is None else min(pool.threads, len(lease.cores))
+    return apply_slot(lease.cores, lease=lease, threads=threads, own_process=True)
+
+
+def _claim_shared(pool: PoolPlan, distinct: list[frozenset[int]]) -> Lease:
+    """A free slot if there is one, else the slot the fewest live workers share."""
+    try:
+        return claim_first_free(distinct, scope=pool.scope, owner=pool.owner)
+    except LeaseConflict:
+        pass  # every slot is taken: share the least crowded one
+    holders = Counter(info.cores for info in list_leases(pool.scope))
+    least = min(distinct, key=lambda cores: (holders[cores], sorted(cores)))
+    warnings.warn(
+        f"worker {os.getpid()} shares CPUs {format_cpu_list(least)} with another worker "
+        f"(oversubscribe='share')",
+        OversubscriptionWarning,
+        stacklevel=2,
+    )
+    return claim(least, scope=pool.scope, share=True, owner=pool.owner)
