@@ -2,6 +2,32 @@
 
 Each parallel worker gets a disjoint set of CPU cores, its BLAS/OpenMP/TBB thread pools are
 capped to that set's size, and nested parallelism cannot oversubscribe the machine.
+
+Importing the package only registers the joblib backend name ``"pinned"``; it never pins a
+thread or changes ``os.environ`` of the importing process.
 """
 
+from joblib import register_parallel_backend
+
+from .core.planner import Plan, PlanError, plan_slots
+from .core.sysfs import read_topology
+from .core.topology import Topology
+from .diagnostics import process_report
+from .joblib_backend import PinnedBackend, shutdown_workers
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "PinnedBackend",
+    "Plan",
+    "PlanError",
+    "Topology",
+    "__version__",
+    "plan_slots",
+    "process_report",
+    "read_topology",
+    "shutdown_workers",
+]
+
+# Idempotent: registering again only rebinds the same name to the same class.
+register_parallel_backend("pinned", PinnedBackend)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import sys
 import threading
+import time
 
 try:  # POSIX only: the kernel lock that backs a core lease.
     import fcntl
@@ -29,6 +31,7 @@ __all__ = [
     "probe_lock",
     "set_thread_affinity",
     "thread_affinities",
+    "wait_for_exit",
 ]
 
 IS_LINUX = sys.platform.startswith("linux")
@@ -128,3 +131,31 @@ def probe_lock(fd: int) -> bool:
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+def wait_for_exit(pid: int) -> None:
+    """Block until process ``pid`` has exited.
+
+    Linux 5.3+ gives a pidfd that becomes readable when the process ends (no polling);
+    elsewhere, poll about once a second.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+        return
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(1.0)

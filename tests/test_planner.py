@@ -238,12 +238,20 @@ def test_sharing_is_opt_in_warns_and_stays_balanced():
         ({"cores_per_worker": 3}, "cores_per_worker=3 but only 2 usable cores"),
         ({"reserve": {7}}, "reserve names CPUs 7 that this machine does not have online"),
         ({"reserve": {0, 1}}, "no usable CPU"),
-        ({"oversubscribe": "maybe"}, "oversubscribe must be one of error, share; got 'maybe'"),
+        ({"oversubscribe": "maybe"}, "must be one of error, clamp, share; got 'maybe'"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(PlanError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan_slots(Topology.uniform(cores_per_l3=2), **kwargs)
+
+
+def test_clamping_plans_only_the_workers_that_fit():
+    machine = Topology.uniform(cores_per_l3=4)
+    assert plan_slots(machine, 9, oversubscribe="clamp").n_workers == 4
+    plan = plan_slots(machine, 3, cores_per_worker=2, oversubscribe="clamp")
+    assert plan.slots == (frozenset({0, 1}), frozenset({2, 3}))
+    assert not plan.shared
 
 
 def test_reserved_and_busy_cpus_are_never_used():

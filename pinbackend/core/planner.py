@@ -4,7 +4,8 @@ A slot is a frozenset of OS CPU numbers. The planner hands out whole physical co
 siblings stay together), balances slot sizes to within one core, keeps a slot inside one
 L3 group / NUMA node / package / CPU kind where the sizes allow, and spreads slots evenly
 over packages and NUMA nodes. It never oversubscribes silently: more workers than cores is
-an error unless the caller opts into sharing, which warns.
+an error unless the caller opts into sharing (which warns) or into clamping the number of
+workers to what fits.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ __all__ = [
 ]
 
 #: What to do when more workers are asked than there are cores: ``"error"`` (the default)
-#: raises :class:`PlanError`; ``"share"`` lets several workers share one slot and warns.
-OVERSUBSCRIBE_POLICIES = ("error", "share")
+#: raises :class:`PlanError`; ``"clamp"`` plans only as many workers as fit; ``"share"`` lets
+#: several workers share one slot and warns.
+OVERSUBSCRIBE_POLICIES = ("error", "clamp", "share")
 
 # Cost of a slot crossing a boundary, per level: crossing a package is worst (remote memory,
 # no shared cache), then a NUMA node, a CPU kind (P/E mix runs at the slowest core's pace),
@@ -159,6 +161,8 @@ def _slot_sizes(
             f"usable; use at most {fitting} workers, fewer cores per worker, or "
             f"oversubscribe='share' to let workers share cores"
         )
+    if oversubscribe == "clamp":
+        return _slot_sizes(n_cores, fitting, cores_per_worker, "error")
     return [size] * fitting, -(-n // fitting)
 
 

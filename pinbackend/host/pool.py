@@ -10,19 +10,22 @@ compare their initializer arguments (loky) keep reusing their workers.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .. import _platform
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, plan_slots
 from ..core.sysfs import read_topology
+from ..core.topology import Topology
 from .caps import thread_env
 from .leases import Lease, LeaseConflict, claim, claim_first_free, list_leases
 from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope
 
-__all__ = ["DEFAULT_CLAIM_TIMEOUT", "PoolPlan", "join_pool", "plan_pool"]
+__all__ = ["DEFAULT_CLAIM_TIMEOUT", "PoolPlan", "free_cores", "join_pool", "plan_pool"]
 
 #: Seconds a new worker waits for a slot: a crashed pool's old workers may still be exiting.
 DEFAULT_CLAIM_TIMEOUT = 60.0
@@ -56,6 +59,24 @@ class PoolPlan:
         if self.scope:
             env[SCOPE_ENV] = self.scope
         return env
+
+
+def _free_view() -> tuple[Topology, frozenset[int], str, int]:
+    """This host's topology, the CPUs held by strangers' leases, the scope and the owner."""
+    topology = read_topology()
+    scope = current_scope()
+    owner = os.getpid()
+    busy = frozenset().union(
+        *(info.cores - info.shared for info in list_leases(scope) if info.owner != owner)
+    )
+    return topology, busy, scope, owner
+
+
+def free_cores(reserve: Iterable[int] = ()) -> int:
+    """Physical cores a new pool of this process could use now (allowed, not reserved, free)."""
+    topology, busy, _, _ = _free_view()
+    usable = topology.allowed - frozenset(reserve) - busy
+    return sum(1 for core in topology.cores if core & usable)
 
 
 def plan_pool(
@@ -111,7 +132,25 @@ def join_pool(pool: PoolPlan) -> AppliedSlot:
             distinct, scope=pool.scope, timeout=pool.claim_timeout, owner=pool.owner
         )
     threads = len(lease.cores) if pool.threads is None else min(pool.threads, len(lease.cores))
-    return apply_slot(lease.cores, lease=lease, threads=threads, own_process=True)
+    applied = apply_slot(lease.cores, lease=lease, threads=threads, own_process=True)
+    _exit_with_owner(pool.owner)
+    return applied
+
+
+def _exit_with_owner(owner: int) -> None:
+    """End this worker when the process that planned its pool dies (SIGKILL included).
+
+    Pool workers blocked on their task queue never notice a killed parent (loky's queue
+    pipes stay open in every worker), and would keep their leases: watch the owner instead.
+    """
+    if owner == os.getpid():
+        return
+
+    def watch() -> None:
+        _platform.wait_for_exit(owner)
+        os._exit(70)  # EX_SOFTWARE: our pool's owner is gone
+
+    threading.Thread(target=watch, name="pinbackend-owner-watch", daemon=True).start()
 
 
 def _claim_shared(pool: PoolPlan, distinct: list[frozenset[int]]) -> Lease:

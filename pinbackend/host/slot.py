@@ -23,6 +23,7 @@ __all__ = [
     "apply_slot",
     "current_scope",
     "current_slot",
+    "in_slot",
     "reset_current_slot",
     "slot_env",
 ]
@@ -66,6 +67,11 @@ def reset_current_slot() -> None:
     """Forget the applied slot (tests; a process that left its slot)."""
     global _current
     _current = None
+
+
+def in_slot() -> bool:
+    """Whether this process runs inside a pinbackend slot (a pool worker or under ``run``)."""
+    return _current is not None or bool(os.environ.get(SCOPE_ENV))
 
 
 def current_scope() -> str:

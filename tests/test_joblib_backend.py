@@ -1,0 +1,291 @@
+"""The "pinned" joblib backend, checked from inside real loky workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import psutil
+import pytest
+from _helpers import blas_threads, thread_masks
+from _tasks import blas_product, die, nested, pool_size_inside, report, two_levels
+from joblib import Parallel, delayed, parallel_backend, parallel_config
+from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+import pinbackend
+from pinbackend import PinnedBackend, PlanError
+from pinbackend.core.planner import OversubscriptionWarning
+from pinbackend.host.leases import list_leases
+
+ALLOWED = sorted(os.sched_getaffinity(0))
+pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs")
+
+
+@pytest.fixture(autouse=True)
+def stop_workers():
+    """loky keeps its workers for reuse; stop them so each test leaves no process behind."""
+    yield
+    pinbackend.shutdown_workers()
+
+
+def worker_reports(reports):
+    """One report per distinct worker process."""
+    return list({r["pid"]: r for r in reports}.values())
+
+
+def assert_pinned_and_capped(reports, n_workers):
+    workers = worker_reports(reports)
+    assert len(workers) == n_workers
+    slots = [tuple(w["affinity"]) for w in workers]
+    for worker in workers:
+        # Every thread of the worker (main, loky's, OpenBLAS's) is on the slot.
+        assert thread_masks(worker) == {tuple(worker["affinity"])}
+        assert blas_threads(worker) == {len(worker["affinity"])}
+        assert worker["cpu_count"] == len(worker["affinity"])
+        assert worker["env"]["OPENBLAS_NUM_THREADS"] == str(len(worker["affinity"]))
+        assert worker["pid"] != os.getpid()
+    flat = [cpu for slot in slots for cpu in slot]
+    assert len(flat) == len(set(flat)), f"slots overlap: {slots}"
+    return slots
+
+
+def test_import_registers_the_name_and_changes_nothing_else():
+    code = """
+    import json, os
+    before_env = dict(os.environ)
+    before_mask = {t: os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+    import pinbackend, pinbackend
+    from joblib.parallel import BACKENDS
+    after_mask = {t: os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+    print(json.dumps({"registered": BACKENDS["pinned"] is pinbackend.PinnedBackend,
+                      "env_same": dict(os.environ) == before_env,
+                      "mask_same": all(after_mask[t] == m for t, m in before_mask.items())}))
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == '{"registered": true, "env_same": true, "mask_same": true}'
+
+
+def test_parallel_backend_n_jobs_2_gives_disjoint_capped_slots():
+    with parallel_backend("pinned", n_jobs=2):
+        reports = Parallel()(delayed(report)(0.3) for _ in range(6))
+    slots = assert_pinned_and_capped(reports, 2)
+    assert sorted(slots) == [(cpu,) for cpu in ALLOWED[:2]]
+
+
+def test_parallel_config_without_n_jobs_uses_all_free_cores():
+    with parallel_config(backend="pinned"):
+        reports = Parallel()(delayed(report)(0.3) for _ in range(6))
+    assert_pinned_and_capped(reports, len(ALLOWED))
+
+
+def test_parallel_backend_argument_and_minus_one():
+    reports = Parallel(n_jobs=-1, backend="pinned")(delayed(report)(0.3) for _ in range(6))
+    assert_pinned_and_capped(reports, len(ALLOWED))
+
+
+def test_n_jobs_1_runs_inline_like_joblib_and_leaves_the_caller_alone():
+    before = {t.id: os.sched_getaffinity(t.id) for t in psutil.Process().threads()}
+    reports = Parallel(n_jobs=1, backend="pinned")(delayed(report)() for _ in range(2))
+    assert {r["pid"] for r in reports} == {os.getpid()}
+    assert {t.id: os.sched_getaffinity(t.id) for t in psutil.Process().threads()} == before
+    assert list_leases(scope=None) == []
+
+
+def test_minus_two_is_all_free_cores_but_one():
+    backend = PinnedBackend()
+    assert backend.effective_n_jobs(-1) == len(ALLOWED)
+    assert backend.effective_n_jobs(-2) == len(ALLOWED) - 1
+    assert backend.effective_n_jobs(None) == len(ALLOWED)
+    assert PinnedBackend(reserve={ALLOWED[0]}).effective_n_jobs(-1) == len(ALLOWED) - 1
+    with pytest.raises(ValueError, match="n_jobs == 0"):
+        backend.effective_n_jobs(0)
+
+
+def test_more_workers_than_cores_is_a_clear_error_by_default():
+    too_many = len(ALLOWED) + 1
+    with pytest.raises(PlanError, match=f"{too_many} workers of 1 core\\(s\\) need {too_many}"):
+        Parallel(n_jobs=too_many, backend="pinned")(delayed(report)() for _ in range(2))
+
+
+def test_sharing_is_opt_in_and_warns():
+    too_many = len(ALLOWED) + 1
+    with (
+        pytest.warns(OversubscriptionWarning),
+        parallel_config(backend="pinned", n_jobs=too_many, oversubscribe="share"),
+    ):
+        reports = Parallel()(delayed(report)(0.3) for _ in range(3 * too_many))
+    for worker in worker_reports(reports):
+        assert thread_masks(worker) == {tuple(worker["affinity"])}
+        assert len(worker["affinity"]) == 1
+
+
+def test_clamping_runs_as_many_workers_as_fit():
+    backend = PinnedBackend(oversubscribe="clamp")
+    assert backend.effective_n_jobs(len(ALLOWED) + 5) == len(ALLOWED)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cores_per_worker": 0}, "cores_per_worker must be a positive integer or None; got 0"),
+        ({"reserve": "x"}, "reserve must be CPU numbers or a CPU list like '0,8-9'; got 'x'"),
+        ({"reserve": [-1]}, "reserve must hold non-negative CPU numbers"),
+        ({"oversubscribe": "maybe"}, "oversubscribe must be one of error, clamp, share"),
+        ({"claim_timeout": -1}, "claim_timeout must be a number of seconds >= 0; got -1"),
+        ({"inner_max_num_threads": 0}, "inner_max_num_threads must be a positive integer"),
+    ],
+)
+def test_bad_options_are_named(kwargs, message):
+    with (
+        pytest.raises(ValueError, match=message.replace("(", r"\(")),
+        parallel_config(backend="pinned", **kwargs),
+    ):
+        pass
+
+
+def test_unknown_reserved_cpu_is_named():
+    with pytest.raises(PlanError, match="reserve names CPUs 4096"):
+        Parallel(n_jobs=2, backend="pinned", reserve=[4096])(delayed(report)() for _ in range(2))
+
+
+def test_inner_max_num_threads_never_exceeds_the_slot():
+    with parallel_config(backend="pinned", n_jobs=2, inner_max_num_threads=8):
+        reports = Parallel()(delayed(report)(0.3) for _ in range(6))
+    assert_pinned_and_capped(reports, 2)
+
+
+def test_nested_default_stays_inside_the_worker():
+    # Outer: 2 workers of 1 core. Inner Parallel(n_jobs=-1) with the nested default backend
+    # and with "loky" and "threading": none creates a process or thread beyond one core.
+    for inner_backend in (None, "loky", "threading", "pinned"):
+        results = Parallel(n_jobs=2, backend="pinned")(
+            delayed(nested)(inner_backend) for _ in range(2)
+        )
+        for result in results:
+            outer = result["outer"]
+            for inner in result["inner"]:
+                assert set(inner["affinity"]) <= set(outer["affinity"])
+                assert blas_threads(inner) == {1}
+            if inner_backend == "loky":
+                # loky sizes itself by the worker's affinity: one process at most.
+                assert len(result["children"]) <= 1
+            else:
+                assert result["children"] == [], inner_backend
+                assert {r["pid"] for r in result["inner"]} == {outer["pid"]}
+
+
+def test_auto_sized_pools_inside_a_worker_see_the_slot():
+    (result,) = Parallel(n_jobs=2, backend="pinned")(delayed(pool_size_inside)() for _ in range(1))
+    assert result["os_cpu_count"] == result["joblib_cpu_count"] == result["mp_pool"] == 1
+
+
+def test_crashed_workers_are_replaced_on_free_slots():
+    for how in ("exit", "segfault", "sigkill"):
+        with pytest.raises(TerminatedWorkerError):
+            Parallel(n_jobs=2, backend="pinned")(delayed(die)(how) for _ in range(2))
+        reports = Parallel(n_jobs=2, backend="pinned")(delayed(report)(0.3) for _ in range(6))
+        assert_pinned_and_capped(reports, 2)
+
+
+def test_worker_killed_from_outside():
+    with Parallel(n_jobs=2, backend="pinned") as parallel:
+        victim = parallel(delayed(report)(0.3) for _ in range(4))[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(TerminatedWorkerError):
+            parallel(delayed(report)(0.5) for _ in range(4))
+    reports = Parallel(n_jobs=2, backend="pinned")(delayed(report)(0.3) for _ in range(6))
+    assert victim not in {r["pid"] for r in reports}
+    assert_pinned_and_capped(reports, 2)
+
+
+def test_idle_workers_that_time_out_get_a_slot_again():
+    with parallel_config(backend="pinned", n_jobs=2, idle_worker_timeout=1):
+        first = worker_reports(Parallel()(delayed(report)(0.3) for _ in range(6)))
+        time.sleep(3)  # the workers exit after one idle second, dropping their leases
+        assert not any(psutil.pid_exists(w["pid"]) for w in first)
+        assert list_leases(scope=None) == []
+        again = Parallel()(delayed(report)(0.3) for _ in range(6))
+    assert_pinned_and_capped(again, 2)
+
+
+def test_two_level_nesting_subdivides_a_slot():
+    # Level 0 needs workers owning several cores; on a 2-core machine that means two
+    # workers sharing all cores (joblib runs a 1-worker pool inline). Level 1: a pinned
+    # Parallel(n_jobs=-1) in each worker splits the worker's own cores between sub-workers.
+    # Level 2: the nested default inside each 1-core sub-worker runs inline.
+    with pytest.warns(OversubscriptionWarning):
+        results = Parallel(
+            n_jobs=2, backend="pinned", cores_per_worker=len(ALLOWED), oversubscribe="share"
+        )(delayed(two_levels)() for _ in range(2))
+    for result in results:
+        outer = result["outer"]
+        assert outer["affinity"] == ALLOWED
+        sub_workers = worker_reports([level1["outer"] for level1 in result["inner"]])
+        # Exactly one sub-worker per core of the worker, each pinned to its own core.
+        assert sorted(tuple(w["affinity"]) for w in sub_workers) == [(c,) for c in ALLOWED]
+        for worker in sub_workers:
+            assert thread_masks(worker) == {tuple(worker["affinity"])}
+            assert blas_threads(worker) == {1}
+        for level1 in result["inner"]:
+            # Level 2 ran inline in the sub-worker: no process, no thread added.
+            assert level1["children"] == []
+            assert {r["pid"] for r in level1["inner"]} == {level1["outer"]["pid"]}
+            assert {tuple(r["affinity"]) for r in level1["inner"]} == {
+                tuple(level1["outer"]["affinity"])
+            }
+
+
+def test_loky_features_are_kept():
+    # Generators, timeouts, errors from tasks, lambdas, and memory-mapped large arrays.
+    out = Parallel(n_jobs=2, backend="pinned", return_as="generator_unordered")(
+        delayed(lambda x: x * x)(i) for i in range(8)
+    )
+    assert sorted(out) == [i * i for i in range(8)]
+    with pytest.raises(multiprocessing.TimeoutError):
+        Parallel(n_jobs=2, backend="pinned", timeout=0.5)(delayed(time.sleep)(3) for _ in range(2))
+    with pytest.raises(ZeroDivisionError):
+        Parallel(n_jobs=2, backend="pinned")(delayed(lambda x: 1 / x)(i) for i in range(4))
+    big = np.ones(2_000_000)
+    kinds = Parallel(n_jobs=2, backend="pinned", max_nbytes="1M")(
+        delayed(lambda a: type(a).__name__)(big) for _ in range(2)
+    )
+    assert kinds == ["memmap", "memmap"]
+    assert Parallel(n_jobs=2, backend="pinned")(delayed(blas_product)() for _ in range(2))
+
+
+def test_no_worker_or_lease_survives_a_killed_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            import pinbackend
+            from joblib import Parallel, delayed
+            from pinbackend import process_report
+            pids = {r["pid"] for r in Parallel(n_jobs=2, backend="pinned")(
+                delayed(lambda: (time.sleep(0.3), process_report())[1])() for _ in range(6))}
+            print(" ".join(map(str, sorted(pids))), flush=True)
+            time.sleep(600)
+            """
+        )
+    )
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
+    ) as parent:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and len(list_leases(scope=None)) == 2
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(p) for p in workers)
+    assert list_leases(scope=None) == []
