@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -421,3 +425,24 @@ def test_live_machine():
             assert sum(cpu in group for group in groups) == 1
     assert read == read_topology(Path("/")) == read_topology(os.sep)
     assert read.cpu_quota is None or read.cpu_quota > 0
+
+
+def test_live_topology_is_cached_but_follows_the_affinity_mask():
+    code = """
+    import json, os
+    from pinbackend.core.sysfs import clear_topology_cache, read_topology
+    first = read_topology()
+    os.sched_setaffinity(0, {min(first.allowed)})
+    second = read_topology()
+    clear_topology_cache()
+    third = read_topology()
+    print(json.dumps({"same_cores": second.cores is first.cores,
+                      "allowed": [sorted(t.allowed) for t in (first, second, third)]}))
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True
+    )
+    data = json.loads(result.stdout)
+    allowed = sorted(os.sched_getaffinity(0))
+    assert data["same_cores"] is True
+    assert data["allowed"] == [allowed, allowed[:1], allowed[:1]]

@@ -11,8 +11,10 @@ answer (one package, one core per CPU, one NUMA node) and leave a short note in
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Hashable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from .. import _platform
@@ -20,7 +22,7 @@ from ._files import Files, to_int
 from .cgroup import cgroup_cpuset, cpu_quota
 from .topology import Topology, TopologyError
 
-__all__ = ["read_topology"]
+__all__ = ["clear_topology_cache", "read_topology"]
 
 _CPU = "sys/devices/system/cpu"
 _NODE = "sys/devices/system/node"
@@ -247,12 +249,33 @@ def _resolve_root(root: str | os.PathLike) -> tuple[Path, bool]:
 def read_topology(root: str | os.PathLike = "/") -> Topology:
     """Read the CPU topology of the Linux machine whose ``/sys`` and ``/proc`` are under ``root``.
 
-    ``root="/"`` reads this machine (allowed CPUs from the affinity mask); any other folder
-    is a snapshot (allowed CPUs from its cgroup cpuset). Raises :class:`TopologyError` when
-    ``root`` is not such a folder or names no CPU; missing or corrupt files only give a
-    coarser topology, with what was guessed in ``notes``.
+    ``root="/"`` reads this machine (allowed CPUs from the calling thread's affinity mask,
+    read afresh on every call; the rest is read once per process, see
+    :func:`clear_topology_cache`); any other folder is a snapshot (allowed CPUs from its
+    cgroup cpuset). Raises :class:`TopologyError` when ``root`` is not such a folder or names
+    no CPU; missing or corrupt files only give a coarser topology, with notes.
     """
     path, live = _resolve_root(root)
+    if not live:
+        return _read(path, live=False, source=os.fspath(root))
+    machine = _live_machine()
+    allowed = _platform.allowed_cpus() & machine.online or machine.online
+    return machine if allowed == machine.allowed else replace(machine, allowed=allowed)
+
+
+@functools.lru_cache(maxsize=1)
+def _live_machine() -> Topology:
+    # Packages, cores and caches do not change while we run, and reading them costs tens of
+    # milliseconds on large machines; pools ask for the topology on every Parallel call.
+    return _read(Path(os.sep), live=True, source="live")
+
+
+def clear_topology_cache() -> None:
+    """Forget the cached live topology (after CPU hotplug or a cgroup change)."""
+    _live_machine.cache_clear()
+
+
+def _read(path: Path, *, live: bool, source: str) -> Topology:
     files = Files(path)
     cpuinfo = _cpuinfo(files)
     online = _online_cpus(files, cpuinfo, live)
@@ -265,6 +288,6 @@ def read_topology(root: str | os.PathLike = "/") -> Topology:
         l3_groups=_l3_groups(files, online),
         cpu_kinds=_cpu_kinds(files, online, cpuinfo),
         cpu_quota=cpu_quota(files),
-        source="live" if live else os.fspath(root),
+        source=source,
         notes=tuple(files.notes),  # arguments run in order: every reader above has run
     )
