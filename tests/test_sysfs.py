@@ -430,13 +430,14 @@ def test_live_machine():
 def test_live_topology_is_cached_but_follows_the_affinity_mask():
     code = """
     import json, os
-    from pinbackend.core.sysfs import clear_topology_cache, read_topology
-    first = read_topology()
+    from pinbackend.core import sysfs
+    first = sysfs.read_topology()
     os.sched_setaffinity(0, {min(first.allowed)})
-    second = read_topology()
-    clear_topology_cache()
-    third = read_topology()
-    print(json.dumps({"same_cores": second.cores is first.cores,
+    second = sysfs.read_topology()
+    reads = sysfs._live_machine.cache_info().misses
+    sysfs.clear_topology_cache()
+    third = sysfs.read_topology()
+    print(json.dumps({"reads_before_clear": reads, "same_cores": second.cores == first.cores,
                       "allowed": [sorted(t.allowed) for t in (first, second, third)]}))
     """
     result = subprocess.run(
@@ -444,5 +445,6 @@ def test_live_topology_is_cached_but_follows_the_affinity_mask():
     )
     data = json.loads(result.stdout)
     allowed = sorted(os.sched_getaffinity(0))
+    assert data["reads_before_clear"] == 1
     assert data["same_cores"] is True
     assert data["allowed"] == [allowed, allowed[:1], allowed[:1]]
