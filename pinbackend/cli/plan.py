@@ -37,7 +37,8 @@ def add_parser(subparsers) -> None:
         "--oversubscribe",
         choices=OVERSUBSCRIBE_POLICIES,
         default="error",
-        help="more workers than cores: 'error' (default) or 'share' core sets with a warning",
+        help="more workers than cores: 'error' (default), 'clamp' to as many as fit, or "
+        "'share' core sets with a warning",
     )
     add_root_option(parser)
     add_json_option(parser)

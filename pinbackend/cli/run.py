@@ -13,6 +13,7 @@ import shutil
 import time
 import warnings
 
+from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError, plan_slots
 from ..core.sysfs import read_topology
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if lease.info.shared:
         warnings.warn(
             f"sharing CPUs {format_cpu_list(lease.info.shared)} with another lease (--share): "
-            f"expect both jobs to slow down",
+            f"expect both jobs to slow down. See {troubleshooting('cores-held-by-another-lease')}",
             stacklevel=1,
         )
     try:

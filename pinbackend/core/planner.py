@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .._docs import troubleshooting
 from .cpuset import format_cpu_list
 from .topology import Topology
 
@@ -117,7 +118,8 @@ def plan_slots(
         warnings.warn(
             f"{n_workers} workers asked for "
             f"but only {len(slots)} disjoint core sets fit on CPUs {format_cpu_list(usable)}; "
-            f"workers share core sets (oversubscribe='share'), expect slowdowns",
+            f"workers share core sets (oversubscribe='share'), expect slowdowns. See "
+            f"{troubleshooting('workers-share-core-sets')}",
             OversubscriptionWarning,
             stacklevel=2,
         )

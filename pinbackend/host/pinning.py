@@ -12,11 +12,11 @@ import warnings
 from collections.abc import Iterable
 
 from .. import _platform
+from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 
 __all__ = ["PinningError", "PinningUnavailableWarning", "pin", "pin_or_warn"]
 
-DOCS_URL = "https://pinbackend.readthedocs.io/en/latest/troubleshooting/#pinning-unavailable"
 _MAX_ROUNDS = 20
 
 
@@ -98,7 +98,8 @@ def pin_or_warn(cores: Iterable[int]) -> bool:
             _warned = True
             warnings.warn(
                 f"CPU pinning is unavailable here ({error}); pinbackend caps thread pools "
-                f"only, so workers may migrate between cores. See {DOCS_URL}",
+                f"only, so workers may migrate between cores. See "
+                f"{troubleshooting('pinning-unavailable')}",
                 PinningUnavailableWarning,
                 stacklevel=2,
             )

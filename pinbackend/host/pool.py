@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .. import _platform
+from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, plan_slots
 from ..core.sysfs import read_topology
@@ -163,7 +164,7 @@ def _claim_shared(pool: PoolPlan, distinct: list[frozenset[int]]) -> Lease:
     least = min(distinct, key=lambda cores: (holders[cores], sorted(cores)))
     warnings.warn(
         f"worker {os.getpid()} shares CPUs {format_cpu_list(least)} with another worker "
-        f"(oversubscribe='share')",
+        f"(oversubscribe='share'). See {troubleshooting('workers-share-core-sets')}",
         OversubscriptionWarning,
         stacklevel=2,
     )

@@ -1,0 +1,87 @@
+"""The documentation stays true to the code: warnings, CLI options and examples."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs"
+SOURCES = sorted((ROOT / "pinbackend").rglob("*.py"))
+
+
+def slug(heading: str) -> str:
+    """The anchor MkDocs' toc extension gives a heading."""
+    text = re.sub(r"[^\w\s-]", "", heading.strip().lower())
+    return re.sub(r"[\s]+", "-", text)
+
+
+def troubleshooting_anchors() -> set[str]:
+    text = (DOCS / "troubleshooting.md").read_text()
+    return {slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("## ")}
+
+
+def balanced_call(source: str, open_paren: int) -> str:
+    """The text of a call from its opening parenthesis to the matching closing one."""
+    depth = 0
+    for index in range(open_paren, len(source)):
+        depth += {"(": 1, ")": -1}.get(source[index], 0)
+        if depth == 0:
+            return source[open_paren : index + 1]
+    raise AssertionError("unbalanced call")
+
+
+def test_every_warning_links_to_an_existing_troubleshooting_entry():
+    anchors = troubleshooting_anchors()
+    warn_sites = 0
+    for path in SOURCES:
+        source = path.read_text()
+        for match in re.finditer(r"warnings\.warn\(", source):
+            warn_sites += 1
+            call = balanced_call(source, match.end() - 1)
+            assert "troubleshooting(" in call, f"{path.name}: a warning without a docs link"
+        for anchor in re.findall(r"troubleshooting\(['\"]([\w-]+)['\"]\)", source):
+            assert anchor in anchors, f"{path.name} links to a missing entry #{anchor}"
+    assert warn_sites >= 3
+
+
+def subcommands() -> list[str]:
+    from pinbackend.cli import SUBCOMMANDS
+
+    return sorted(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", subcommands())
+def test_cli_help_and_docs_name_the_same_options(command):
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pinbackend", command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    options = set(re.findall(r"(--[a-z][a-z-]+)", help_text)) - {"--help"}
+    docs = (DOCS / "cli.md").read_text()
+    section = docs.split(f"## `{command}`", 1)
+    assert len(section) == 2, f"docs/cli.md has no section for {command}"
+    body = section[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"(--[a-z][a-z-]+)", body))
+    assert options == documented, f"help {sorted(options)} vs docs {sorted(documented)}"
+
+
+def test_every_example_is_referenced_from_the_docs():
+    docs = " ".join(p.read_text() for p in DOCS.rglob("*.md"))
+    for example in (ROOT / "examples").glob("*.py"):
+        assert f"examples/{example.name}" in docs, f"{example.name} is not in the docs"
+
+
+def test_readme_quick_start_is_the_ci_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.*?)```", readme, re.S)[0].strip().splitlines()
+    assert len(commands) == 2, "the Quick start has exactly two commands"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci.splitlines(), ".ci/run must run the README's test command"
+    assert (DOCS / "index.md").read_text().count(commands[0]) == 1
