@@ -9,19 +9,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pinbackend.host.caps import THREAD_ENV_VARS as CAP_VARS
+
 TOPOLOGIES = Path(__file__).parent / "data" / "topologies"
 SNAPSHOTS = sorted(p.name.removesuffix(".tar.bz2") for p in TOPOLOGIES.glob("*.tar.bz2"))
 
 # Thread-count variables a test must never leave changed in the test process itself.
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-)
+THREAD_ENV_VARS = (*CAP_VARS, "PYTHON_CPU_COUNT", "PINBACKEND_SCOPE", "PINBACKEND_SLOT")
 
 
 @pytest.fixture(scope="session")

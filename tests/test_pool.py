@@ -34,26 +34,30 @@ sys.stdin.read()
 """
 
 
-def start_worker(pool):
-    return subprocess.Popen(
-        [sys.executable, "-c", JOIN, pickle.dumps(pool).hex()],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def test_workers_claim_disjoint_slots_and_a_surplus_worker_fails_closed():
-    pool = plan_pool(2, claim_timeout=0.5)
-    assert pool.slots == (frozenset({0}), frozenset({1}))
-    workers = [start_worker(pool) for _ in range(3)]
+def join_in_workers(pool, count: int) -> list[dict]:
+    """Start ``count`` worker processes that join ``pool``; return what each reports."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", JOIN, pickle.dumps(pool).hex()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
     try:
-        reports = [json.loads(w.stdout.readline()) for w in workers]
+        return [json.loads(w.stdout.readline()) for w in workers]
     finally:
         for worker in workers:
             worker.stdin.close()
             worker.wait()
             worker.stdout.close()
+
+
+def test_workers_claim_disjoint_slots_and_a_surplus_worker_fails_closed():
+    pool = plan_pool(2, claim_timeout=0.5)
+    assert pool.slots == (frozenset({0}), frozenset({1}))
+    reports = join_in_workers(pool, 3)
     errors = [r for r in reports if "error" in r]
     pinned = [r for r in reports if "error" not in r]
     assert len(errors) == 1 and "none of the 2 planned core sets is free" in errors[0]["error"]
@@ -75,14 +79,7 @@ def test_shared_pool_workers_share_the_least_crowded_slot_with_a_warning():
     with pytest.warns(OversubscriptionWarning, match="3 workers asked for"):
         pool = plan_pool(3, oversubscribe="share")
     assert pool.shared and len(pool.slots) == 3
-    workers = [start_worker(pool) for _ in range(3)]
-    try:
-        reports = [json.loads(w.stdout.readline()) for w in workers]
-    finally:
-        for worker in workers:
-            worker.stdin.close()
-            worker.wait()
-            worker.stdout.close()
+    reports = join_in_workers(pool, 3)
     assert sorted(len(r["warnings"]) for r in reports) == [0, 0, 1]
     assert "shares CPUs" in max(reports, key=lambda r: len(r["warnings"]))["warnings"][0]
     assert sorted(r["affinity"] for r in reports) in ([[0], [0], [1]], [[0], [1], [1]])

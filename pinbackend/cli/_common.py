@@ -46,6 +46,11 @@ def add_root_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_reserve_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """Add ``--reserve LIST``: CPUs the planner must never pick."""
+    parser.add_argument("--reserve", type=cpu_list, default=frozenset(), metavar="LIST", help=help)
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--json``: machine-readable output on stdout."""
     parser.add_argument("--json", action="store_true", help="print JSON instead of a picture")

@@ -7,7 +7,14 @@ import argparse
 from ..core.planner import OVERSUBSCRIBE_POLICIES, PlanError, plan_slots
 from ..core.sysfs import read_topology
 from ..core.topology import TopologyError
-from ._common import add_json_option, add_root_option, cpu_list, fail, positive_int, print_json
+from ._common import (
+    add_json_option,
+    add_reserve_option,
+    add_root_option,
+    fail,
+    positive_int,
+    print_json,
+)
 from .render import describe_plan
 
 HELP = "show the disjoint core sets planned for N workers"
@@ -26,13 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--cores-per-worker", type=positive_int, metavar="K", help="physical cores per worker"
     )
-    parser.add_argument(
-        "--reserve",
-        type=cpu_list,
-        default=frozenset(),
-        metavar="LIST",
-        help="CPUs to keep free, e.g. 0 or 0-1,8",
-    )
+    add_reserve_option(parser, "CPUs to keep free, e.g. 0 or 0-1,8")
     parser.add_argument(
         "--oversubscribe",
         choices=OVERSUBSCRIBE_POLICIES,

@@ -20,7 +20,7 @@ from ..core.sysfs import read_topology
 from ..host.leases import Lease, LeaseConflict, LeaseError, busy_cpus, claim
 from ..host.pinning import PinningError, pin_or_warn
 from ..host.slot import current_scope, slot_env
-from ._common import cpu_list, fail, positive_int
+from ._common import add_reserve_option, cpu_list, fail, positive_int
 
 HELP = "run a command on a leased set of cores (held for the command's lifetime)"
 
@@ -43,13 +43,7 @@ def add_parser(subparsers) -> None:
         metavar="K",
         help="let the planner pick K free physical cores (default: 1)",
     )
-    parser.add_argument(
-        "--reserve",
-        type=cpu_list,
-        default=frozenset(),
-        metavar="LIST",
-        help="with -n: CPUs never to pick",
-    )
+    add_reserve_option(parser, "with -n: CPUs never to pick")
     parser.add_argument(
         "--share",
         action="store_true",
