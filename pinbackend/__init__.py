@@ -5,3 +5,20 @@ capped to that set's size, and nested parallelism cannot oversubscribe the machi
 """
 
 __version__ = "0.1.0"
+
+# ``dask worker --preload pinbackend`` looks up ``dask_setup``/``dask_teardown`` on this
+# module. They live in pinbackend.dask.preload, imported on first access only, so that
+# ``import pinbackend`` never imports distributed or click (and has no side effect).
+_PRELOAD_HOOKS = ("dask_setup", "dask_teardown")
+
+
+def __getattr__(name: str):
+    if name in _PRELOAD_HOOKS:
+        from .dask import preload
+
+        return getattr(preload, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PRELOAD_HOOKS])
