@@ -469,3 +469,19 @@ def test_legacy_register_worker_plugin_pins_workers():
         with pytest.warns(Warning, match="register_plugin"):
             client.register_worker_plugin(PinPlugin())
         assert sorted(assert_pinned_disjoint(reports(client)), key=min) == [{0}, {1}]
+
+
+@needs_two_cpus
+def test_dask_example_prints_the_placement_and_runs_pinned_tasks():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "dask_local.py")],
+        env={**_child_env(), "PINBACKEND_EXAMPLE_SMALL": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 worker(s) on 1 host(s), 2 pinned." in result.stdout
+    task_lines = [line for line in result.stdout.splitlines() if line.startswith("  pid ")]
+    assert len(task_lines) == 4
+    assert {line.split(", ")[0].split(": ")[1] for line in task_lines} == {"CPUs [0]", "CPUs [1]"}
