@@ -120,12 +120,12 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
         state.slot, state.reason = _apply(state.lease, nthreads)
     except (LeaseError, PlanError, PinningError, AffinityUnavailable) as error:
         state.reason = str(error)
+        _abandon(state)
     except Exception as error:  # never let an unexpected failure pass as "pinned"
         state.reason = f"{type(error).__name__}: {error}"
+        _abandon(state)
     if state.reason is not None and options.fail == "closed":
-        if state.lease is not None:
-            state.lease.release()
-        reset_current_slot()
+        _abandon(state)
         message = (
             f"pinbackend: Dask worker {worker.address} refuses to start (fail=closed): "
             f"{state.reason}. Free cores, start fewer workers, adjust --pin-cores-per-worker "
@@ -141,9 +141,10 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
             state.reason,
             DOCS,
         )
-    if state.slot is not None:
+    if state.slot is not None:  # pinned, or holding a slot where affinity is unavailable
         state.task_caps = TaskThreadCaps(state.slot.threads)
         state.task_caps.install(worker.executors.values())
+    if state.pinned:
         logger.info(
             "pinbackend: worker %s pinned to CPUs %s, %d task thread(s) x %d BLAS/OpenMP "
             "thread(s) each",
@@ -154,6 +155,23 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
         )
     _state = state
     return state
+
+
+def _abandon(state: WorkerPin) -> None:
+    """Give back what a failed attempt took: its lease, its slot record, moved threads.
+
+    A worker that only lacks CPU affinity keeps its slot and caps under fail=open; this is
+    for every other failure, and for any failure under fail=closed.
+    """
+    if state.lease is None:
+        return  # nothing was claimed, so no thread was touched
+    state.lease.release()
+    state.lease, state.slot = None, None
+    reset_current_slot()
+    try:
+        pin(state.original_cpus)  # pinning may have failed half-way
+    except (PinningError, AffinityUnavailable, OSError):
+        pass  # affinity could not be set at all: nothing moved
 
 
 def unpin_worker(worker, source: str) -> None:
