@@ -58,6 +58,9 @@ def local_cluster(**kwargs):
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        # Without a dashboard the scheduler still serves /metrics, by default on port 8787:
+        # an ephemeral port instead, so that clusters of other test runs never collide.
+        scheduler_kwargs={"dashboard_address": ":0"},
         worker_dashboard_address=None,
         n_workers=2,
         threads_per_worker=1,
@@ -342,7 +345,8 @@ def scheduler_process(tmp_path):
     process = subprocess.Popen(
         [
             *(_script("dask"), "scheduler", "--host", "127.0.0.1", "--port", "0"),
-            *("--no-dashboard", "--scheduler-file", str(scheduler_file)),
+            *("--no-dashboard", "--dashboard-address", ":0"),
+            *("--scheduler-file", str(scheduler_file)),
         ],
         env=_child_env(),
         stdout=subprocess.PIPE,
