@@ -13,6 +13,7 @@ _PRELOAD_HOOKS = ("dask_setup", "dask_teardown")
 
 
 def __getattr__(name: str):
+    """Import the Dask preload hooks on first access (PEP 562)."""
     if name in _PRELOAD_HOOKS:
         from .dask import preload
 
@@ -21,4 +22,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
+    """List the lazy preload hooks too."""
     return sorted([*globals(), *_PRELOAD_HOOKS])
