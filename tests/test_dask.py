@@ -22,6 +22,7 @@ distributed = pytest.importorskip("distributed")
 import _dask_probes as probes  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
+from pinbackend.core.sysfs import read_topology  # noqa: E402
 from pinbackend.dask import (  # noqa: E402
     PinPlugin,
     PinRefused,
@@ -35,7 +36,8 @@ pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.timeout(150)]
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 ALL_CPUS = frozenset(os.sched_getaffinity(0))
-needs_two_cpus = pytest.mark.skipif(len(ALL_CPUS) < 2, reason="needs at least 2 allowed CPUs")
+CORES = read_topology().restrict(ALL_CPUS).cores  # physical cores, SMT siblings together
+needs_two_cores = pytest.mark.skipif(len(CORES) < 2, reason="needs 2 allowed physical cores")
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +95,14 @@ def assert_pinned_disjoint(results: dict[str, dict], nthreads: int = 1) -> list[
     return slots
 
 
+def assert_slots(slots: list[frozenset], count: int, cores_each: int) -> None:
+    """``count`` slots of ``cores_each`` whole physical cores (on two cores: {0} and {1})."""
+    assert len(slots) == count, slots
+    for slot in slots:
+        cores = [core for core in CORES if core & slot]
+        assert all(core <= slot for core in cores) and len(cores) == cores_each, slot
+
+
 def wait_until(predicate, timeout: float = 60, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -111,7 +121,7 @@ def assert_leases_match_workers(client) -> None:
     assert len(leases) == len(client.nthreads())
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_local_cluster_two_workers_get_disjoint_pinned_slots():
     with local_cluster(n_workers=1) as (cluster, client):
         client.register_plugin(PinPlugin())
@@ -119,7 +129,7 @@ def test_local_cluster_two_workers_get_disjoint_pinned_slots():
         cluster.scale(2)  # a worker joining after registration is pinned too
         client.wait_for_workers(2, timeout=60)
         results = reports(client)
-        assert sorted(assert_pinned_disjoint(results), key=min) == [{0}, {1}]
+        assert_slots(assert_pinned_disjoint(results), count=2, cores_each=1)
         assert all(r["pin"]["source"] == "pinbackend" for r in results.values())
         plugins = client.run(
             lambda dask_worker: [n for n in dask_worker.plugins if "pinbackend" in n]
@@ -127,10 +137,10 @@ def test_local_cluster_two_workers_get_disjoint_pinned_slots():
         assert list(plugins.values()) == [["pinbackend"], ["pinbackend"]]
         assert_leases_match_workers(client)
         view = placement(client)
-        assert [(p.cores, p.pinned, p.threads_on_slot, p.blas_threads) for p in view] == [
-            ((0,), True, True, 1),
-            ((1,), True, True, 1),
-        ]
+        slots_seen_by_tasks = sorted(tuple(r["pin"]["cores"]) for r in results.values())
+        assert sorted(p.cores for p in view) == slots_seen_by_tasks
+        assert all(p.pinned and p.threads_on_slot for p in view)
+        assert [p.blas_threads for p in view] == [len(p.cores) for p in view]
         text = format_placement(view)
         assert "2 pinned" in text and text.count(" yes") == 2
         # Removing the plugin releases the slots and gives the threads their CPUs back.
@@ -141,14 +151,14 @@ def test_local_cluster_two_workers_get_disjoint_pinned_slots():
             assert {frozenset(c) for c in report["threads"].values()} == {ALL_CPUS}
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_openmp_cap_holds_in_every_task_thread_not_only_the_main_thread():
-    # libgomp is loaded before the plugin runs, with OMP_NUM_THREADS=2 in the environment:
-    # a cap applied from the worker's main thread alone would leave the task threads at 2.
+    # libgomp is loaded before the plugin runs, with OMP_NUM_THREADS=3 in the environment:
+    # a cap applied from the worker's main thread alone would leave the task threads at 3.
     with local_cluster(
         n_workers=1,
         threads_per_worker=2,
-        env={"OMP_NUM_THREADS": "2"},
+        env={"OMP_NUM_THREADS": "3"},
         preload=["sklearn.utils._openmp_helpers"],
     ) as (_cluster, client):
         client.register_plugin(PinPlugin())
@@ -157,18 +167,20 @@ def test_openmp_cap_holds_in_every_task_thread_not_only_the_main_thread():
         ]
         results = client.gather(futures)
         assert len({r["task_thread"]["tid"] for r in results}) == 2
+        slot = frozenset(results[0]["pin"]["cores"])
+        cap = len(slot) // 2  # 2 task threads: 1 on two cores without SMT
+        assert cap != 3
         for report in results:
-            assert report["pin"]["cores"] == [0, 1]
-            assert report["pin"]["task_thread_cap"] == 1
-            assert {frozenset(c) for c in report["threads"].values()} == {frozenset({0, 1})}
-            assert set(report["task_thread"]["blas"]) == {1}
-            assert report["task_thread"]["openmp"] == [1]
+            assert report["pin"]["task_thread_cap"] == cap
+            assert {frozenset(c) for c in report["threads"].values()} == {slot}
+            assert set(report["task_thread"]["blas"]) == {cap}
+            assert report["task_thread"]["openmp"] == [cap]
         # Threads a task starts itself keep the default OpenMP read when it loaded: that is
         # what PinNannyPlugin fixes (next test). Shown here so the test above can fail.
-        assert client.submit(probes.openmp_in_thread_started_by_task).result() == [2]
+        assert client.submit(probes.openmp_in_thread_started_by_task).result() == [3]
 
 
-@needs_two_cpus
+@needs_two_cores
 @pytest.mark.parametrize("how", ["plugin", "preload-nanny"])
 def test_nanny_part_sets_thread_caps_before_the_worker_process_starts(how):
     if how == "plugin":
@@ -188,17 +200,16 @@ def test_nanny_part_sets_thread_caps_before_the_worker_process_starts(how):
         cluster.scale(1)
         client.wait_for_workers(1, timeout=60)
         (environ,) = reports(client, probes.initial_environ).values()
-        # distributed's own default before the spawn is 1; the slot is 2 CPUs, 1 thread.
-        assert environ["OPENBLAS_NUM_THREADS"] == "2"
-        assert environ["OMP_NUM_THREADS"] == "2"
         (report,) = reports(client, probes.task_report, True).values()
-        assert report["pin"]["cores"] == [0, 1]
-        assert set(report["task_thread"]["blas"]) == {2}
-        assert report["task_thread"]["openmp"] == [2]
-        assert client.submit(probes.openmp_in_thread_started_by_task).result() == [2]
+        (slot,) = assert_pinned_disjoint({"worker": report})
+        assert_slots([slot], count=1, cores_each=2)
+        # distributed's own default before the spawn is 1; 1 task thread gets the whole slot.
+        assert environ["OPENBLAS_NUM_THREADS"] == environ["OMP_NUM_THREADS"] == str(len(slot))
+        assert report["task_thread"]["openmp"] == [len(slot)]
+        assert client.submit(probes.openmp_in_thread_started_by_task).result() == [len(slot)]
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_restarted_and_killed_workers_are_pinned_again_without_leaking_slots(tmp_path):
     with local_cluster() as (_cluster, client):
         client.register_plugin(PinPlugin())
@@ -208,7 +219,7 @@ def test_restarted_and_killed_workers_are_pinned_again_without_leaking_slots(tmp
             pids = worker_pids(client)
             assert not pids & seen_pids
             seen_pids |= pids
-            assert sorted(assert_pinned_disjoint(reports(client)), key=min) == [{0}, {1}]
+            assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
             assert_leases_match_workers(client)
         victim = sorted(client.nthreads())[0]
         survivor_pid = client.run(os.getpid, workers=[sorted(client.nthreads())[1]])
@@ -228,11 +239,11 @@ def test_restarted_and_killed_workers_are_pinned_again_without_leaking_slots(tmp
         )
         pids = worker_pids(client)
         assert set(survivor_pid.values()) < pids and not (pids - seen_pids) & seen_pids
-        assert sorted(assert_pinned_disjoint(reports(client)), key=min) == [{0}, {1}]
+        assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
         assert_leases_match_workers(client)
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_joblib_dask_backend_runs_each_task_inside_its_workers_slot():
     joblib = pytest.importorskip("joblib")
     with local_cluster() as (_cluster, client):
@@ -254,7 +265,7 @@ def test_joblib_dask_backend_runs_each_task_inside_its_workers_slot():
     assert len(slots) == len(set(slots)) and all(len(s) == 1 for s in slots)
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_fail_closed_worker_closes_instead_of_running_unpinned():
     with local_cluster(n_workers=1) as (_cluster, client):
         with claim(ALL_CPUS, command="the test holds every core"):
@@ -265,7 +276,7 @@ def test_fail_closed_worker_closes_instead_of_running_unpinned():
         assert not client.nthreads()
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_fail_open_worker_warns_once_and_reports_itself_unpinned():
     with local_cluster(n_workers=1) as (_cluster, client):
         with claim(ALL_CPUS, command="the test holds every core"):
@@ -290,7 +301,7 @@ def test_workers_sharing_the_clients_process_are_never_pinned():
     assert not list_leases(scope=None)
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_preload_through_config_wins_over_a_plugin_registered_later():
     import dask
 
@@ -306,7 +317,7 @@ def test_preload_through_config_wins_over_a_plugin_registered_later():
         client.register_plugin(PinPlugin(cores_per_worker=2))
         results = reports(client)
         logs = client.get_worker_logs()
-    assert sorted(assert_pinned_disjoint(results), key=min) == [{0}, {1}]
+    assert_slots(assert_pinned_disjoint(results), count=2, cores_each=1)
     assert {r["pin"]["source"] for r in results.values()} == {"pinbackend-preload"}
     for lines in logs.values():
         assert sum("already set up by pinbackend-preload" in msg for _, msg in lines) == 1
@@ -394,7 +405,7 @@ ENTRY_POINTS = [
 ]
 
 
-@needs_two_cpus
+@needs_two_cores
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry_point):
     with scheduler_process(tmp_path) as scheduler:
@@ -416,13 +427,13 @@ def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry
                 client.shutdown()
         finally:
             output = _stop(worker)
-    assert sorted(assert_pinned_disjoint(results), key=min) == [{0}, {1}]
+    assert_slots(assert_pinned_disjoint(results), count=2, cores_each=1)
     assert {r["pin"]["source"] for r in results.values()} == {"pinbackend-preload"}
     assert all(p.pinned and p.threads_on_slot for p in view)
     assert output.count("pinned to CPUs") == 2, output
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_dask_worker_with_fail_closed_preload_refuses_to_start(tmp_path):
     with (
         scheduler_process(tmp_path) as scheduler,
@@ -462,7 +473,7 @@ def test_dask_worker_rejects_bad_preload_options_before_starting(tmp_path):
 # --- registration on distributed versions that still have register_worker_plugin ---------
 
 
-@needs_two_cpus
+@needs_two_cores
 @pytest.mark.skipif(
     not hasattr(Client, "register_worker_plugin"),
     reason=f"distributed {distributed.__version__} removed Client.register_worker_plugin "
@@ -472,10 +483,10 @@ def test_legacy_register_worker_plugin_pins_workers():
     with local_cluster() as (_cluster, client):
         with pytest.warns(Warning, match="register_plugin"):
             client.register_worker_plugin(PinPlugin())
-        assert sorted(assert_pinned_disjoint(reports(client)), key=min) == [{0}, {1}]
+        assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
 
 
-@needs_two_cpus
+@needs_two_cores
 def test_dask_example_prints_the_placement_and_runs_pinned_tasks():
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "dask_local.py")],
@@ -488,4 +499,6 @@ def test_dask_example_prints_the_placement_and_runs_pinned_tasks():
     assert "2 worker(s) on 1 host(s), 2 pinned." in result.stdout
     task_lines = [line for line in result.stdout.splitlines() if line.startswith("  pid ")]
     assert len(task_lines) == 4
-    assert {line.split(", ")[0].split(": ")[1] for line in task_lines} == {"CPUs [0]", "CPUs [1]"}
+    cpu_lists = {line.split("CPUs ")[1].split("]")[0] + "]" for line in task_lines}
+    first, second = (frozenset(json.loads(cpus)) for cpus in cpu_lists)
+    assert first and second and not first & second
