@@ -31,3 +31,22 @@ __all__ = [
 
 # Idempotent: registering again only rebinds the same name to the same class.
 register_parallel_backend("pinned", PinnedBackend)
+
+# ``dask worker --preload pinbackend`` looks up ``dask_setup``/``dask_teardown`` on this
+# module. They live in pinbackend.dask.preload, imported on first access only, so that
+# ``import pinbackend`` never imports distributed or click (and has no side effect).
+_PRELOAD_HOOKS = ("dask_setup", "dask_teardown")
+
+
+def __getattr__(name: str):
+    """Import the Dask preload hooks on first access (PEP 562)."""
+    if name in _PRELOAD_HOOKS:
+        from .dask import preload
+
+        return getattr(preload, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """List the lazy preload hooks too."""
+    return sorted([*globals(), *_PRELOAD_HOOKS])

@@ -1,0 +1,39 @@
+"""Dask distributed integration: each worker process gets a disjoint slot of its host's cores.
+
+Three ways to enable it (see the docs page "Dask"):
+
+* ``client.register_plugin(PinPlugin())`` from a client (``register_worker_plugin`` on
+  distributed versions that still have it);
+* ``dask worker SCHEDULER --preload pinbackend [--pin-... options]`` on each host;
+* the ``distributed.worker.preload`` configuration, set to ``["pinbackend"]``.
+
+:func:`placement` and :func:`format_placement` show, from the client, where every worker
+runs and how its thread pools are capped.
+"""
+
+from __future__ import annotations
+
+try:
+    import distributed  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "pinbackend.dask needs dask's distributed package; install it with "
+        "pip install 'pinbackend[dask]'"
+    ) from error
+
+from ._worker import PinRefused, current_pin
+from .options import PinOptions, PinOptionsError
+from .placement import WorkerPlacement, format_placement, placement
+from .plugins import PinNannyPlugin, PinPlugin
+
+__all__ = [
+    "PinNannyPlugin",
+    "PinOptions",
+    "PinOptionsError",
+    "PinPlugin",
+    "PinRefused",
+    "WorkerPlacement",
+    "current_pin",
+    "format_placement",
+    "placement",
+]

@@ -1,0 +1,273 @@
+"""Inside a Dask worker process: claim a slot on this host, pin the process, cap its pools.
+
+Dask workers have no host-local index (``dask worker --nworkers N`` runs N of them from one
+process, nannies restart them with new pids), so a worker *claims* its slot: it plans this
+host's free cores into slots of its size and leases the first free one. The lease is a
+kernel lock that dies with the process, so a restarted or killed worker's cores are free
+for its successor without any cleanup. One worker per process: this module keeps the
+process's pinning state in a module global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+
+from .. import _platform
+from .._platform import AffinityUnavailable
+from ..core.cpuset import format_cpu_list
+from ..core.planner import PlanError
+from ..core.sysfs import read_topology
+from ..host.leases import Lease, LeaseConflict, LeaseError, busy_cpus, claim, list_leases
+from ..host.pinning import PinningError, pin
+from ..host.pool import plan_pool
+from ..host.slot import AppliedSlot, apply_slot, current_scope, reset_current_slot
+from ._executor import TaskThreadCaps
+from .options import PinOptions, slot_cores_for, task_thread_cap
+
+__all__ = [
+    "DOCS",
+    "PinRefused",
+    "WorkerPin",
+    "current_pin",
+    "pin_worker",
+    "unpin_worker",
+]
+
+# A child of distributed.worker: dask's logging config, `dask worker` output and
+# client.get_worker_logs() show these lines with the worker's own.
+logger = logging.getLogger("distributed.worker.pinbackend")
+
+#: Troubleshooting entries the log lines link to.
+DOCS = "https://pinbackend.readthedocs.io/en/latest/troubleshooting/"
+_POLL_SECONDS = 0.1
+
+
+class PinRefused(RuntimeError):
+    """A worker with ``fail="closed"`` could not be pinned and refuses to run tasks."""
+
+
+@dataclass
+class WorkerPin:
+    """How this worker process was pinned, or why it was not (reported to the client)."""
+
+    source: str
+    options: PinOptions
+    nthreads: int
+    slot: AppliedSlot | None = None
+    lease: Lease | None = None
+    reason: str | None = None
+    original_cpus: frozenset[int] = frozenset()
+    task_caps: TaskThreadCaps | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """Whether every thread of the worker runs on its slot."""
+        return self.slot is not None and self.slot.pinned
+
+    def to_dict(self) -> dict:
+        """Plain data for the placement view."""
+        return {
+            "source": self.source,
+            "options": self.options.describe(),
+            "pinned": self.pinned,
+            "cores": sorted(self.slot.cores) if self.slot else None,
+            "task_thread_cap": self.slot.threads if self.slot else None,
+            "lease_id": self.lease.lease_id if self.lease else None,
+            "reason": self.reason,
+        }
+
+
+_state: WorkerPin | None = None
+
+
+def current_pin() -> WorkerPin | None:
+    """This worker process's pinning (None where no pinbackend plugin or preload ran)."""
+    return _state
+
+
+async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
+    """Claim a slot for ``worker``, pin all its threads and cap its pools per task thread.
+
+    The first caller in a process wins; a later one (the preload pinned the worker, then a
+    client registers :class:`PinPlugin`) keeps that slot and logs a warning if its own
+    options differ. Raises :class:`PinRefused` on failure with ``fail="closed"``; with
+    ``fail="open"`` logs one warning and returns an unpinned :class:`WorkerPin`.
+    """
+    global _state
+    if _state is not None:
+        if _state.options != options:
+            logger.warning(
+                "pinbackend: worker %s was already set up by %s (%s); the %s options (%s) "
+                "are ignored. See %s#dask-worker-set-up-twice",
+                worker.address,
+                _state.source,
+                _state.options.describe(),
+                source,
+                options.describe(),
+                DOCS,
+            )
+        return _state
+    nthreads = worker.state.nthreads
+    state = WorkerPin(source, options, nthreads, original_cpus=_platform.allowed_cpus())
+    try:
+        _refuse_shared_process(worker)
+        state.lease = await _claim_slot(worker, options, nthreads)
+        state.slot, state.reason = _apply(state.lease, nthreads)
+    except (LeaseError, PlanError, PinningError, AffinityUnavailable) as error:
+        state.reason = str(error)
+        _abandon(state)
+    except Exception as error:  # never let an unexpected failure pass as "pinned"
+        state.reason = f"{type(error).__name__}: {error}"
+        _abandon(state)
+    if state.reason is not None and options.fail == "closed":
+        _abandon(state)
+        message = (
+            f"pinbackend: Dask worker {worker.address} refuses to start (fail=closed): "
+            f"{state.reason}. Free cores, start fewer workers, adjust --pin-cores-per-worker "
+            f"or --pin-reserve, or choose fail=open. See {DOCS}#dask-worker-refuses-to-start"
+        )
+        logger.error(message)
+        raise PinRefused(message)
+    if state.reason is not None:
+        logger.warning(
+            "pinbackend: Dask worker %s runs UNPINNED (fail=open): %s. Its tasks may share "
+            "cores with other work. See %s#dask-worker-runs-unpinned",
+            worker.address,
+            state.reason,
+            DOCS,
+        )
+    if state.slot is not None:  # pinned, or holding a slot where affinity is unavailable
+        state.task_caps = TaskThreadCaps(state.slot.threads)
+        state.task_caps.install(worker.executors.values())
+    if state.pinned:
+        logger.info(
+            "pinbackend: worker %s pinned to CPUs %s, %d task thread(s) x %d BLAS/OpenMP "
+            "thread(s) each",
+            worker.address,
+            format_cpu_list(state.slot.cores),
+            nthreads,
+            state.slot.threads,
+        )
+    _state = state
+    return state
+
+
+def _abandon(state: WorkerPin) -> None:
+    """Give back what a failed attempt took: its lease, its slot record, moved threads.
+
+    A worker that only lacks CPU affinity keeps its slot and caps under fail=open; this is
+    for every other failure, and for any failure under fail=closed.
+    """
+    if state.lease is None:
+        return  # nothing was claimed, so no thread was touched
+    state.lease.release()
+    state.lease, state.slot = None, None
+    reset_current_slot()
+    try:
+        pin(state.original_cpus)  # pinning may have failed half-way
+    except (PinningError, AffinityUnavailable, OSError):
+        pass  # affinity could not be set at all: nothing moved
+
+
+def unpin_worker(worker, source: str) -> None:
+    """Undo what :func:`pin_worker` did for ``source``: release the lease, restore the
+    threads' original CPUs and the executors. A no-op for another source's pinning."""
+    global _state
+    state = _state
+    if state is None or state.source != source:
+        return
+    _state = None
+    if state.task_caps is not None:
+        state.task_caps.uninstall()
+    if state.slot is not None and state.slot.pinned and state.original_cpus:
+        try:
+            pin(state.original_cpus)
+        except (PinningError, AffinityUnavailable, OSError) as error:
+            logger.warning(
+                "pinbackend: could not give worker %s its CPUs %s back after releasing its "
+                "slot: %s. See %s#dask-worker-cpus-not-restored",
+                worker.address,
+                format_cpu_list(state.original_cpus),
+                error,
+                DOCS,
+            )
+    reset_current_slot()
+    if state.lease is not None:
+        state.lease.release()
+
+
+def _refuse_shared_process(worker) -> None:
+    """Pinning acts on a whole process: refuse when the worker shares it with others."""
+    from distributed import Scheduler, Worker
+    from distributed.core import Status
+
+    closed = (Status.closing, Status.closed, Status.failed)
+    others = [w for w in list(Worker._instances) if w is not worker and w.status not in closed]
+    schedulers = [s for s in list(Scheduler._instances) if s.status not in closed]
+    if others or schedulers:
+        raise PinningError(
+            f"worker {worker.address} shares its process (pid {os.getpid()}) with "
+            f"{len(others)} other worker(s) and {len(schedulers)} scheduler(s), so pinning it "
+            f"would pin them all; run workers in their own processes "
+            f"(LocalCluster(processes=True), dask worker)"
+        )
+
+
+async def _claim_slot(worker, options: PinOptions, nthreads: int) -> Lease:
+    """Plan this host's free cores into slots of this worker's size; lease the first free.
+
+    Retries until ``options.claim_timeout`` while other leases hold cores (a predecessor
+    exiting, siblings starting at the same moment); an impossible plan fails at once.
+    """
+    deadline = time.monotonic() + options.claim_timeout
+    command = f"dask worker {worker.address}"
+    cores, pool = None, None
+    while True:
+        try:
+            cores = slot_cores_for(nthreads, read_topology(), options)
+            pool = plan_pool(cores_per_worker=cores, reserve=options.reserve)
+            for slot in pool.slots:
+                try:
+                    return claim(slot, scope=pool.scope, command=command)
+                except LeaseConflict as conflict:
+                    error: Exception = conflict
+        except (PlanError, LeaseConflict) as failure:
+            error = failure
+            if not busy_cpus(current_scope()):
+                raise  # nothing to wait for: the plan itself is impossible
+        if time.monotonic() >= deadline:
+            holders = list_leases(pool.scope if pool else current_scope())
+            held = "; ".join(
+                f"CPUs {format_cpu_list(h.cores)} by pid {h.pid} ({h.command})" for h in holders
+            )
+            raise LeaseConflict(
+                f"no free slot of {cores} core(s) on this host after waiting "
+                f"{options.claim_timeout:g}s ({error}); held now: {held or 'nothing'}",
+                frozenset().union(*(h.cores for h in holders)),
+                holders,
+            )
+        await asyncio.sleep(_POLL_SECONDS)
+
+
+def _apply(lease: Lease, nthreads: int) -> tuple[AppliedSlot, str | None]:
+    """Pin and cap; return the slot and, where affinity is unavailable, why it is unpinned.
+
+    The 'pinning unavailable' warning of :func:`apply_slot` becomes that reason instead of a
+    second log line: the fail policy decides what to say.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slot = apply_slot(
+            lease.cores,
+            lease=lease,
+            threads=task_thread_cap(len(lease.cores), nthreads),
+            own_process=True,
+        )
+    if slot.pinned:
+        return slot, None
+    return slot, str(caught[0].message) if caught else "CPU affinity cannot be set here"

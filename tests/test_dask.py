@@ -1,0 +1,504 @@
+"""Dask integration on real clusters: LocalCluster and separate scheduler/worker processes.
+
+Everything is read back from inside tasks: each thread's CPU mask from /proc and the pool
+sizes threadpoolctl sees in the task thread. The machine may have only two cores, so the
+layouts are 2 workers x 1 thread (slots {0} and {1}) and 1 worker x 2 threads (slot {0,1}).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import _dask_probes as probes  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+
+from pinbackend.core.sysfs import read_topology  # noqa: E402
+from pinbackend.dask import (  # noqa: E402
+    PinPlugin,
+    PinRefused,
+    format_placement,
+    placement,
+)
+from pinbackend.host.leases import claim, list_leases  # noqa: E402
+
+pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.timeout(150)]
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+CORES = read_topology().restrict(ALL_CPUS).cores  # physical cores, SMT siblings together
+needs_two_cores = pytest.mark.skipif(len(CORES) < 2, reason="needs 2 allowed physical cores")
+
+
+@pytest.fixture(autouse=True)
+def restore_environ():
+    """LocalCluster's nannies run in this process and put their pre-spawn variables
+    (OMP_NUM_THREADS, ...) into its environment; put the environment back afterwards."""
+    saved = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+@contextlib.contextmanager
+def local_cluster(**kwargs):
+    """A LocalCluster of worker processes on 127.0.0.1, and a client; closed on exit."""
+    options = dict(
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        # Without a dashboard the scheduler still serves /metrics, by default on port 8787:
+        # an ephemeral port instead, so that clusters of other test runs never collide.
+        scheduler_kwargs={"dashboard_address": ":0"},
+        worker_dashboard_address=None,
+        n_workers=2,
+        threads_per_worker=1,
+    )
+    options.update(kwargs)
+    with LocalCluster(**options) as cluster, Client(cluster, timeout=60) as client:
+        yield cluster, client
+
+
+def reports(client, fn=probes.task_report, *args) -> dict[str, dict]:
+    """Run ``fn`` once on every worker (in a task thread); return worker -> result."""
+    futures = {
+        address: client.submit(fn, *args, workers=[address], pure=False)
+        for address in client.nthreads()
+    }
+    return dict(zip(futures, client.gather(list(futures.values())), strict=True))
+
+
+def assert_pinned_disjoint(results: dict[str, dict], nthreads: int = 1) -> list[frozenset]:
+    """Every thread of every worker on its slot, slots disjoint, BLAS cap = slot / nthreads."""
+    slots = []
+    for report in results.values():
+        slot = frozenset(report["pin"]["cores"])
+        assert report["pin"]["pinned"] is True
+        assert {frozenset(cpus) for cpus in report["threads"].values()} == {slot}
+        assert frozenset(report["task_thread"]["mask"]) == slot
+        assert set(report["task_thread"]["blas"]) == {len(slot) // nthreads}
+        slots.append(slot)
+    assert sum(len(s) for s in slots) == len(frozenset().union(*slots)), slots
+    return slots
+
+
+def assert_slots(slots: list[frozenset], count: int, cores_each: int) -> None:
+    """``count`` slots of ``cores_each`` whole physical cores (on two cores: {0} and {1})."""
+    assert len(slots) == count, slots
+    for slot in slots:
+        cores = [core for core in CORES if core & slot]
+        assert all(core <= slot for core in cores) and len(cores) == cores_each, slot
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def worker_pids(client) -> set[int]:
+    return set(client.run(os.getpid).values())
+
+
+def assert_leases_match_workers(client) -> None:
+    leases = list_leases(scope=None)
+    assert {lease.pid for lease in leases} == worker_pids(client)
+    assert len(leases) == len(client.nthreads())
+
+
+@needs_two_cores
+def test_local_cluster_two_workers_get_disjoint_pinned_slots():
+    with local_cluster(n_workers=1) as (cluster, client):
+        client.register_plugin(PinPlugin())
+        client.register_plugin(PinPlugin(cores_per_worker=2))  # idempotent: ignored
+        cluster.scale(2)  # a worker joining after registration is pinned too
+        client.wait_for_workers(2, timeout=60)
+        results = reports(client)
+        assert_slots(assert_pinned_disjoint(results), count=2, cores_each=1)
+        assert all(r["pin"]["source"] == "pinbackend" for r in results.values())
+        plugins = client.run(
+            lambda dask_worker: [n for n in dask_worker.plugins if "pinbackend" in n]
+        )
+        assert list(plugins.values()) == [["pinbackend"], ["pinbackend"]]
+        assert_leases_match_workers(client)
+        view = placement(client)
+        slots_seen_by_tasks = sorted(tuple(r["pin"]["cores"]) for r in results.values())
+        assert sorted(p.cores for p in view) == slots_seen_by_tasks
+        assert all(p.pinned and p.threads_on_slot for p in view)
+        assert [p.blas_threads for p in view] == [len(p.cores) for p in view]
+        text = format_placement(view)
+        assert "2 pinned" in text and text.count(" yes") == 2
+        # Removing the plugin releases the slots and gives the threads their CPUs back.
+        client.unregister_worker_plugin("pinbackend")
+        assert not list_leases(scope=None)
+        for report in reports(client).values():
+            assert report["pin"] is None
+            assert {frozenset(c) for c in report["threads"].values()} == {ALL_CPUS}
+
+
+@needs_two_cores
+def test_openmp_cap_holds_in_every_task_thread_not_only_the_main_thread():
+    # libgomp is loaded before the plugin runs, with OMP_NUM_THREADS=3 in the environment:
+    # a cap applied from the worker's main thread alone would leave the task threads at 3.
+    with local_cluster(
+        n_workers=1,
+        threads_per_worker=2,
+        env={"OMP_NUM_THREADS": "3"},
+        preload=["sklearn.utils._openmp_helpers"],
+    ) as (_cluster, client):
+        client.register_plugin(PinPlugin())
+        futures = [
+            client.submit(probes.concurrent_task_report, 2, True, pure=False) for _ in range(2)
+        ]
+        results = client.gather(futures)
+        assert len({r["task_thread"]["tid"] for r in results}) == 2
+        slot = frozenset(results[0]["pin"]["cores"])
+        cap = len(slot) // 2  # 2 task threads: 1 on two cores without SMT
+        assert cap != 3
+        for report in results:
+            assert report["pin"]["task_thread_cap"] == cap
+            assert {frozenset(c) for c in report["threads"].values()} == {slot}
+            assert set(report["task_thread"]["blas"]) == {cap}
+            assert report["task_thread"]["openmp"] == [cap]
+        # Threads a task starts itself keep the default OpenMP read when it loaded: that is
+        # what PinNannyPlugin fixes (next test). Shown here so the test above can fail.
+        assert client.submit(probes.openmp_in_thread_started_by_task).result() == [3]
+
+
+@needs_two_cores
+@pytest.mark.parametrize("how", ["plugin", "preload-nanny"])
+def test_nanny_part_sets_thread_caps_before_the_worker_process_starts(how):
+    if how == "plugin":
+        cluster_options = {}
+    else:
+        cluster_options = dict(
+            preload_nanny=["pinbackend"], preload_nanny_argv=["--pin-cores-per-worker", "2"]
+        )
+    with local_cluster(n_workers=0, threads_per_worker=1, **cluster_options) as (
+        cluster,
+        client,
+    ):
+        plugin = PinPlugin(cores_per_worker=2)
+        if how == "plugin":
+            client.register_plugin(plugin.nanny_plugin())
+        client.register_plugin(plugin)
+        cluster.scale(1)
+        client.wait_for_workers(1, timeout=60)
+        (environ,) = reports(client, probes.initial_environ).values()
+        (report,) = reports(client, probes.task_report, True).values()
+        (slot,) = assert_pinned_disjoint({"worker": report})
+        assert_slots([slot], count=1, cores_each=2)
+        # distributed's own default before the spawn is 1; 1 task thread gets the whole slot.
+        assert environ["OPENBLAS_NUM_THREADS"] == environ["OMP_NUM_THREADS"] == str(len(slot))
+        assert report["task_thread"]["openmp"] == [len(slot)]
+        assert client.submit(probes.openmp_in_thread_started_by_task).result() == [len(slot)]
+
+
+@needs_two_cores
+def test_restarted_and_killed_workers_are_pinned_again_without_leaking_slots(tmp_path):
+    with local_cluster() as (_cluster, client):
+        client.register_plugin(PinPlugin())
+        seen_pids = worker_pids(client)
+        for _ in range(3):
+            client.restart()
+            pids = worker_pids(client)
+            assert not pids & seen_pids
+            seen_pids |= pids
+            assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
+            assert_leases_match_workers(client)
+        victim = sorted(client.nthreads())[0]
+        survivor_pid = client.run(os.getpid, workers=[sorted(client.nthreads())[1]])
+        marker = tmp_path / "killed"
+        future = client.submit(
+            probes.kill_own_worker_once,
+            str(marker),
+            workers=[victim],
+            allow_other_workers=True,  # its retry runs on the restarted worker
+            pure=False,
+        )
+        future.result(timeout=60)
+        assert marker.exists()
+        wait_until(
+            lambda: len(client.nthreads()) == 2 and victim not in client.nthreads(),
+            what="the nanny to restart the killed worker",
+        )
+        pids = worker_pids(client)
+        assert set(survivor_pid.values()) < pids and not (pids - seen_pids) & seen_pids
+        assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
+        assert_leases_match_workers(client)
+
+
+@needs_two_cores
+def test_joblib_dask_backend_runs_each_task_inside_its_workers_slot():
+    joblib = pytest.importorskip("joblib")
+    with local_cluster() as (_cluster, client):
+        client.register_plugin(PinPlugin())
+        with joblib.parallel_config(backend="dask"):
+            results = joblib.Parallel(n_jobs=2)(
+                joblib.delayed(probes.task_report)() for _ in range(8)
+            )
+    by_pid: dict[int, list[dict]] = {}
+    for report in results:
+        by_pid.setdefault(report["pid"], []).append(report)
+    slots = []
+    for group in by_pid.values():
+        slot = frozenset(group[0]["pin"]["cores"])
+        slots.append(slot)
+        for report in group:
+            assert frozenset(report["task_thread"]["mask"]) == slot
+            assert set(report["task_thread"]["blas"]) == {1}
+    assert len(slots) == len(set(slots)) and all(len(s) == 1 for s in slots)
+
+
+@needs_two_cores
+def test_fail_closed_worker_closes_instead_of_running_unpinned():
+    with local_cluster(n_workers=1) as (_cluster, client):
+        with claim(ALL_CPUS, command="the test holds every core"):
+            with pytest.raises(PinRefused, match=r"refuses to start \(fail=closed\).*held by"):
+                client.register_plugin(PinPlugin(claim_timeout=0.3))
+            wait_until(lambda: not client.nthreads(), what="the refusing worker to close")
+        time.sleep(1)  # its nanny closed too: nothing restarts it
+        assert not client.nthreads()
+
+
+@needs_two_cores
+def test_fail_open_worker_warns_once_and_reports_itself_unpinned():
+    with local_cluster(n_workers=1) as (_cluster, client):
+        with claim(ALL_CPUS, command="the test holds every core"):
+            client.register_plugin(PinPlugin(fail="open", claim_timeout=0.3))
+            (row,) = placement(client)
+        assert not row.pinned and row.cores is None
+        assert "held by" in row.reason and "the test holds every core" in row.reason
+        assert "NO" in format_placement([row]) and "unpinned:" in format_placement([row])
+        (logs,) = client.get_worker_logs().values()
+        warnings = [msg for level, msg in logs if "runs UNPINNED" in msg]
+        assert len(warnings) == 1 and "#dask-worker-runs-unpinned" in warnings[0]
+        assert not list_leases(scope=None)
+
+
+def test_workers_sharing_the_clients_process_are_never_pinned():
+    before = os.sched_getaffinity(0)
+    with local_cluster(processes=False, n_workers=1, host=None) as (_cluster, client):
+        client.register_plugin(PinPlugin(fail="open"))
+        (row,) = placement(client)
+    assert not row.pinned and "shares its process" in row.reason
+    assert os.sched_getaffinity(0) == before
+    assert not list_leases(scope=None)
+
+
+@needs_two_cores
+def test_preload_through_config_wins_over_a_plugin_registered_later():
+    import dask
+
+    with (
+        dask.config.set(
+            {
+                "distributed.worker.preload": ["pinbackend"],
+                "distributed.worker.preload-argv": ["--pin-fail", "open"],
+            }
+        ),
+        local_cluster() as (_cluster, client),
+    ):
+        client.register_plugin(PinPlugin(cores_per_worker=2))
+        results = reports(client)
+        logs = client.get_worker_logs()
+    assert_slots(assert_pinned_disjoint(results), count=2, cores_each=1)
+    assert {r["pin"]["source"] for r in results.values()} == {"pinbackend-preload"}
+    for lines in logs.values():
+        assert sum("already set up by pinbackend-preload" in msg for _, msg in lines) == 1
+
+
+# --- separate `dask scheduler` / `dask worker` processes -------------------------------
+
+
+def _script(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _child_env() -> dict[str, str]:
+    paths = [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def _stop(process: subprocess.Popen) -> str:
+    """Wait for a process to exit (terminate it after a while); return its output."""
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            out, _ = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+    return out
+
+
+@contextlib.contextmanager
+def scheduler_process(tmp_path):
+    """``dask scheduler`` on 127.0.0.1, an ephemeral port, no dashboard."""
+    scheduler_file = tmp_path / "scheduler.json"
+    process = subprocess.Popen(
+        [
+            *(_script("dask"), "scheduler", "--host", "127.0.0.1", "--port", "0"),
+            *("--no-dashboard", "--dashboard-address", ":0"),
+            *("--scheduler-file", str(scheduler_file)),
+        ],
+        env=_child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(scheduler_file.exists, what="the scheduler to start")
+        wait_until(lambda: "address" in scheduler_file.read_text(), what="the scheduler file")
+        yield json.loads(scheduler_file.read_text())["address"]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        _stop(process)
+
+
+def worker_command(entry_point: str, scheduler: str, *args: str) -> list[str]:
+    """The worker command line; the scheduler address is positional on purpose: with
+    ``--scheduler-file`` instead, dask's CLI takes the first ``--pin-...`` option for it."""
+    command = (
+        [_script("dask"), "worker"] if entry_point == "dask worker" else [_script(entry_point)]
+    )
+    return [
+        *command,
+        scheduler,
+        "--host",
+        "127.0.0.1",
+        "--no-dashboard",
+        "--death-timeout",
+        "60",
+        *args,
+    ]
+
+
+ENTRY_POINTS = [
+    "dask worker",
+    pytest.param(
+        "dask-worker",
+        marks=pytest.mark.skipif(
+            not Path(_script("dask-worker")).exists(),
+            reason="this distributed has no legacy dask-worker command (removed upstream); "
+            "tox -e dask-legacy runs it",
+        ),
+    ),
+]
+
+
+@needs_two_cores
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry_point):
+    with scheduler_process(tmp_path) as scheduler:
+        worker = subprocess.Popen(
+            [
+                *worker_command(entry_point, scheduler, "--nworkers", "2", "--nthreads", "1"),
+                *("--preload", "pinbackend", "--pin-claim-timeout", "20"),
+            ],
+            env=_child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            with Client(scheduler, timeout=60) as client:
+                client.wait_for_workers(2, timeout=90)
+                results = reports(client)
+                view = placement(client)
+                client.shutdown()
+        finally:
+            output = _stop(worker)
+    assert_slots(assert_pinned_disjoint(results), count=2, cores_each=1)
+    assert {r["pin"]["source"] for r in results.values()} == {"pinbackend-preload"}
+    assert all(p.pinned and p.threads_on_slot for p in view)
+    assert output.count("pinned to CPUs") == 2, output
+
+
+@needs_two_cores
+def test_dask_worker_with_fail_closed_preload_refuses_to_start(tmp_path):
+    with (
+        scheduler_process(tmp_path) as scheduler,
+        claim(ALL_CPUS, command="the test holds every core"),
+    ):
+        worker = subprocess.Popen(
+            [
+                *worker_command("dask worker", scheduler, "--nthreads", "1"),
+                *("--preload", "pinbackend", "--pin-claim-timeout", "0.3"),
+            ],
+            env=_child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output = _stop(worker)
+    assert worker.returncode != 0, output
+    assert "refuses to start (fail=closed)" in output
+    assert "the test holds every core" in output
+
+
+def test_dask_worker_rejects_bad_preload_options_before_starting(tmp_path):
+    result = subprocess.run(
+        [
+            *worker_command("dask worker", "tcp://127.0.0.1:1"),
+            *("--preload", "pinbackend", "--pin-fail", "sometimes"),
+        ],
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--pin-fail" in result.stderr and "'closed', 'open'" in result.stderr
+
+
+# --- registration on distributed versions that still have register_worker_plugin ---------
+
+
+@needs_two_cores
+@pytest.mark.skipif(
+    not hasattr(Client, "register_worker_plugin"),
+    reason=f"distributed {distributed.__version__} removed Client.register_worker_plugin "
+    "(2026.6); tox -e dask-legacy tests it on 2026.3",
+)
+def test_legacy_register_worker_plugin_pins_workers():
+    with local_cluster() as (_cluster, client):
+        with pytest.warns(Warning, match="register_plugin"):
+            client.register_worker_plugin(PinPlugin())
+        assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
+
+
+@needs_two_cores
+def test_dask_example_prints_the_placement_and_runs_pinned_tasks():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "dask_local.py")],
+        env={**_child_env(), "PINBACKEND_EXAMPLE_SMALL": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 worker(s) on 1 host(s), 2 pinned." in result.stdout
+    task_lines = [line for line in result.stdout.splitlines() if line.startswith("  pid ")]
+    assert len(task_lines) == 4
+    cpu_lists = {line.split("CPUs ")[1].split("]")[0] + "]" for line in task_lines}
+    first, second = (frozenset(json.loads(cpus)) for cpus in cpu_lists)
+    assert first and second and not first & second

@@ -1,0 +1,155 @@
+"""The Dask integration's pure parts and its import behaviour (no cluster needed)."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from _helpers import last_json, run_python
+
+from pinbackend.core.topology import Topology
+from pinbackend.dask import PinOptions, PinOptionsError, WorkerPlacement, format_placement
+from pinbackend.dask import options as options_module
+from pinbackend.dask._nanny import spawn_env
+
+pytestmark = pytest.mark.dask
+
+SMT2 = Topology.uniform(cores_per_l3=4, threads_per_core=2)  # 4 cores, CPUs 0-7
+
+
+def test_option_arithmetic_examples_hold():
+    assert doctest.testmod(options_module).failed == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cores_per_worker": 0}, "cores_per_worker must be a positive integer or None"),
+        ({"cores_per_worker": True}, "got True"),
+        ({"reserve": "0-x"}, "reserve: invalid CPU list '0-x'"),
+        ({"reserve": [-1]}, r"reserve must be CPU numbers .* got \[-1\]"),
+        ({"fail": "sometimes"}, "fail must be one of 'closed', 'open'; got 'sometimes'"),
+        ({"claim_timeout": -1}, "claim_timeout must be a number of seconds >= 0; got -1"),
+    ],
+)
+def test_bad_options_are_named_with_what_is_allowed(kwargs, message):
+    with pytest.raises(PinOptionsError, match=message):
+        PinOptions(**kwargs)
+
+
+def test_options_normalize_and_describe_themselves():
+    options = PinOptions(reserve="0,2-3", claim_timeout=5)
+    assert options.reserve == frozenset({0, 2, 3}) and options.claim_timeout == 5.0
+    assert options == PinOptions(reserve=[3, 2, 0], claim_timeout=5.0)
+    assert options.describe() == (
+        "cores-per-worker=auto, reserve=0,2-3, fail=closed, claim-timeout=5"
+    )
+
+
+@pytest.mark.parametrize(
+    ("nthreads", "cores_per_worker", "cap"),
+    [(2, None, "1"), (1, None, "2"), (1, 2, "4"), (4, 1, "1"), (3, 2, "1")],
+)
+def test_spawn_env_caps_each_task_thread_to_its_share_of_the_slot(nthreads, cores_per_worker, cap):
+    env = spawn_env(nthreads, SMT2, PinOptions(cores_per_worker))
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == cap
+
+
+def test_format_placement_shows_pinned_and_unpinned_workers():
+    rows = [
+        WorkerPlacement("tcp://a:1", "0", "h1", 10, 2, (0, 1), True, (0, 1), True, 1, 1),
+        WorkerPlacement(
+            "tcp://a:2",
+            "1",
+            "h1",
+            11,
+            1,
+            None,
+            False,
+            (0, 1, 2, 3),
+            False,
+            4,
+            None,
+            reason="no free slot",
+        ),
+    ]
+    text = format_placement(rows)
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "worker",
+        "host",
+        "pid",
+        "cores",
+        "threads",
+        "BLAS",
+        "OpenMP",
+        "pinned",
+    ]
+    assert lines[1].split() == ["tcp://a:1", "h1", "10", "0-1", "2", "1", "1", "yes"]
+    assert lines[2].split() == ["tcp://a:2", "h1", "11", "(0-3)", "1", "4", "-", "NO"]
+    assert "2 worker(s) on 1 host(s), 1 pinned." in text
+    assert "tcp://a:2: unpinned: no free slot" in text
+
+
+def test_import_pinbackend_loads_neither_distributed_nor_click():
+    result = run_python(
+        """
+        import json, sys
+        import pinbackend
+        before = sorted(m for m in ("distributed", "click", "dask") if m in sys.modules)
+        found = hasattr(pinbackend, "dask_setup") and hasattr(pinbackend, "dask_teardown")
+        listed = {"dask_setup", "dask_teardown"} <= set(dir(pinbackend))
+        try:
+            pinbackend.no_such_thing
+            missing = "no error"
+        except AttributeError as error:
+            missing = str(error)
+        print(json.dumps([before, found, listed, missing]))
+        """
+    )
+    before, found, listed, missing = last_json(result.stdout)
+    assert before == [] and found and listed
+    assert missing == "module 'pinbackend' has no attribute 'no_such_thing'"
+
+
+def test_parsing_preload_options_has_no_side_effect():
+    result = run_python(
+        """
+        import json, os, threading
+        import click
+        from pinbackend.host.leases import list_leases
+        env, cpus, threads = dict(os.environ), os.sched_getaffinity(0), threading.active_count()
+        import pinbackend
+        command = pinbackend.dask_setup
+        assert isinstance(command, click.Command)
+        ctx = command.make_context("dask_setup", ["--pin-cores-per-worker", "2",
+                                   "--pin-reserve", "0", "--pin-fail", "open"])
+        print(json.dumps({
+            "params": {k: sorted(v) if isinstance(v, frozenset) else v
+                       for k, v in ctx.params.items()},
+            "env_same": dict(os.environ) == env,
+            "cpus_same": os.sched_getaffinity(0) == cpus,
+            "threads_same": threading.active_count() == threads,
+            "leases": len(list_leases(scope=None)),
+        }))
+        """
+    )
+    report = last_json(result.stdout)
+    assert report["params"] == {
+        "pin_cores_per_worker": 2,
+        "pin_reserve": [0],
+        "pin_fail": "open",
+        "pin_claim_timeout": 30.0,
+    }
+    assert report["env_same"] and report["cpus_same"] and report["threads_same"]
+    assert report["leases"] == 0
+
+
+def test_preload_refuses_servers_it_cannot_set_up():
+    import pinbackend
+
+    with pytest.raises(TypeError, match=r"worker or nanny preload .* cannot set up a str"):
+        pinbackend.dask_setup.callback("scheduler?", None, frozenset(), "closed", 1.0)
