@@ -40,9 +40,11 @@ def test_every_warning_links_to_an_existing_troubleshooting_entry():
     warn_sites = 0
     for path in SOURCES:
         source = path.read_text()
-        for match in re.finditer(r"warnings\.warn\(", source):
+        for match in re.finditer(r"warnings\.warn\(|logger\.(?:warning|error)\(", source):
             warn_sites += 1
             call = balanced_call(source, match.end() - 1)
+            if re.fullmatch(r"\(\s*\w+\s*\)", call):  # a message built just above
+                call = source[max(0, match.start() - 600) : match.start()]
             assert "troubleshooting(" in call, f"{path.name}: a warning without a docs link"
         for anchor in re.findall(r"troubleshooting\(['\"]([\w-]+)['\"]\)", source):
             assert anchor in anchors, f"{path.name} links to a missing entry #{anchor}"

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 from .. import _platform
+from .._docs import troubleshooting
 from .._platform import AffinityUnavailable
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
@@ -30,7 +31,6 @@ from ._executor import TaskThreadCaps
 from .options import PinOptions, slot_cores_for, task_thread_cap
 
 __all__ = [
-    "DOCS",
     "PinRefused",
     "WorkerPin",
     "current_pin",
@@ -42,8 +42,6 @@ __all__ = [
 # client.get_worker_logs() show these lines with the worker's own.
 logger = logging.getLogger("distributed.worker.pinbackend")
 
-#: Troubleshooting entries the log lines link to.
-DOCS = "https://pinbackend.readthedocs.io/en/latest/troubleshooting/"
 _POLL_SECONDS = 0.1
 
 
@@ -103,13 +101,13 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
         if _state.options != options:
             logger.warning(
                 "pinbackend: worker %s was already set up by %s (%s); the %s options (%s) "
-                "are ignored. See %s#dask-worker-set-up-twice",
+                "are ignored. See %s",
                 worker.address,
                 _state.source,
                 _state.options.describe(),
                 source,
                 options.describe(),
-                DOCS,
+                troubleshooting("dask-worker-set-up-twice"),
             )
         return _state
     nthreads = worker.state.nthreads
@@ -129,17 +127,18 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
         message = (
             f"pinbackend: Dask worker {worker.address} refuses to start (fail=closed): "
             f"{state.reason}. Free cores, start fewer workers, adjust --pin-cores-per-worker "
-            f"or --pin-reserve, or choose fail=open. See {DOCS}#dask-worker-refuses-to-start"
+            f"or --pin-reserve, or choose fail=open. "
+            f"See {troubleshooting('dask-worker-refuses-to-start')}"
         )
         logger.error(message)
         raise PinRefused(message)
     if state.reason is not None:
         logger.warning(
             "pinbackend: Dask worker %s runs UNPINNED (fail=open): %s. Its tasks may share "
-            "cores with other work. See %s#dask-worker-runs-unpinned",
+            "cores with other work. See %s",
             worker.address,
             state.reason,
-            DOCS,
+            troubleshooting("dask-worker-runs-unpinned"),
         )
     if state.slot is not None:  # pinned, or holding a slot where affinity is unavailable
         state.task_caps = TaskThreadCaps(state.slot.threads)
@@ -190,11 +189,11 @@ def unpin_worker(worker, source: str) -> None:
         except (PinningError, AffinityUnavailable, OSError) as error:
             logger.warning(
                 "pinbackend: could not give worker %s its CPUs %s back after releasing its "
-                "slot: %s. See %s#dask-worker-cpus-not-restored",
+                "slot: %s. See %s",
                 worker.address,
                 format_cpu_list(state.original_cpus),
                 error,
-                DOCS,
+                troubleshooting("dask-worker-cpus-not-restored"),
             )
     reset_current_slot()
     if state.lease is not None:
