@@ -336,9 +336,9 @@ def main(call: RunnerCall) -> int:
     if args.version:
         print(f"pinbackend {__version__}")
         return 0
-    config = _config(args)
     target = call.target
     try:
+        config = _config(args)
         if args.dry_run:
             check_target(target)
             return _dry_run(config, target, args)

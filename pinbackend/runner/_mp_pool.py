@@ -59,6 +59,8 @@ def _wrap(original):
                 context,
             )
         what = f"{type(self).__name__}(processes={processes!r})"
+        # Pool.__del__ reads _state; set it as the original does first, in case planning fails.
+        self._state = mp_pool.INIT
         plan = plan_process_pool(config, processes, what, release_stray=release_idle_workers)
         context = safe_context(context or multiprocessing.get_context(), plan.slots, what)
         original(
