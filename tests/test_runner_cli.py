@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,16 @@ def test_dry_run_of_a_missing_script_fails_like_python():
     result = pinbackend_cli("--dry-run", "/no/such/script.py")
     assert result.returncode == 2
     assert "can't open file '/no/such/script.py': [Errno 2]" in result.stderr
+
+
+def test_every_runner_warning_links_to_a_troubleshooting_entry():
+    from pinbackend.runner import RunnerWarning
+
+    text = (Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text()
+    headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
+    categories = RunnerWarning.__subclasses__()
+    assert len(categories) == 4
+    for category in categories:
+        assert category.anchor in anchors, category
+    assert "workers-share-core-sets" in anchors  # re-emitted planner warning
