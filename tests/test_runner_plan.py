@@ -68,6 +68,12 @@ def test_clamp_and_error_fail_with_the_holders_named_when_nothing_is_free():
             decide(full, RunnerConfig(oversubscribe=policy), None, "Pool()")
 
 
+def test_a_worker_bigger_than_the_job_is_named_as_such():
+    config = RunnerConfig(cores_per_worker=3, cores=frozenset({0, 1, 8, 9}))
+    with pytest.raises(PlanError, match=r"a worker needs 3 physical core\(s\).*has only 2"):
+        decide(view(config), config, None, "Pool()")
+
+
 def test_error_policy_refuses_more_workers_than_free_cores():
     config = RunnerConfig(oversubscribe="error")
     with pytest.raises(PlanError, match="asks for 9 worker"):

@@ -53,6 +53,7 @@ class _Option:
 
     @property
     def takes_value(self) -> bool:
+        """Whether the option consumes the next argument (when not given inline)."""
         return self.kwargs.get("action") not in ("store_true", "help", "version")
 
 
@@ -126,6 +127,7 @@ _BY_FLAG = {flag: option for option in _OPTIONS for flag in option.flags}
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
+        """One line on stderr, exit status 2 (as the subcommands' parser)."""
         fail(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
@@ -210,6 +212,11 @@ def route(argv: list[str], subcommands) -> RunnerCall | None:
         raise UsageError(
             "missing the program to run: python -m pinbackend [options] SCRIPT [ARGS...] "
             "or [options] -m MODULE [ARGS...]"
+        )
+    if not target.module and target.name == "-":
+        raise UsageError(
+            "reading the program from stdin ('-') is not supported; save it to a file and "
+            "run python -m pinbackend [options] FILE"
         )
     if not target.module and not forced and target.name in names:
         if top_level:

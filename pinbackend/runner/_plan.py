@@ -145,6 +145,7 @@ def decide(view: JobCores, config: RunnerConfig, requested: int | None, what: st
     busy = view.strangers | view.own
 
     def plan(n_workers: int, busy_cpus: frozenset[int], oversubscribe: str = "error") -> Plan:
+        """The planner on the job's CPUs, with ``busy_cpus`` left out."""
         return plan_slots(
             topology,
             n_workers,
@@ -157,10 +158,17 @@ def decide(view: JobCores, config: RunnerConfig, requested: int | None, what: st
     if n >= 1 and n <= fit_free:
         return PoolDecision(plan(n, busy))
     if fit_job == 0:
+        if _n_cores(topology, view.usable) < size:
+            raise PlanError(
+                f"no room for {what}: a worker needs {size} physical core(s) "
+                f"(--cores-per-worker) but the job has only {_n_cores(topology, view.usable)} "
+                f"(CPUs {format_cpu_list(view.usable) or 'none'}); ask for fewer cores per "
+                f"worker, or give the job more (--cores, --reserve)"
+            )
         raise PlanError(
-            f"no core for {what}: the job may use CPUs {format_cpu_list(view.usable) or 'none'} "
-            f"and they are taken ({_holders_text(view, view.usable)}); close this program's "
-            f"other pools first, or give the job more cores (--cores, --reserve)"
+            f"no core for {what}: the job's CPUs {format_cpu_list(view.usable)} are all used "
+            f"by {_holders_text(view, view.usable)}; close this program's other pools first, "
+            f"or give the job more cores (--cores, --reserve)"
         )
     shortage = (
         f"{what} asks for {n} worker(s){source} of {size} core(s) but only {fit_free * size} "
