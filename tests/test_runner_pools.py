@@ -62,7 +62,8 @@ def test_process_pool_workers_get_disjoint_pinned_capped_slots(kind, method):
     assert sorted(slots) == [(cpu,) for cpu in ALLOWED]
     main_pid = data["main"]["pid"]
     for worker in workers:
-        assert "user-init" in worker["initializer"]  # the program's initializer still ran
+        # The program's initializer still ran, after pinbackend's: already on the slot.
+        assert worker["initializer"][:2] == ["user-init", worker["affinity"]]
         # The start method asked for is the one used.
         assert worker["main_module"] == ("__main__" if method == "fork" else "__mp_main__")
         assert (worker["ppid"] == main_pid) == (method != "forkserver")
@@ -99,6 +100,15 @@ def test_pools_nested_in_workers_stay_inside_the_worker(outer, inner, processes)
     assert len(outers) == (1 if processes else len(ALLOWED))
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_plain_spawned_children_start_pinned_pools_too(method):
+    # A Process child (no pool, no initializer): the runner's patches reach it anyway.
+    (result,) = runner(str(SCRIPTS / "nested.py"), method, "spawn", "process").data
+    assert result["outer"]["slot"] is None  # the child itself is not a pool worker
+    slots = assert_pinned_workers(distinct(result["inner"]), len(ALLOWED))
+    assert sorted(slots) == [(cpu,) for cpu in ALLOWED]
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_maxtasksperchild_replacements_claim_a_slot_again(method):
     reports = runner(str(SCRIPTS / "maxtasks.py"), method).data
@@ -124,6 +134,13 @@ def test_p_overrides_pool_sizes():
     data = runner("-p", "1", str(SCRIPTS / "pools.py"), "pool", "spawn").data
     assert_pinned_workers(distinct(data["workers"]), 1)
     assert distinct(data["workers"])[0]["affinity"] == ALLOWED
+
+
+def test_cores_limits_the_pools_to_those_cpus():
+    data = runner("--cores", str(ALLOWED[0]), str(SCRIPTS / "pools.py"), "processpool", "fork")
+    (worker,) = distinct(data.data["workers"])
+    assert worker["affinity"] == [ALLOWED[0]]
+    assert data.data["main"]["affinity"] == ALLOWED  # the main process is not pinned
 
 
 def test_p_beyond_the_free_cores_is_clamped_with_a_note():
