@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
     parser = _Parser(
         prog="python -m pinbackend",
-        usage=runner.USAGE,
+        usage=runner.usage(SUBCOMMANDS),
         description="Static multiprocessing: disjoint core sets per worker, capped thread "
         "pools, no oversubscription.",
         epilog=runner.help_text(),

@@ -34,13 +34,18 @@ from ..runner._plan import JobCores, decide, job_cores, survey
 from ._common import UsageError, cpu_list, fail, positive_int
 from .render import describe_plan
 
-__all__ = ["USAGE", "RunnerCall", "help_text", "main", "route"]
+__all__ = ["RunnerCall", "help_text", "main", "route", "usage"]
 
-USAGE = (
-    "python -m pinbackend [options] SCRIPT [ARGS...]\n"
-    "       python -m pinbackend [options] -m MODULE [ARGS...]\n"
-    "       python -m pinbackend COMMAND [...]   (COMMAND: info, plan, run, status)"
-)
+
+def usage(subcommands) -> str:
+    """The usage lines of both forms, naming the registered subcommands."""
+    return (
+        "python -m pinbackend [options] SCRIPT [ARGS...]\n"
+        "       python -m pinbackend [options] -m MODULE [ARGS...]\n"
+        f"       python -m pinbackend COMMAND [...]   (COMMAND: {', '.join(subcommands)})"
+    )
+
+
 #: Words that select a subcommand when they come first (``bench`` is kept for a future one).
 RESERVED_NAMES = frozenset({"bench"})
 _TOP_LEVEL_ONLY = frozenset({"-h", "--help", "--version"})
