@@ -40,7 +40,7 @@ def test_every_warning_links_to_an_existing_troubleshooting_entry():
     warn_sites = 0
     for path in SOURCES:
         source = path.read_text()
-        for match in re.finditer(r"warnings\.warn\(|logger\.(?:warning|error)\(", source):
+        for match in re.finditer(r"(?<![\w.])warnings\.warn\(|logger\.(?:warning|error)\(", source):
             warn_sites += 1
             call = balanced_call(source, match.end() - 1)
             if re.fullmatch(r"\(\s*\w+\s*\)", call):  # a message built just above
@@ -49,6 +49,15 @@ def test_every_warning_links_to_an_existing_troubleshooting_entry():
         for anchor in re.findall(r"troubleshooting\(['\"]([\w-]+)['\"]\)", source):
             assert anchor in anchors, f"{path.name} links to a missing entry #{anchor}"
     assert warn_sites >= 3
+
+
+def test_every_runner_warning_category_has_an_entry():
+    from pinbackend.runner._warnings import RunnerWarning
+
+    categories = RunnerWarning.__subclasses__()
+    assert len(categories) >= 4
+    for category in categories:
+        assert category.anchor in troubleshooting_anchors(), category.__name__
 
 
 def subcommands() -> list[str]:

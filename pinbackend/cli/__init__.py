@@ -1,7 +1,8 @@
 """Command line: ``python -m pinbackend`` / ``pinbackend``.
 
-Subcommands are diagnostics and tools (``info``, ``plan``); each lives in its own module and
-registers itself here.
+Subcommands are diagnostics and tools (``info``, ``plan``, ``run``, ``status``); each lives in
+its own module and registers itself here. Any other first word is a program to run with
+pinned pools (the runner, :mod:`pinbackend.cli.runner` decides which form a line is).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import warnings
 
 from .. import __version__
-from . import info, plan, run, status
+from . import info, plan, run, runner, status
 from ._common import UsageError, fail
 
 SUBCOMMANDS = {"info": info, "plan": plan, "run": run, "status": status}
@@ -28,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
     parser = _Parser(
         prog="python -m pinbackend",
+        usage=runner.usage(SUBCOMMANDS),
         description="Static multiprocessing: disjoint core sets per worker, capped thread "
         "pools, no oversubscription.",
+        epilog=runner.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pinbackend {__version__}")
     subparsers = parser.add_subparsers(title="subcommands", metavar="COMMAND")
@@ -45,6 +49,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        call = runner.route(argv, SUBCOMMANDS)
+    except UsageError as error:
+        fail(str(error))
+    if call is not None:
+        # The runner leaves warnings.showwarning alone: the program's warnings stay its own.
+        return runner.main(call)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):

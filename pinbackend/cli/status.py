@@ -1,4 +1,8 @@
-"""``pinbackend status``: which processes hold which cores on this host."""
+"""``pinbackend status``: which processes hold which cores on this host, and for which job.
+
+A runner job (``python -m pinbackend script.py``) holds no lease itself; its pool workers
+do. Each lease is shown with the job whose process started its holder.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import time
 
 from ..core.cpuset import format_cpu_list
+from ..host.jobs import job_of, list_jobs
 from ..host.leases import LeaseError, list_leases, registry_dir
 from ._common import add_json_option, fail, print_json
 
@@ -20,28 +25,45 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the leases (top-level and nested) and the registry directory."""
+    """Print the runner jobs, the leases (top-level and nested) and the registry directory."""
     try:
         directory = registry_dir()
         leases = list_leases(scope=None)
+        jobs = list_jobs()
     except LeaseError as error:
         fail(str(error))
+    owners = {info.lease_id: job_of(info, jobs) for info in leases}
     if args.json:
-        print_json({"registry": str(directory), "leases": [info.to_dict() for info in leases]})
+        print_json(
+            {
+                "registry": str(directory),
+                "jobs": [job.to_dict() for job in jobs],
+                "leases": [
+                    {**info.to_dict(), "job": owners[info.lease_id] and owners[info.lease_id].pid}
+                    for info in leases
+                ],
+            }
+        )
         return 0
     print(f"lease registry: {directory}")
+    now = time.time()
+    if jobs:
+        print("runner jobs:")
+        print(f"{'pid':>8}  {'age':>8}  command")
+        for job in jobs:
+            print(f"{job.pid:>8}  {now - job.since:>7.0f}s  {job.command}")
     if not leases:
         print("no leases held")
         return 0
-    print(f"{'pid':>8}  {'cores':<12} {'age':>8}  {'nested in':<12}  command")
-    now = time.time()
+    print(f"{'pid':>8}  {'cores':<12} {'age':>8}  {'nested in':<12}  {'job':>8}  command")
     for info in leases:
         age = f"{now - info.since:.0f}s" if info.since else "?"
         cores = format_cpu_list(info.cores)
         if info.shared:
             cores += f" (shared {format_cpu_list(info.shared)})"
+        job = owners[info.lease_id]
         print(
             f"{info.pid if info.pid is not None else '?':>8}  {cores:<12} {age:>8}  "
-            f"{info.scope or '-':<12}  {info.command}"
+            f"{info.scope or '-':<12}  {job.pid if job else '-':>8}  {info.command}"
         )
     return 0

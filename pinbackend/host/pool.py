@@ -161,7 +161,12 @@ def _claim_shared(pool: PoolPlan, distinct: list[frozenset[int]]) -> Lease:
     except LeaseConflict:
         pass  # every slot is taken: share the least crowded one
     holders = Counter(info.cores for info in list_leases(pool.scope))
-    least = min(distinct, key=lambda cores: (holders[cores], sorted(cores)))
+    # Shared leases hold no lock, so workers cannot see each other's choice: break ties by
+    # pid so that workers started together spread over the slots instead of piling up.
+    least = min(
+        distinct,
+        key=lambda cores: (holders[cores], (distinct.index(cores) - os.getpid()) % len(distinct)),
+    )
     warnings.warn(
         f"worker {os.getpid()} shares CPUs {format_cpu_list(least)} with another worker "
         f"(oversubscribe='share'). See {troubleshooting('workers-share-core-sets')}",

@@ -1,0 +1,83 @@
+"""The runner: ``python -m pinbackend [options] script.py`` runs an unmodified program with
+pinned pools.
+
+While the program runs, ``multiprocessing.Pool`` (every start method),
+``multiprocessing.pool.ThreadPool``, ``concurrent.futures.ProcessPoolExecutor`` and
+``ThreadPoolExecutor`` are patched: process-pool workers each claim a disjoint slot of the
+job's free cores (pinned, thread pools capped), thread pools are sized to the CPUs they
+may use, and joblib's default backend is ``"pinned"``. Pools only plan over cores that no
+other job's lease holds, so jobs started side by side get disjoint cores. The main process
+is neither pinned nor capped unless asked, and ``os.environ`` is never changed.
+
+:func:`run_job` (:func:`start_job` then :func:`run_target`) is what the command line calls;
+:func:`install` patches the current process for library use (``uninstall`` undoes it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shlex
+import sys
+
+from ..host.jobs import register_job
+from ._config import RUNNER_POLICIES, RunnerConfig
+from ._install import install, installed, uninstall
+from ._main_process import prepare_main_process
+from ._plan import survey
+from ._target import Target, TargetError, check_target, run_target
+from ._warnings import (
+    ForkAfterOpenMPWarning,
+    PoolResizedWarning,
+    RunnerWarning,
+    SharedCoresWarning,
+    WaitingForCoresWarning,
+)
+
+__all__ = [
+    "RUNNER_POLICIES",
+    "ForkAfterOpenMPWarning",
+    "PoolResizedWarning",
+    "RunnerConfig",
+    "RunnerWarning",
+    "SharedCoresWarning",
+    "Target",
+    "TargetError",
+    "WaitingForCoresWarning",
+    "check_target",
+    "install",
+    "installed",
+    "run_job",
+    "run_target",
+    "start_job",
+    "uninstall",
+]
+
+
+def _command_line() -> str:
+    return shlex.join(getattr(sys, "orig_argv", None) or sys.argv)
+
+
+def start_job(config: RunnerConfig, target: Target) -> None:
+    """Everything before the program runs: check it, record the job, set up this process.
+
+    Records the job (for ``pinbackend status``), applies ``--pin-main``/``--threads`` to this
+    process and installs the patches. Raises :class:`TargetError` (with python's message and
+    status) when the target cannot run, ``PlanError`` when ``--pin-main`` finds no free CPU.
+    """
+    check_target(target)
+    if config.pin_main or config.threads is not None:
+        view = survey(config)
+        prepare_main_process(config, view.usable - view.strangers)
+    job = register_job(_command_line(), config.describe())
+    atexit.register(job.end)
+    install(config)
+
+
+def run_job(config: RunnerConfig, target: Target) -> None:
+    """Run ``target`` in this process as a runner job with ``config``.
+
+    The target runs as python would: its exit status, exceptions and ``KeyboardInterrupt``
+    propagate unchanged.
+    """
+    start_job(config, target)
+    run_target(target)

@@ -1,0 +1,96 @@
+"""``concurrent.futures.ProcessPoolExecutor`` and ``ThreadPoolExecutor`` under the runner.
+
+Both ``__init__`` methods are wrapped in place (see :mod:`._mp_pool` for why). Worker
+processes of an executor start lazily and are replaced when ``max_tasks_per_child`` is
+reached; each runs the chained initializer and claims a free slot of the executor's plan.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import multiprocessing
+import operator
+
+from ._joblib import release_idle_workers
+from ._openmp import safe_context
+from ._plan import plan_process_pool, thread_pool_size, track_pool
+from ._state import InitPatch, active_config
+from ._workers import start_pool_thread, start_process_worker
+
+__all__ = ["ProcessPoolExecutorPatch", "ThreadPoolExecutorPatch"]
+
+
+def _valid(max_workers, initializer) -> bool:
+    """Whether the arguments are ones the original accepts (else let it raise its error)."""
+    if initializer is not None and not callable(initializer):
+        return False
+    if max_workers is None:
+        return True
+    try:
+        return operator.index(max_workers) >= 1
+    except TypeError:
+        return False
+
+
+def _executor_alive(executor) -> bool:
+    """Whether an executor may still have running workers (not shut down, or not joined)."""
+    if not getattr(executor, "_shutdown_thread", False):
+        return True
+    processes = getattr(executor, "_processes", None) or {}
+    return any(process.exitcode is None for process in list(processes.values()))
+
+
+def _wrap_process(original):
+    @functools.wraps(original)
+    def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(), **kwargs):
+        config = active_config()
+        if config is None or not _valid(max_workers, initializer):
+            return original(self, max_workers, mp_context, initializer, initargs, **kwargs)
+        what = f"{type(self).__name__}(max_workers={max_workers!r})"
+        plan = plan_process_pool(config, max_workers, what, release_stray=release_idle_workers)
+        # Without a context and with max_tasks_per_child, the executor picks 'spawn' itself.
+        if mp_context is None and kwargs.get("max_tasks_per_child") is None:
+            mp_context = multiprocessing.get_context()
+        if mp_context is not None:
+            mp_context = safe_context(mp_context, plan.slots, what)
+        original(
+            self,
+            plan.n_workers,
+            mp_context,
+            start_process_worker,
+            (plan, config, initializer, initargs),
+            **kwargs,
+        )
+        track_pool(self, plan, _executor_alive)
+
+    return __init__
+
+
+def _wrap_thread(original):
+    @functools.wraps(original)
+    def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
+        config = active_config()
+        if config is None or not _valid(max_workers, initializer):
+            return original(self, max_workers, thread_name_prefix, initializer, initargs)
+        threads, openmp = thread_pool_size(config, max_workers)
+        chained = (openmp, initializer, initargs)
+        original(self, threads, thread_name_prefix, start_pool_thread, chained)
+
+    return __init__
+
+
+class ProcessPoolExecutorPatch(InitPatch):
+    """Process executors: planned slots claimed by each (lazily started) worker."""
+
+    name = "concurrent.futures.ProcessPoolExecutor"
+    target = concurrent.futures.ProcessPoolExecutor
+    wrapper = staticmethod(_wrap_process)
+
+
+class ThreadPoolExecutorPatch(InitPatch):
+    """Thread executors: sized to the CPUs this process may use, OpenMP capped per thread."""
+
+    name = "concurrent.futures.ThreadPoolExecutor"
+    target = concurrent.futures.ThreadPoolExecutor
+    wrapper = staticmethod(_wrap_thread)

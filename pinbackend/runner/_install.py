@@ -1,0 +1,49 @@
+"""Install and remove the runner's patches: one small patch class per kind of pool.
+
+The registry is a plain list, as threadpoolctl lists its controllers. Installing records
+the job's settings first, so that every patch finds them when a pool is created.
+"""
+
+from __future__ import annotations
+
+from ._children import ChildProcessPatch
+from ._config import RunnerConfig
+from ._futures import ProcessPoolExecutorPatch, ThreadPoolExecutorPatch
+from ._joblib import JoblibPatch
+from ._mp_pool import MultiprocessingPoolPatch
+from ._state import Patch, active_config, set_active_config
+
+__all__ = ["PATCHES", "install", "installed", "uninstall"]
+
+PATCHES: list[Patch] = [
+    MultiprocessingPoolPatch(),
+    ProcessPoolExecutorPatch(),
+    ThreadPoolExecutorPatch(),
+    JoblibPatch(),
+    ChildProcessPatch(),
+]
+
+
+def install(config: RunnerConfig) -> None:
+    """Patch this process's pools for a runner job with ``config`` (idempotent).
+
+    Never touches ``os.environ`` and never pins this process: only pools created from now
+    on change (and processes they start, which re-install this in turn).
+    """
+    if not isinstance(config, RunnerConfig):
+        raise TypeError(f"install() needs a RunnerConfig; got {type(config).__name__}")
+    set_active_config(config)
+    for patch in PATCHES:
+        patch.install()
+
+
+def uninstall() -> None:
+    """Remove every patch; pools created afterwards behave as without the runner."""
+    for patch in reversed(PATCHES):
+        patch.uninstall()
+    set_active_config(None)
+
+
+def installed() -> bool:
+    """Whether the runner's patches are active in this process."""
+    return active_config() is not None

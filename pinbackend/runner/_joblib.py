@@ -1,0 +1,116 @@
+"""joblib under the runner: the default backend becomes ``"pinned"``, bound to the job's cores.
+
+joblib's default (loky) runs ``n_jobs=None`` inline; the runner's default backend keeps that
+(``default_n_jobs = 1``) so that scikit-learn code without ``n_jobs`` behaves as before,
+and pins everything else. Explicit ``backend="pinned"`` gets the same job settings.
+"""
+
+from __future__ import annotations
+
+import joblib.parallel
+from joblib import register_parallel_backend
+
+from ..core.sysfs import read_topology
+from ..host.slot import current_slot
+from ..joblib_backend import PinnedBackend
+from ._plan import live_pool_cpus
+from ._state import Patch, active_config
+
+__all__ = ["DEFAULT_NAME", "JoblibPatch", "RunnerBackend", "release_idle_workers"]
+
+#: Name under which the runner's default backend is registered (``"pinned"`` stays the
+#: explicit one: its ``n_jobs=None`` means every free core, the default's means inline).
+DEFAULT_NAME = "pinned-default"
+
+
+def _top_level_config():
+    """The job's settings where they apply: in the runner, outside pinned workers."""
+    config = active_config()
+    return None if config is None or current_slot() is not None else config
+
+
+class RunnerBackend(PinnedBackend):
+    """``"pinned"`` inside a runner job: ``--cores``, ``--reserve``, ``-p``, the policy and this
+    program's live pools apply to every top-level ``Parallel`` call (nested calls subdivide
+    their worker's slot, as with the plain backend)."""
+
+    def __init__(self, *args, cores_per_worker=None, **kwargs):
+        config = _top_level_config()
+        if cores_per_worker is None and config is not None:
+            cores_per_worker = config.cores_per_worker
+        super().__init__(*args, cores_per_worker=cores_per_worker, **kwargs)
+
+    @property
+    def reserve(self) -> frozenset[int]:
+        """The caller's reserved CPUs plus, at the top level, what the job may not use now."""
+        config = _top_level_config()
+        if config is None:
+            return self._reserve
+        allowed = read_topology().allowed
+        outside = allowed - config.cores if config.cores is not None else frozenset()
+        return self._reserve | outside | (config.reserve & allowed) | live_pool_cpus()
+
+    @reserve.setter
+    def reserve(self, value: frozenset[int]) -> None:
+        self._reserve = frozenset(value)
+
+    @property
+    def policy(self) -> str:
+        """The caller's ``oversubscribe``, else the job's policy (joblib cannot wait)."""
+        config = _top_level_config()
+        if self.oversubscribe is None and config is not None:
+            return config.joblib_policy
+        return super().policy
+
+    def effective_n_jobs(self, n_jobs):
+        """joblib's count, with ``-p`` replacing any parallel ``n_jobs`` at the top level."""
+        config = _top_level_config()
+        if config is not None and config.processes is not None and n_jobs not in (None, 1):
+            n_jobs = config.processes
+        return super().effective_n_jobs(n_jobs)
+
+
+class RunnerDefaultBackend(RunnerBackend):
+    """The default backend in a runner job: pinned, but ``n_jobs=None`` runs inline."""
+
+    default_n_jobs = 1
+
+
+def release_idle_workers() -> bool:
+    """Stop joblib's reusable workers if idle; return whether any were stopped.
+
+    loky keeps idle workers (and their leases) for 300 s; a runner pool started meanwhile
+    would wait for their slots. A worker busy with a task is never stopped.
+    """
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor
+    if executor is None or getattr(executor, "_pending_work_items", None):
+        return False
+    executor.shutdown(wait=True, kill_workers=True)
+    return True
+
+
+class JoblibPatch(Patch):
+    """Make ``"pinned"`` joblib's default backend (and bind both names to the job)."""
+
+    name = "joblib"
+
+    def __init__(self) -> None:
+        self._saved = None
+
+    def install(self) -> None:
+        """Register the runner backends; the default's name becomes joblib's default."""
+        if self._saved is None:
+            self._saved = (joblib.parallel.DEFAULT_BACKEND, joblib.parallel.BACKENDS.get("pinned"))
+            register_parallel_backend("pinned", RunnerBackend)
+            register_parallel_backend(DEFAULT_NAME, RunnerDefaultBackend, make_default=True)
+
+    def uninstall(self) -> None:
+        """Put joblib's previous default and the plain ``"pinned"`` backend back."""
+        if self._saved is not None:
+            default, pinned = self._saved
+            joblib.parallel.DEFAULT_BACKEND = default
+            joblib.parallel.BACKENDS["pinned"] = pinned or PinnedBackend
+            joblib.parallel.BACKENDS.pop(DEFAULT_NAME, None)
+            self._saved = None

@@ -1,0 +1,112 @@
+"""The user's main process: capped only when ``--threads`` asks, pinned only with ``--pin-main``.
+
+Environment variables would cap libraries before they load, but changing ``os.environ``
+would leak into every program the script starts. So the cap is applied at run time: now
+for the libraries already loaded, and again whenever an extension-module import brings in
+a BLAS or OpenMP library (checked with the loader's list of libraries, about 0.1 ms).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import threading
+
+from .. import _platform
+from ..core.cpuset import format_cpu_list
+from ..core.planner import PlanError
+from ..host.caps import cap_threads
+from ..host.pinning import pin_or_warn
+from ._config import RunnerConfig
+
+__all__ = ["LibraryWatch", "prepare_main_process"]
+
+# File-name prefixes of the libraries threadpoolctl controls (its controllers' lists).
+_POOL_LIBRARY_PREFIXES = (
+    "libopenblas",
+    "libscipy_openblas",
+    "libblas",
+    "libblis",
+    "libmkl_rt",
+    "mkl_rt",
+    "libflexiblas",
+    "libgomp",
+    "libomp",
+    "libiomp",
+    "vcomp",
+)
+
+
+class LibraryWatch:
+    """Re-apply a BLAS/OpenMP cap each time an import loads a new thread-pool library."""
+
+    _installed: LibraryWatch | None = None
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._seen = _platform.loaded_libraries() or frozenset()
+        self._lock = threading.Lock()
+        self._original = None
+
+    def check(self) -> None:
+        """Cap again if a library threadpoolctl knows has loaded since the last check."""
+        loaded = _platform.loaded_libraries()
+        with self._lock:
+            if loaded is not None:
+                new, self._seen = loaded - self._seen, loaded
+                if not any(os.path.basename(p).startswith(_POOL_LIBRARY_PREFIXES) for p in new):
+                    return
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=self.threads)
+
+    def install(self) -> None:
+        """Hook extension-module creation (where their shared libraries get loaded)."""
+        if LibraryWatch._installed is not None:
+            LibraryWatch._installed.uninstall()
+        loader = importlib.machinery.ExtensionFileLoader
+        original = loader.create_module
+        watch = self
+
+        def create_module(self, spec):
+            module = original(self, spec)
+            watch.check()
+            return module
+
+        create_module.__doc__ = original.__doc__
+        self._original = original
+        loader.create_module = create_module
+        LibraryWatch._installed = self
+
+    def uninstall(self) -> None:
+        """Remove the hook."""
+        if self._original is not None:
+            importlib.machinery.ExtensionFileLoader.create_module = self._original
+            self._original = None
+        if LibraryWatch._installed is self:
+            LibraryWatch._installed = None
+
+
+def prepare_main_process(config: RunnerConfig, job_cpus: frozenset[int]) -> list[str]:
+    """Apply ``--pin-main`` and ``--threads`` to this process; return what was done.
+
+    ``job_cpus`` are the CPUs the job may use now. ``--pin-main`` pins every thread to them
+    (no lease is taken: the job's pools claim those cores for their workers) and, unless
+    ``--threads`` says otherwise, caps the thread pools to their number, as ``run`` does.
+    """
+    done = []
+    threads = config.threads
+    if config.pin_main:
+        if not job_cpus:
+            raise PlanError(
+                "--pin-main: the job has no free CPU to pin the main process to (other jobs "
+                "hold them, or --cores/--reserve exclude them); see python -m pinbackend status"
+            )
+        if pin_or_warn(job_cpus):
+            done.append(f"main process pinned to CPUs {format_cpu_list(job_cpus)}")
+        threads = threads or len(job_cpus)
+    if threads is not None:
+        kinds = cap_threads(threads)
+        LibraryWatch(threads).install()
+        done.append(f"main process thread pools capped to {threads} ({', '.join(kinds)})")
+    return done

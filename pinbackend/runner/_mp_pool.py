@@ -1,0 +1,84 @@
+"""``multiprocessing.Pool`` and ``multiprocessing.pool.ThreadPool`` under the runner.
+
+``Pool.__init__`` is wrapped in place: every way of making a pool (``multiprocessing.Pool()``,
+``get_context(...).Pool()``, ``pool.Pool(...)``, subclasses such as joblib's ``MemmappingPool``,
+and ``ThreadPool``, whose ``__init__`` calls ``Pool.__init__``) goes through it.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import multiprocessing.pool as mp_pool
+import operator
+
+from ._joblib import release_idle_workers
+from ._openmp import safe_context
+from ._plan import plan_process_pool, thread_pool_size, track_pool
+from ._state import InitPatch, active_config
+from ._workers import start_pool_thread, start_process_worker
+
+__all__ = ["MultiprocessingPoolPatch"]
+
+
+def _valid(processes, initializer) -> bool:
+    """Whether the arguments are ones the original accepts (else let it raise its error)."""
+    if initializer is not None and not callable(initializer):
+        return False
+    if processes is None:
+        return True
+    try:
+        return operator.index(processes) >= 1
+    except TypeError:
+        return False
+
+
+def _pool_alive(pool) -> bool:
+    """Whether a pool may still have running workers (not terminated, or not yet joined)."""
+    if getattr(pool, "_state", mp_pool.RUN) == mp_pool.RUN:
+        return True
+    return any(worker.exitcode is None for worker in list(getattr(pool, "_pool", ())))
+
+
+def _wrap(original):
+    @functools.wraps(original)
+    def __init__(
+        self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None
+    ):
+        config = active_config()
+        if config is None or not _valid(processes, initializer):
+            return original(self, processes, initializer, initargs, maxtasksperchild, context)
+        if isinstance(self, mp_pool.ThreadPool):
+            threads, openmp = thread_pool_size(config, processes)
+            return original(
+                self,
+                threads,
+                start_pool_thread,
+                (openmp, initializer, initargs),
+                maxtasksperchild,
+                context,
+            )
+        what = f"{type(self).__name__}(processes={processes!r})"
+        # Pool.__del__ reads _state; set it as the original does first, in case planning fails.
+        self._state = mp_pool.INIT
+        plan = plan_process_pool(config, processes, what, release_stray=release_idle_workers)
+        context = safe_context(context or multiprocessing.get_context(), plan.slots, what)
+        original(
+            self,
+            plan.n_workers,
+            start_process_worker,
+            (plan, config, initializer, initargs),
+            maxtasksperchild,
+            context,
+        )
+        track_pool(self, plan, _pool_alive)
+
+    return __init__
+
+
+class MultiprocessingPoolPatch(InitPatch):
+    """Process pools: planned slots, claimed by each worker; thread pools: sized to the CPUs."""
+
+    name = "multiprocessing.pool.Pool"
+    target = mp_pool.Pool
+    wrapper = staticmethod(_wrap)

@@ -1,0 +1,231 @@
+"""Unmodified programs under the runner: what their pool workers read back from inside."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from _helpers import PYTHON, blas_threads, thread_masks
+
+SCRIPTS = Path(__file__).parent / "scripts"
+ALLOWED = sorted(os.sched_getaffinity(0))
+METHODS = ("fork", "spawn", "forkserver")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs"),
+]
+
+
+def runner(*args: str, timeout: float = 120, check: bool = True):
+    """``python -m pinbackend ARGS``; the last stdout line parsed as JSON when it succeeds."""
+    result = subprocess.run(
+        [PYTHON, "-m", "pinbackend", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+        result.data = json.loads(result.stdout.strip().splitlines()[-1])
+    return result
+
+
+def distinct(reports: list[dict]) -> list[dict]:
+    """One report per worker process."""
+    return list({r["pid"]: r for r in reports}.values())
+
+
+def assert_pinned_workers(workers: list[dict], count: int) -> list[tuple[int, ...]]:
+    """Every thread of every worker on its slot, BLAS capped to it, slots disjoint."""
+    assert len(workers) == count
+    slots = []
+    for worker in workers:
+        cpus = tuple(worker["affinity"])
+        assert thread_masks(worker) == {cpus}, worker["threads"]
+        assert blas_threads(worker) == {len(cpus)}
+        assert worker["slot"]["cores"] == list(cpus)
+        slots.append(cpus)
+    flat = [cpu for slot in slots for cpu in slot]
+    assert len(flat) == len(set(flat)), f"slots overlap: {slots}"
+    assert set(flat) <= set(ALLOWED)
+    return slots
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["pool", "processpool"])
+def test_process_pool_workers_get_disjoint_pinned_capped_slots(kind, method):
+    data = runner(str(SCRIPTS / "pools.py"), kind, method).data
+    workers = distinct(data["workers"])
+    slots = assert_pinned_workers(workers, len(ALLOWED))
+    assert sorted(slots) == [(cpu,) for cpu in ALLOWED]
+    main_pid = data["main"]["pid"]
+    for worker in workers:
+        # The program's initializer still ran, after pinbackend's: already on the slot.
+        assert worker["initializer"][:2] == ["user-init", worker["affinity"]]
+        # The start method asked for is the one used.
+        assert worker["main_module"] == ("__main__" if method == "fork" else "__mp_main__")
+        assert (worker["ppid"] == main_pid) == (method != "forkserver")
+    # The program's own process is neither pinned nor capped.
+    assert data["main"]["affinity"] == ALLOWED and data["main"]["slot"] is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["threadpool", "threadexec"])
+def test_thread_pools_are_sized_to_the_cpus(kind, method):
+    data = runner(str(SCRIPTS / "pools.py"), kind, method).data
+    assert data["thread_pool_size"] == len(ALLOWED)
+    assert {r["pid"] for r in data["workers"]} == {data["main"]["pid"]}
+    assert all("user-init" in r["initializer"] for r in data["workers"])
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner", "processes"),
+    [("fork", "fork", None), ("spawn", "spawn", None), ("forkserver", "fork", "1")],
+)
+def test_pools_nested_in_workers_stay_inside_the_worker(outer, inner, processes):
+    options = ["-p", processes] if processes else []
+    data = runner(*options, str(SCRIPTS / "nested.py"), outer, inner, "processpool").data
+    outers = assert_pinned_workers(
+        distinct([r["outer"] for r in data]), 1 if processes else len(ALLOWED)
+    )
+    for result in data:
+        outer_cpus = set(result["outer"]["affinity"])
+        inner = distinct(result["inner"])
+        # One inner worker per core of the outer worker, each inside it.
+        slots = assert_pinned_workers(inner, len(outer_cpus))
+        assert set().union(*map(set, slots)) == outer_cpus
+        assert result["outer"]["pid"] not in {w["pid"] for w in inner}
+    assert len(outers) == (1 if processes else len(ALLOWED))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_plain_spawned_children_start_pinned_pools_too(method):
+    # A Process child (no pool, no initializer): the runner's patches reach it anyway.
+    (result,) = runner(str(SCRIPTS / "nested.py"), method, "spawn", "process").data
+    assert result["outer"]["slot"] is None  # the child itself is not a pool worker
+    slots = assert_pinned_workers(distinct(result["inner"]), len(ALLOWED))
+    assert sorted(slots) == [(cpu,) for cpu in ALLOWED]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_maxtasksperchild_replacements_claim_a_slot_again(method):
+    reports = runner(str(SCRIPTS / "maxtasks.py"), method).data
+    workers = distinct(reports)
+    assert len(workers) >= 3  # replaced after every task
+    for worker in workers:
+        assert len(worker["affinity"]) == 1
+        assert thread_masks(worker) == {tuple(worker["affinity"])}
+        assert blas_threads(worker) == {1}
+
+
+def test_joblib_default_backend_is_pinned_and_n_jobs_none_stays_inline():
+    data = runner(str(SCRIPTS / "joblib_default.py")).data
+    assert data["backend"] == "RunnerDefaultBackend"
+    main_pid = {r["pid"] for r in data["inline"]}
+    assert len(main_pid) == 1 and all(r["slot"] is None for r in data["inline"])
+    workers = distinct(data["parallel"])
+    assert main_pid.isdisjoint({w["pid"] for w in workers})
+    assert sorted(assert_pinned_workers(workers, len(ALLOWED))) == [(c,) for c in ALLOWED]
+
+
+def test_p_overrides_pool_sizes():
+    data = runner("-p", "1", str(SCRIPTS / "pools.py"), "pool", "spawn").data
+    assert_pinned_workers(distinct(data["workers"]), 1)
+    assert distinct(data["workers"])[0]["affinity"] == ALLOWED
+
+
+def test_cores_limits_the_pools_to_those_cpus():
+    data = runner("--cores", str(ALLOWED[0]), str(SCRIPTS / "pools.py"), "processpool", "fork")
+    (worker,) = distinct(data.data["workers"])
+    assert worker["affinity"] == [ALLOWED[0]]
+    assert data.data["main"]["affinity"] == ALLOWED  # the main process is not pinned
+
+
+def test_p_beyond_the_free_cores_is_clamped_with_a_note():
+    too_many = str(len(ALLOWED) + 1)
+    result = runner("-p", too_many, str(SCRIPTS / "pools.py"), "processpool", "spawn")
+    assert_pinned_workers(distinct(result.data["workers"]), len(ALLOWED))
+    assert "PoolResizedWarning" in result.stderr
+    assert f"instead of {too_many} (-p {too_many})" in result.stderr
+    assert "troubleshooting/#pool-resized-by-the-runner" in result.stderr
+    # The note points at the program's line that made the pool, not at pinbackend.
+    assert "pools.py:" in result.stderr.split("PoolResizedWarning")[0].splitlines()[-1]
+
+
+def test_error_policy_fails_in_the_program_and_share_policy_shares_with_a_warning():
+    too_many = str(len(ALLOWED) + 1)
+    args = [str(SCRIPTS / "pools.py"), "pool", "spawn"]
+    strict = runner("--oversubscribe", "error", "-p", too_many, *args, check=False)
+    assert strict.returncode == 1
+    assert f"PlanError: Pool(processes=None) asks for {too_many} worker(s)" in strict.stderr
+    shared = runner("--oversubscribe", "share", "-p", too_many, *args)
+    workers = distinct(shared.data["workers"])
+    assert len(workers) == int(too_many)
+    assert all(
+        len(w["affinity"]) == 1 and thread_masks(w) == {tuple(w["affinity"])} for w in workers
+    )
+    assert "OversubscriptionWarning" in shared.stderr
+
+
+def test_threads_caps_the_main_process_even_for_libraries_loaded_later():
+    args = [str(SCRIPTS / "main_report.py"), "sklearn"]
+    plain = runner(*args).data
+    capped = runner("-t", "1", *args).data
+    assert {p["num_threads"] for p in plain["thread_pools"]} == {len(ALLOWED)}
+    # numpy's OpenBLAS, scipy's and scikit-learn's OpenMP all loaded after the runner
+    # started: each was capped as it loaded.
+    assert {p["internal_api"] for p in capped["thread_pools"]} >= {"openblas", "openmp"}
+    assert {p["num_threads"] for p in capped["thread_pools"]} == {1}
+    assert capped["affinity"] == ALLOWED  # capped, not pinned
+    assert capped["env"] == plain["env"]  # and os.environ untouched
+
+
+def test_pin_main_pins_every_thread_of_the_main_process():
+    data = runner("--pin-main", "--reserve", str(ALLOWED[-1]), str(SCRIPTS / "main_report.py"))
+    report = data.data
+    assert report["affinity"] == ALLOWED[:-1]
+    assert thread_masks(report) == {tuple(ALLOWED[:-1])}
+    assert blas_threads(report) == {len(ALLOWED) - 1}
+
+
+OPENMP_TIMEOUT = 60
+
+
+@pytest.mark.parametrize("how", ["pool", "joblib"])
+def test_fork_after_openmp_with_one_cpu_workers_keeps_fork_and_finishes(how):
+    data = runner(str(SCRIPTS / "openmp_fork.py"), how, timeout=OPENMP_TIMEOUT).data
+    workers = distinct(data["workers"])
+    assert len(workers) == len(ALLOWED)
+    for worker in workers:
+        assert worker["ppid"] == data["main_pid"]  # forked, as asked
+        openmp = [p["num_threads"] for p in worker["thread_pools"] if p["user_api"] == "openmp"]
+        assert openmp == [1]
+
+
+@pytest.mark.parametrize("how", ["pool", "joblib"])
+def test_fork_after_openmp_with_multi_cpu_workers_switches_to_forkserver(how):
+    result = runner("-p", "1", str(SCRIPTS / "openmp_fork.py"), how, timeout=OPENMP_TIMEOUT)
+    (worker,) = distinct(result.data["workers"])
+    assert worker["affinity"] == ALLOWED
+    assert worker["ppid"] != result.data["main_pid"]  # a forkserver child, not forked
+    assert "ForkAfterOpenMPWarning" in result.stderr
+    assert "troubleshooting/#fork-after-openmp" in result.stderr
+
+
+def test_without_the_runner_the_same_program_hangs():
+    # The control for the two tests above: plain fork after OpenMP really hangs here.
+    # Its own session, so that the hung workers can be killed with their parent.
+    with subprocess.Popen(
+        [PYTHON, str(SCRIPTS / "openmp_fork.py"), "pool"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    ) as program:
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                program.wait(timeout=15)
+        finally:
+            os.killpg(program.pid, signal.SIGKILL)
+            program.wait()
