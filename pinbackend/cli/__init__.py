@@ -13,21 +13,14 @@ import warnings
 
 from .. import __version__
 from . import info, plan, run, runner, status
-from ._common import UsageError, fail
+from ._common import OneLineErrorParser, UsageError, fail
 
 SUBCOMMANDS = {"info": info, "plan": plan, "run": run, "status": status}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit status 2."""
-
-    def error(self, message: str):
-        fail(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m pinbackend",
         usage=runner.usage(SUBCOMMANDS),
         description="Static multiprocessing: disjoint core sets per worker, capped thread "

@@ -14,6 +14,13 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str):
+        fail(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def cpu_list(text: str) -> frozenset[int]:
     """argparse type for CPU lists such as ``0-3,8``."""
     try:

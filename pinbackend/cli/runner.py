@@ -31,7 +31,7 @@ from ..runner import (
     start_job,
 )
 from ..runner._plan import JobCores, decide, job_cores, survey
-from ._common import UsageError, cpu_list, fail, positive_int
+from ._common import OneLineErrorParser, UsageError, cpu_list, fail, positive_int
 from .render import describe_plan
 
 __all__ = ["RunnerCall", "help_text", "main", "route", "usage"]
@@ -130,14 +130,8 @@ _OPTIONS = (
 _BY_FLAG = {flag: option for option in _OPTIONS for flag in option.flags}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line on stderr, exit status 2 (as the subcommands' parser)."""
-        fail(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m pinbackend",
         usage=argparse.SUPPRESS,
         add_help=False,
