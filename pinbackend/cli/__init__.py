@@ -1,7 +1,7 @@
 """Command line: ``python -m pinbackend`` / ``pinbackend``.
 
-Subcommands are diagnostics and tools (``info``, ``plan``); each lives in its own module and
-registers itself here.
+Subcommands are diagnostics and tools (``info``, ``plan``, ``run``, ``status``, ``bench``);
+each lives in its own module and registers itself here.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import sys
 import warnings
 
 from .. import __version__
-from . import info, plan, run, status
+from . import bench, info, plan, run, status
 from ._common import UsageError, fail
 
-SUBCOMMANDS = {"info": info, "plan": plan, "run": run, "status": status}
+SUBCOMMANDS = {"info": info, "plan": plan, "run": run, "status": status, "bench": bench}
 
 
 class _Parser(argparse.ArgumentParser):
