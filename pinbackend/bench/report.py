@@ -108,12 +108,19 @@ def summarize(doc: dict) -> dict:
             }
             unavailable = all(r["status"] == "unavailable" for r in runs)
             reasons = [r["reason"] for r in runs if r.get("reason")]
+            problems: dict[str, int] = {}
+            for r in runs:
+                if r["status"] in ("timeout", "failed", "skipped") and r.get("reason"):
+                    key = f"{r['status']}: {r['reason']}"
+                    problems[key] = problems.get(key, 0) + 1
             cell = {
                 "runs": len(runs),
                 **counts,
                 "unavailable": unavailable,
                 "reason": reasons[0] if reasons else None,
                 "times": [_value(r) for r in runs],
+                "statuses": [r["status"] for r in runs],
+                "problems": problems,
                 "median": robust_median(values),
                 "min": min(values) if values else None,
                 "max": max(values) if values else None,
@@ -165,7 +172,7 @@ def _seconds(value: float | None, timeout: float | None) -> str:
     if value is None:
         return "-"
     if value == INF:
-        return f">{timeout:g}" if timeout else "> t/o"
+        return f"> {timeout:g}" if timeout else "> t/o"
     if value >= 100:
         return f"{value:.0f}"
     if value >= 10:
@@ -254,9 +261,9 @@ def _cell_row(label: str, cell: dict, workload: dict) -> str:
         return _row([label, "n/a", "", "", "", "", "", "", cell["reason"] or ""])
     timeout = cell["timeout"]
     noisy = "*" if cell["noisy_runs"] else ""
-    runs = " ".join(
-        _seconds(t, timeout) if t is not None else "failed" for t in sorted(cell["times"], key=_key)
-    )
+    finished = sorted(t for t in cell["times"] if t is not None)
+    others = [s for s in cell["statuses"] if s not in ("ok", "timeout")]
+    runs = " ".join([_seconds(t, timeout) for t in finished] + others)
     migrations = (
         f"{_count(cell['migrations_workers'])}/{_count(cell['migrations_main'])}"
         if cell["migrations_main"] is not None
@@ -278,10 +285,6 @@ def _cell_row(label: str, cell: dict, workload: dict) -> str:
     )
 
 
-def _key(value: float | None) -> float:
-    return INF if value is None else value
-
-
 def _cell_notes(cells: dict, workload: dict, labels: dict) -> list[str]:
     notes = []
     for strategy, cell in cells.items():
@@ -294,10 +297,8 @@ def _cell_notes(cells: dict, workload: dict, labels: dict) -> list[str]:
             )
         elif strategy == "none" and cell.get("daemon_rate"):
             notes.append(f"   daemon alone: {cell['daemon_rate']:.0f} work units/s")
-        if cell["failed"] and cell["reason"] and not cell["unavailable"]:
-            notes.append(f"   {label}: {cell['failed']} run(s) failed: {cell['reason']}")
-        elif cell["timeout"] and cell["reason"] and cell["timeouts"]:
-            notes.append(f"   {label}: {cell['reason']}")
+        for problem, count in cell["problems"].items():
+            notes.append(f"   {label}: {count} run(s) {problem}")
     return notes
 
 

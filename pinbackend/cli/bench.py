@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             )
             _check_names(config)
         except (ValueError, KeyError) as error:
-            fail(str(error).strip("\"'"))
+            fail(error.args[0] if isinstance(error, KeyError) else str(error))
         doc = run_benchmark(
             config,
             progress=lambda line: print(line, file=sys.stderr, flush=True),
