@@ -229,8 +229,10 @@ class TreeSampler:
         self.root = os.getpid()
         self._first: dict[tuple[int, int], tuple[int, int]] = {}
         self._last: dict[tuple[int, int], tuple[int, int]] = {}
-        self._cpu_first: dict[int, float] = {}
-        self._cpu_last: dict[int, float] = {}
+        # Per pid: (own CPU, CPU of its reaped children) at first and last sight.
+        self._cpu_first: dict[int, tuple[float, float]] = {}
+        self._cpu_last: dict[int, tuple[float, float]] = {}
+        self._alive: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sampler_tid: int | None = None
@@ -242,13 +244,15 @@ class TreeSampler:
         return self.roles.get(pid, "worker")
 
     def _sample(self, first: bool) -> None:
-        for pid in process_tree(self.root):
+        tree = process_tree(self.root)
+        self._alive = set(tree)
+        for pid in tree:
             own, reaped = _own_and_children_cpu(pid)
-            self._cpu_last[pid] = own + reaped
+            self._cpu_last[pid] = (own, reaped)
             if first:
-                self._cpu_first[pid] = own + reaped
+                self._cpu_first[pid] = (own, reaped)
             else:
-                self._cpu_first.setdefault(pid, 0.0)  # born during the window
+                self._cpu_first.setdefault(pid, (0.0, 0.0))  # born during the window
             for tid, values in _thread_counters(pid).items():
                 if tid == self._sampler_tid:
                     continue
@@ -287,22 +291,29 @@ class TreeSampler:
         if self._busy0 is None or busy1 is None:
             return WindowStats(wall, 0.0, 0.0, 0.0, len(self.cpus), available=False)
         processes = []
-        for pid in self._cpu_last:
+        for pid, (own_last, _) in self._cpu_last.items():
+            own_first = self._cpu_first[pid][0]
             sample = ProcessSample(pid, self._role(pid))
-            sample.cpu = max(self._cpu_last[pid] - self._cpu_first.get(pid, 0.0), 0.0)
-            for (owner, _tid), last in self._last.items():
+            # Own time only: a parent's reaped children are counted as themselves.
+            sample.cpu = max(own_last - own_first, 0.0)
+            for (owner, tid), last in self._last.items():
                 if owner != pid:
                     continue
-                first = self._first[(owner, _tid)]
+                first = self._first[(owner, tid)]
                 sample.migrations += last[0] - first[0]
                 sample.involuntary += last[1] - first[1]
                 sample.threads += 1
             if pid == self.root:
                 sample.cpu = max(sample.cpu - self._sampler_cpu, 0.0)
             processes.append(sample)
-        # Processes reaped during the window moved their time into their parent's "reaped"
-        # counter, which the parent's delta already holds: nothing is counted twice.
-        tree_cpu = sum(p.cpu for p in processes) + self._sampler_cpu
+        # The tree's CPU in the window: each live process's own time since the window
+        # started, plus what parents got from children reaped meanwhile (their whole life),
+        # minus what those children had used before the window started.
+        tree_cpu = 0.0
+        for pid, (own_first, reaped_first) in self._cpu_first.items():
+            own_last, reaped_last = self._cpu_last[pid]
+            tree_cpu += (own_last if pid in self._alive else 0.0) - own_first
+            tree_cpu += reaped_last - reaped_first
         # The benchmark's own orchestrator (our parent) waits in select(); count it as ours.
         tree_cpu += _own_and_children_cpu(os.getppid())[0] - self._parent_cpu0
         busy = busy1[0] - self._busy0[0]
