@@ -16,6 +16,7 @@ from pathlib import Path
 
 __all__ = [
     "cell_runs",
+    "current_runs",
     "finite",
     "format_table",
     "paired",
@@ -27,9 +28,14 @@ __all__ = [
 INF = math.inf
 
 
+def current_runs(doc: dict) -> list[dict]:
+    """Every run that counts: those measured again after a noisy attempt are left out."""
+    return [r for r in doc["runs"] if not r.get("superseded")]
+
+
 def cell_runs(doc: dict, workload: str, strategy: str) -> list[dict]:
     """The runs of one cell, by round."""
-    runs = [r for r in doc["runs"] if r["workload"] == workload and r["strategy"] == strategy]
+    runs = [r for r in current_runs(doc) if r["workload"] == workload and r["strategy"] == strategy]
     return sorted(runs, key=lambda r: r["round"])
 
 
@@ -194,8 +200,10 @@ def _count(value: float | None) -> str:
 
 def _header(doc: dict) -> list[str]:
     machine, config = doc["machine"], doc["config"]
-    noisy = sum(bool(r.get("noisy")) for r in doc["runs"])
-    measured = [r for r in doc["runs"] if "noise" in r]
+    runs = current_runs(doc)
+    noisy = sum(bool(r.get("noisy")) for r in runs)
+    measured = [r for r in runs if "noise" in r]
+    retried = len(doc["runs"]) - len(runs)
     noise = [r["noise"] for r in measured]
     lines = [
         f"pinbackend bench ({config['mode']}): {config['n_jobs']} workers, "
@@ -211,6 +219,7 @@ def _header(doc: dict) -> list[str]:
             f"noise (CPU used outside the benchmark on its CPUs): median "
             f"{statistics.median(noise):.1%}, max {max(noise):.1%}; {noisy} of {len(measured)} "
             f"runs above {config['noise_threshold']:.0%} are marked *"
+            + (f" ({retried} disturbed runs were measured again)" if retried else "")
             + (" -- TIMINGS ARE NOT RELIABLE" if noisy > len(measured) / 4 else "")
         )
     return lines

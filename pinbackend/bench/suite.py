@@ -51,6 +51,7 @@ class BenchConfig:
     timeout: float | None = None
     setup_timeout: float = 120.0
     noise_threshold: float = 0.05
+    retry_noisy: int = 0
     plugins: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -60,6 +61,13 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+        if not 0 <= self.noise_threshold <= 1:
+            raise ValueError(
+                f"noise_threshold is a share of the CPUs' capacity, between 0 and 1; "
+                f"got {self.noise_threshold!r}"
+            )
+        if not isinstance(self.retry_noisy, int) or self.retry_noisy < 0:
+            raise ValueError(f"retry_noisy must be an integer >= 0; got {self.retry_noisy!r}")
         for name in ("timeout", "setup_timeout"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -149,8 +157,11 @@ def run_benchmark(
 ) -> dict:
     """Run the benchmark; return the result document (every run, the machine, the config).
 
-    ``progress`` receives one line per measurement. Interrupting (Ctrl-C) stops after
-    killing the current measurement and returns what was measured, marked ``interrupted``.
+    ``progress`` receives one line per measurement. A run that others disturbed (noise
+    above the threshold) is measured again, up to ``config.retry_noisy`` times; every
+    attempt stays in the document, the earlier ones marked ``superseded``. Interrupting
+    (Ctrl-C) stops after killing the current measurement and returns what was measured,
+    marked ``interrupted``.
     """
     load_plugins(config.plugins)
     n_jobs = config.n_jobs or default_n_jobs()
@@ -173,10 +184,19 @@ def run_benchmark(
     registry = tempfile.mkdtemp(prefix="pinbackend-bench-leases-")
     try:
         for index, run in enumerate(planned, 1):
-            record = _measure_one(run, config, n_jobs, registry, hung)
-            doc["runs"].append(record)
-            if progress is not None:
-                progress(_status_line(record, index, len(planned)))
+            for attempt in range(config.retry_noisy + 1):
+                record = _measure_one(run, config, n_jobs, registry, hung)
+                record["attempt"] = attempt
+                final = attempt == config.retry_noisy or not record.get("noisy")
+                if not final:
+                    # Kept for the record, left out of every summary: measured again.
+                    record["superseded"] = True
+                doc["runs"].append(record)
+                if progress is not None:
+                    again = "" if final else " -> measuring again"
+                    progress(_status_line(record, index, len(planned)) + again)
+                if final:
+                    break
     except KeyboardInterrupt:
         doc["interrupted"] = True
     finally:

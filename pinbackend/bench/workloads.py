@@ -416,7 +416,7 @@ for _workload in (
         metric="throughput",
         strategies=("sequential", "handpool", "loky", "multiprocessing", "threading", "pinned"),
         quick_strategies=("loky", "multiprocessing", "pinned"),
-        params={"quick": {"tasks": 2000}, "full": {"tasks": 10000}},
+        params={"quick": {"tasks": 20000}, "full": {"tasks": 100000}},
         timeout={"quick": 20.0, "full": 60.0},
         measure=measure_tiny,
         describe=_describe_tiny,

@@ -97,6 +97,14 @@ def add_parser(subparsers) -> None:
         help="mark runs where others used more than this share of our CPUs (default: 0.05)",
     )
     parser.add_argument(
+        "--retry-noisy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure a run again, up to N times, when others disturbed it (default: 0); "
+        "every attempt is kept in the JSON",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         default="bench-results",
@@ -176,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 setup_timeout=args.setup_timeout,
                 noise_threshold=args.noise_threshold,
+                retry_noisy=args.retry_noisy,
                 plugins=tuple(args.plugin),
             )
             _check_names(config)
