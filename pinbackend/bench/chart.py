@@ -1,6 +1,7 @@
 """PNG chart of speedup over sequential per workload and strategy (matplotlib, optional).
 
-One group of bars per workload, one bar per strategy at its median speedup, every run as a
+One group of bars per timed workload (not tiny tasks or pool start, which have no speedup),
+one bar per strategy at its median speedup, every run as a
 dot (so two modes of a bimodal strategy show as two clusters), a dashed line at the ideal
 speedup (the number of workers), timeouts as hatched bars at the speedup the timeout bounds.
 """
@@ -44,7 +45,8 @@ def write_chart(doc: dict, summary: dict, path: str | Path) -> str | None:
     for name, workload in doc["workloads"].items():
         cells = summary.get(name, {})
         sequential = cells.get("sequential", {}).get("median")
-        if workload["metric"] == "start" or not sequential or sequential == INF:
+        # Dispatch throughput and pool start have no meaningful speedup: their own tables.
+        if workload["metric"] != "time" or not sequential or sequential == INF:
             continue
         bars = [
             (strategy, cell)
