@@ -118,7 +118,7 @@ register_workload(
 
 def main() -> None:
     from pinbackend.bench import BenchConfig, format_table, run_benchmark, summarize
-    from pinbackend.bench.report import cell_runs
+    from pinbackend.bench.report import cell_runs, paired, robust_median
 
     # Measurements import this file as a plugin module: put its folder on their path.
     here = str(Path(__file__).resolve().parent)
@@ -129,6 +129,7 @@ def main() -> None:
         repeats=1 if SMALL else 7,
         workloads=("gridsearch-restart", "gridsearch-warm"),
         plugins=("gridsearch_parent",),
+        retry_noisy=0 if SMALL else 2,  # a shared machine: measure disturbed runs again
     )
     doc = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr))
     summary = summarize(doc)
@@ -149,6 +150,17 @@ def main() -> None:
                 f"  {workload + ' / ' + strategy:<36} {caller:>9.3f}s {workers:>10.3f}s"
                 f"  {migrations:.0f}/{main_migrations:.0f}"
             )
+    print("\npinned / loky, median of the ratios of runs made in the same round:")
+    for workload, a, b in (
+        ("gridsearch-restart", "pinned", "loky"),
+        ("gridsearch-warm", "pinned", "loky"),
+        ("gridsearch-warm", "pinned-parent1", "loky-parent1"),
+        ("gridsearch-warm", "pinned-parent1", "pinned"),
+    ):
+        ratios = paired(doc, workload, a, b)
+        if ratios:
+            each = " ".join(f"{r:.2f}" for r in sorted(ratios))
+            print(f"  {workload}: {a} / {b} = {robust_median(ratios):.3f}  ({each})")
 
 
 if __name__ == "__main__":

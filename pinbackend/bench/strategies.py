@@ -35,6 +35,7 @@ __all__ = [
     "HandPinnedPool",
     "JoblibStrategy",
     "NoJob",
+    "PinnedUnderRun",
     "Runner",
     "Sequential",
     "Strategy",
@@ -183,6 +184,27 @@ class JoblibStrategy(Strategy):
             yield
         if self.backend in ("loky", "pinned"):
             _shutdown_loky()
+
+
+class PinnedUnderRun(JoblibStrategy):
+    """The pinned backend in a program started with ``python -m pinbackend run -n 1``.
+
+    ``run`` leases one free core for the whole program, pins it and caps its thread pools;
+    a pinned pool inside it stays within that core. This is the remedy for a job that gets
+    a single free core (its pool would otherwise run inline in an unpinned, uncapped caller).
+    """
+
+    def __init__(self):
+        super().__init__(
+            "pinned-run",
+            "pinned",
+            "pinned, under pinbackend run",
+            "the pinned backend in a program started with python -m pinbackend run -n 1",
+        )
+
+    def command(self, python: str) -> list[str]:
+        """Start the measurement under ``pinbackend run -n 1``."""
+        return [python, "-m", "pinbackend", "run", "-n", "1", "--", *super().command(python)]
 
 
 def _shutdown_loky() -> None:
@@ -385,6 +407,7 @@ for _strategy in (
         "pinned (pinbackend)",
         "pinbackend's joblib backend: loky workers on disjoint pinned cores, pools capped",
     ),
+    PinnedUnderRun(),
     NoJob(),
 ):
     register_strategy(_strategy)

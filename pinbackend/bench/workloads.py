@@ -400,14 +400,15 @@ for _workload in (
         number="5b",
         title="BLAS tasks beside a leased daemon",
         metric="time",
-        strategies=("none", "sequential", "loky", "multiprocessing", "pinned"),
-        quick_strategies=("none", "loky", "pinned"),
+        strategies=("none", "sequential", "loky", "multiprocessing", "pinned", "pinned-run"),
+        quick_strategies=("none", "loky", "pinned", "pinned-run"),
         params={"quick": {**_BLAS_QUICK, "n_jobs": -1}, "full": {**_BLAS_FULL, "n_jobs": -1}},
         timeout={"quick": 20.0, "full": 60.0},
         measure=measure_blas,
         describe=lambda params, n_jobs: _describe_blas(params, n_jobs) + ", n_jobs=-1",
         neighbour="daemon",
-        notes="a daemon holds a lease on the last CPU (pinbackend run); jobs use n_jobs=-1",
+        notes="a daemon holds a lease on the last CPU (pinbackend run); jobs use n_jobs=-1; "
+        "pinned-run starts the job itself under pinbackend run -n 1",
     ),
     Workload(
         name="tiny",
