@@ -1,10 +1,14 @@
 """Run one measurement in its own interpreter, bounded by a timeout, and read its numbers.
 
-The measurement process starts a new session, so it and every process it starts (pool
-workers, Dask nannies, the neighbour) form one process group: past its timeout the whole
-group is killed with SIGKILL and the run is recorded as ``timeout`` (the table shows
-"> N s"), never waited for. Killed workers' core leases go with them (the kernel drops
-their locks).
+The measurement process leads a new process group, so it and every process it starts
+(pool workers, Dask nannies) can be ended together: past its timeout the whole group is
+killed with SIGKILL and the run is recorded as ``timeout`` (the table shows "> N s"), never
+waited for. Killed workers' core leases go with them (the kernel drops their locks).
+
+A new group, not a new session: with the kernel's autogroup scheduling (on by default on
+desktop and many server kernels) each session shares CPU time as one unit, so a measurement
+in a session of its own would not compete with a neighbour as a user's job started from a
+shell does.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ._child import PROTOCOL
 
@@ -27,6 +32,9 @@ __all__ = ["STATUSES", "run_measurement"]
 #: or a setup that did not finish); ``skipped`` (not run: a known hang timed out before);
 #: ``unavailable`` (a package is missing).
 STATUSES = ("ok", "timeout", "failed", "skipped", "unavailable")
+
+# Python 3.11 has process_group=; before, setpgid in the child before exec does the same.
+_NEW_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 #: Seconds a measurement may take after it sent its result (closing pools and clusters).
 _EXIT_GRACE = 30.0
@@ -39,11 +47,12 @@ def run_measurement(
     env: Mapping[str, str],
     timeout: float,
     setup_timeout: float,
+    on_ready: Callable[[], None] | None = None,
 ) -> dict:
     """Run ``command + [json(spec)]``; return ``{"status", "time", ...}``.
 
     ``setup_timeout`` bounds the start and setup (imports, data, warm-up), ``timeout`` the
-    timed part, from the ``ready`` line on.
+    timed part, from the ``ready`` line on; ``on_ready`` is called when that line comes.
     """
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(
@@ -52,10 +61,10 @@ def run_measurement(
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             env=dict(env),
-            start_new_session=True,
+            **_NEW_GROUP,
         )
         try:
-            outcome = _follow(process, timeout, setup_timeout)
+            outcome = _follow(process, timeout, setup_timeout, on_ready)
         except BaseException:
             _kill_group(process)
             raise
@@ -66,7 +75,7 @@ def run_measurement(
     return outcome
 
 
-def _follow(process: subprocess.Popen, timeout: float, setup_timeout: float) -> dict:
+def _follow(process: subprocess.Popen, timeout: float, setup_timeout: float, on_ready) -> dict:
     """Read protocol lines until the result comes, the process ends, or time runs out."""
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
@@ -103,6 +112,8 @@ def _follow(process: subprocess.Popen, timeout: float, setup_timeout: float) -> 
                 if kind == "ready":
                     ready = True
                     deadline = time.monotonic() + timeout
+                    if on_ready is not None:
+                        on_ready()
                 elif kind == "result":
                     return {"status": "ok", **json.loads(payload)}
     finally:

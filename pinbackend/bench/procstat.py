@@ -211,20 +211,22 @@ class WindowStats:
 class TreeSampler:
     """Follow the process tree rooted here during a window, then summarize it.
 
-    ``roles`` names special pids (``"neighbour"`` for the busy process or daemon the
-    benchmark started itself, so their CPU is neither noise nor the job's); the root is
-    ``"main"`` (the caller, as in a user's program) and every other descendant a
-    ``"worker"``. The sampler's own thread is left out of the main process's numbers.
+    The root is ``"main"`` (the caller, as in a user's program) and every descendant a
+    ``"worker"``. ``neighbours`` are pids outside this tree that the benchmark started
+    itself (a busy process, a daemon): their trees are followed too, as ``"neighbour"``,
+    so that their CPU time counts neither as noise nor as the job's. The sampler's own
+    thread is left out of the main process's numbers.
     """
 
     def __init__(
         self,
         cpus: frozenset[int],
-        roles: dict[int, str] | None = None,
+        neighbours: list[int] | tuple[int, ...] = (),
         interval: float = 0.2,
     ):
         self.cpus = frozenset(cpus)
-        self.roles = dict(roles or {})
+        self.neighbours = tuple(neighbours)
+        self.roles: dict[int, str] = {}
         self.interval = interval
         self.root = os.getpid()
         self._first: dict[tuple[int, int], tuple[int, int]] = {}
@@ -245,6 +247,10 @@ class TreeSampler:
 
     def _sample(self, first: bool) -> None:
         tree = process_tree(self.root)
+        for neighbour in self.neighbours:
+            for pid in process_tree(neighbour):
+                self.roles[pid] = "neighbour"
+                tree.append(pid)
         self._alive = set(tree)
         for pid in tree:
             own, reaped = _own_and_children_cpu(pid)

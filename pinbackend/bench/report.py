@@ -84,7 +84,7 @@ def paired(doc: dict, workload: str, a: str, b: str, op: str = "ratio") -> list[
 
 
 def _median_of(runs: list[dict], getter) -> float | None:
-    values = [v for v in (getter(r) for r in runs if r["status"] == "ok") if v is not None]
+    values = [v for v in map(getter, runs) if v is not None]
     return statistics.median(values) if values else None
 
 
@@ -143,7 +143,11 @@ def summarize(doc: dict) -> dict:
                     ok, lambda r: (_window(r, "main", "involuntary_switches") or 0) / r["time"]
                 ),
                 "main_cpu_s": _median_of(ok, lambda r: _window(r, "main", "cpu_s")),
-                "daemon_rate": _median_of(ok, lambda r: r.get("extra", {}).get("daemon_rate")),
+                # A daemon's rate is known for runs cut at their timeout too.
+                "daemon_rate": _median_of(
+                    [r for r in runs if r["status"] in ("ok", "timeout")],
+                    lambda r: (r.get("extra") or {}).get("daemon_rate"),
+                ),
                 "tasks": _median_of(ok, lambda r: r.get("extra", {}).get("tasks")),
             }
             cells[strategy] = cell
@@ -191,6 +195,8 @@ def _ratio(value: float | None) -> str:
         return "-"
     if value == INF:
         return "> all"
+    if value == 0.0:
+        return "pinned t/o"  # only pinned timed out: no finite ratio to show
     return f"{value:.2f}x"
 
 

@@ -8,6 +8,7 @@ measurements of one round can be compared pair by pair.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import importlib.metadata
@@ -22,11 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from .. import _platform
 from ..core.sysfs import read_topology
 from ..host.caps import THREAD_ENV_VARS, thread_env
 from ..host.leases import REGISTRY_ENV
 from ..host.slot import SCOPE_ENV, SLOT_ENV
 from .measure import run_measurement
+from .neighbours import Neighbour, Progress
 from .strategies import STRATEGIES, get_strategy
 from .workloads import MODES, WORKLOADS, get_workload
 
@@ -128,13 +131,14 @@ def plan_runs(config: BenchConfig) -> list[dict]:
     return runs
 
 
-def _child_env(strategy, registry: str) -> dict[str, str]:
-    """The measurement's environment: the user's, minus anything that would cap or place it."""
+def _child_env(registry: str, threads: int | None = None) -> dict[str, str]:
+    """A measurement's environment: the user's, minus anything that would cap or place it,
+    plus the private lease registry and, if given, a thread cap."""
     drop = {*THREAD_ENV_VARS, "PYTHON_CPU_COUNT", SCOPE_ENV, SLOT_ENV}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env[REGISTRY_ENV] = registry
-    if strategy.process_threads is not None:
-        env.update(thread_env(strategy.process_threads))
+    if threads is not None:
+        env.update(thread_env(threads))
     return env
 
 
@@ -225,15 +229,40 @@ def _measure_one(run, config, n_jobs, registry, hung) -> dict:
         "n_jobs": n_jobs,
         "params": dict(workload.params[config.mode]),
         "plugins": list(config.plugins),
+        "cpus": sorted(_platform.allowed_cpus()),
     }
+    env = _child_env(registry, strategy.process_threads)
     began = time.time()
-    outcome = run_measurement(
-        strategy.command(sys.executable),
-        spec,
-        env=_child_env(strategy, registry),
-        timeout=timeout,
-        setup_timeout=config.setup_timeout,
-    )
+    with contextlib.ExitStack() as stack:
+        if workload.neighbour:
+            # Started first and from here, as a daemon that was on the machine before the
+            # job (see pinbackend.bench.neighbours); it gets the last CPU.
+            try:
+                neighbour = stack.enter_context(
+                    Neighbour(
+                        workload.neighbour, max(_platform.allowed_cpus()), _child_env(registry)
+                    )
+                )
+            except RuntimeError as error:
+                return {**record, "status": "failed", "reason": f"neighbour: {error}"}
+            spec["neighbour"] = neighbour.to_spec()
+        # The daemon's progress seen from here too: a run killed at its timeout reports
+        # nothing itself, but how the daemon fared meanwhile is still worth knowing.
+        progress = Progress(spec["neighbour"]["progress"]) if spec.get("neighbour") else None
+        if progress is not None and not progress.path:
+            progress = None
+        outcome = run_measurement(
+            strategy.command(sys.executable),
+            spec,
+            env=env,
+            timeout=timeout,
+            setup_timeout=config.setup_timeout,
+            on_ready=progress.mark if progress is not None else None,
+        )
+        if progress is not None and outcome["status"] == "timeout":
+            progress.mark()
+            if progress.rate() is not None:
+                outcome["extra"] = {"daemon_rate": progress.rate()}
     record.update(outcome)
     record["timeout"] = timeout
     record["started_at"] = _iso(began)
