@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from joblib._parallel_backends import FallbackToBackend, LokyBackend, SequentialBackend
 from joblib.executor import get_memmapping_executor
 
+from . import _platform
 from .core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
 from .core.planner import OVERSUBSCRIBE_POLICIES
-from .host.pool import DEFAULT_CLAIM_TIMEOUT, PoolPlan, free_cores, join_pool, plan_pool
+from .host.pool import DEFAULT_CLAIM_TIMEOUT, PoolPlan, free_cpus, join_pool, plan_pool
 from .host.slot import in_slot
 
 __all__ = ["PinnedBackend", "shutdown_workers"]
@@ -100,20 +101,30 @@ class PinnedBackend(LokyBackend):
 
     def effective_n_jobs(self, n_jobs):
         """Workers for ``n_jobs``: negative values count back from the free physical cores."""
+        return self._sizing(n_jobs)[1]
+
+    def _sizing(self, n_jobs) -> tuple[int, int]:
+        """(worker processes to start, ``n_jobs`` to report to joblib) for ``n_jobs``."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
             n_jobs = self.default_n_jobs
-        if mp.current_process().daemon:
-            return 1  # daemonic processes cannot have children (as loky decides)
+        if n_jobs == 1 or mp.current_process().daemon:
+            return 1, 1  # inline, as joblib does (and daemons cannot have children)
         if not (self.in_main_thread() or self.nesting_level == 0):
-            return 1  # no fork below threads (as loky decides)
+            return 1, 1  # no fork below threads (as loky decides)
         if n_jobs > 0 and self.policy != "clamp":
-            return n_jobs  # too many for the cores: configure() applies the policy
-        capacity = free_cores(self.reserve) // (self.cores_per_worker or 1)
-        if n_jobs > 0:
-            return max(min(n_jobs, capacity), 1)
-        return max(capacity + 1 + n_jobs, 1)
+            return n_jobs, n_jobs  # too many for the cores: configure() applies the policy
+        topology, usable = free_cpus(self.reserve)
+        capacity = sum(1 for core in topology.cores if core & usable)
+        capacity //= self.cores_per_worker or 1
+        workers = max(min(n_jobs, capacity), 1) if n_jobs > 0 else max(capacity + 1 + n_jobs, 1)
+        if workers == 1 and not _platform.allowed_cpus() <= usable:
+            # joblib runs a single job inline in the caller, and the caller may run on CPUs
+            # that are reserved or that other jobs hold: keep one pinned worker instead, and
+            # tell joblib 2 so that it does not take its inline path.
+            return 1, 2
+        return workers, workers
 
     def configure(
         self,
@@ -127,13 +138,15 @@ class PinnedBackend(LokyBackend):
         """Plan the pool's slots and start (or reuse) loky workers that claim them.
 
         ``n_jobs=1`` runs inline in the caller, as with every joblib backend (joblib itself
-        runs one job sequentially); the caller is never pinned.
+        runs one job sequentially); the caller is never pinned. When ``n_jobs=-1`` (or a
+        clamped count) leaves a single worker while the caller may run on reserved or busy
+        CPUs, that worker still runs in its own pinned process.
         """
         # Parallel(backend="pinned", reserve=...) passes our options here, not to __init__.
         options = {name: executor_kwargs.pop(name) for name in _OPTIONS if name in executor_kwargs}
         if options:
             self._set_options(**{name: getattr(self, name) for name in _OPTIONS} | options)
-        n_jobs = self.effective_n_jobs(n_jobs)
+        workers, n_jobs = self._sizing(n_jobs)
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         executor_kwargs = {**self.backend_kwargs, **executor_kwargs}
@@ -146,7 +159,7 @@ class PinnedBackend(LokyBackend):
         if idle_worker_timeout is not None:
             idle = idle_worker_timeout
         self._pool = plan_pool(
-            n_jobs,
+            workers,
             cores_per_worker=self.cores_per_worker,
             reserve=self.reserve,
             oversubscribe=self.policy,
@@ -154,7 +167,7 @@ class PinnedBackend(LokyBackend):
             claim_timeout=self.claim_timeout,
         )
         self._workers = get_memmapping_executor(
-            n_jobs,
+            workers,
             timeout=idle,
             env=self._pool.worker_env(),
             context_id=parallel._id,

@@ -21,7 +21,7 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 import pinbackend
 from pinbackend import PinnedBackend, PlanError
 from pinbackend.core.planner import OversubscriptionWarning
-from pinbackend.host.leases import list_leases
+from pinbackend.host.leases import claim, list_leases
 
 ALLOWED = sorted(os.sched_getaffinity(0))
 pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs")
@@ -104,7 +104,9 @@ def test_minus_two_is_all_free_cores_but_one():
     assert backend.effective_n_jobs(-1) == len(ALLOWED)
     assert backend.effective_n_jobs(-2) == len(ALLOWED) - 1
     assert backend.effective_n_jobs(None) == len(ALLOWED)
-    assert PinnedBackend(reserve={ALLOWED[0]}).effective_n_jobs(-1) == len(ALLOWED) - 1
+    # One worker left while the caller may run on the reserved CPU: joblib is told 2 so that
+    # the work runs in a pinned worker, not inline (see the one-free-core test below).
+    assert PinnedBackend(reserve={ALLOWED[0]}).effective_n_jobs(-1) == max(len(ALLOWED) - 1, 2)
     with pytest.raises(ValueError, match="n_jobs == 0"):
         backend.effective_n_jobs(0)
 
@@ -289,3 +291,33 @@ def test_no_worker_or_lease_survives_a_killed_parent(tmp_path):
         time.sleep(0.2)
     assert not any(psutil.pid_exists(p) for p in workers)
     assert list_leases(scope=None) == []
+
+
+@pytest.mark.parametrize("how", ["leased by another job", "reserved"])
+def test_one_free_core_still_runs_in_a_pinned_worker_not_inline(how):
+    # joblib runs a 1-worker call inline in the caller, whose affinity spans every CPU: it
+    # would run on the daemon's core. pinbackend keeps one pinned worker instead.
+    daemon_cpu, free_cpu = ALLOWED[-1], ALLOWED[0]
+    kwargs = {"reserve": [c for c in ALLOWED if c != free_cpu]} if how == "reserved" else {}
+    holder = claim(set(ALLOWED) - {free_cpu}, command="daemon") if how != "reserved" else None
+    try:
+        backend = PinnedBackend(**kwargs)
+        assert backend.effective_n_jobs(-1) == 2  # what joblib is told, to stay off inline
+        reports = Parallel(n_jobs=-1, backend="pinned", **kwargs)(
+            delayed(report)(0.1) for _ in range(4)
+        )
+    finally:
+        if holder is not None:
+            holder.release()
+    (worker,) = worker_reports(reports)
+    assert worker["pid"] != os.getpid()
+    assert worker["affinity"] == [free_cpu]
+    assert thread_masks(worker) == {(free_cpu,)}
+    assert blas_threads(worker) == {1}
+    assert daemon_cpu not in worker["affinity"]
+
+
+def test_inside_a_one_core_slot_a_single_worker_runs_inline():
+    results = Parallel(n_jobs=2, backend="pinned")(delayed(nested)(None, -1, 0.0) for _ in range(2))
+    for result in results:
+        assert result["children"] == []

@@ -130,6 +130,13 @@ def test_joblib_default_backend_is_pinned_and_n_jobs_none_stays_inline():
     assert sorted(assert_pinned_workers(workers, len(ALLOWED))) == [(c,) for c in ALLOWED]
 
 
+def test_p_overrides_joblib_n_jobs_too():
+    # -p 1 turns the script's Parallel(n_jobs=-1) into n_jobs=1, which joblib runs inline.
+    data = runner("-p", "1", str(SCRIPTS / "joblib_default.py")).data
+    main_pid = {r["pid"] for r in data["inline"]}
+    assert {r["pid"] for r in data["parallel"]} == main_pid
+
+
 def test_p_overrides_pool_sizes():
     data = runner("-p", "1", str(SCRIPTS / "pools.py"), "pool", "spawn").data
     assert_pinned_workers(distinct(data["workers"]), 1)

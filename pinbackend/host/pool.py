@@ -26,7 +26,13 @@ from .caps import thread_env
 from .leases import Lease, LeaseConflict, claim, claim_first_free, list_leases
 from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope
 
-__all__ = ["DEFAULT_CLAIM_TIMEOUT", "PoolPlan", "free_cores", "join_pool", "plan_pool"]
+__all__ = [
+    "DEFAULT_CLAIM_TIMEOUT",
+    "PoolPlan",
+    "free_cpus",
+    "join_pool",
+    "plan_pool",
+]
 
 #: Seconds a new worker waits for a slot: a crashed pool's old workers may still be exiting.
 DEFAULT_CLAIM_TIMEOUT = 60.0
@@ -73,11 +79,13 @@ def _free_view() -> tuple[Topology, frozenset[int], str, int]:
     return topology, busy, scope, owner
 
 
-def free_cores(reserve: Iterable[int] = ()) -> int:
-    """Physical cores a new pool of this process could use now (allowed, not reserved, free)."""
+def free_cpus(reserve: Iterable[int] = ()) -> tuple[Topology, frozenset[int]]:
+    """This host's topology and the CPUs a new pool of this process could use now.
+
+    Allowed CPUs, minus ``reserve``, minus those held by other jobs' leases.
+    """
     topology, busy, _, _ = _free_view()
-    usable = topology.allowed - frozenset(reserve) - busy
-    return sum(1 for core in topology.cores if core & usable)
+    return topology, topology.allowed - frozenset(reserve) - busy
 
 
 def plan_pool(

@@ -62,12 +62,12 @@ class RunnerBackend(PinnedBackend):
             return config.joblib_policy
         return super().policy
 
-    def effective_n_jobs(self, n_jobs):
-        """joblib's count, with ``-p`` replacing any parallel ``n_jobs`` at the top level."""
+    def _sizing(self, n_jobs) -> tuple[int, int]:
+        """The plain sizing, with ``-p`` replacing any parallel ``n_jobs`` at the top level."""
         config = _top_level_config()
         if config is not None and config.processes is not None and n_jobs not in (None, 1):
             n_jobs = config.processes
-        return super().effective_n_jobs(n_jobs)
+        return super()._sizing(n_jobs)
 
 
 class RunnerDefaultBackend(RunnerBackend):
