@@ -9,13 +9,10 @@ joblib configuration for code that calls joblib itself, such as scikit-learn
 
 Adding a strategy is one class and one :func:`register_strategy` call, in this module or in
 a plugin module named with ``bench --plugin MODULE`` (imported by the benchmark and by every
-measurement). Two are waiting for features built on other branches:
-
-* ``dask-pinned`` (:class:`DaskPinned`) is registered already and becomes available by
-  itself once :mod:`pinbackend.dask` (``PinPlugin``, issue 5) is installed;
-* the script runner (issue 6) fits as a strategy whose :meth:`~Strategy.command` starts the
-  measurement under the runner and whose :meth:`~Strategy.open` uses a plain
-  ``multiprocessing.Pool``.
+measurement). A strategy that needs its measurement started under a launcher overrides
+:meth:`~Strategy.command` (``pinned-run`` starts it under ``pinbackend run``; the script
+runner would fit the same way, with a plain ``multiprocessing.Pool`` in
+:meth:`~Strategy.open`).
 """
 
 from __future__ import annotations
@@ -324,25 +321,15 @@ class DaskDefault(Strategy):
 
 
 class DaskPinned(DaskDefault):
-    """HOOK for issue 5: the same cluster with pinbackend's ``PinPlugin`` registered.
+    """The same cluster with pinbackend's ``PinPlugin`` registered.
 
-    Available as soon as :mod:`pinbackend.dask` exists; nothing else needs to change. The
-    nanny plugin is registered with ``restart=True`` so that workers restart with their
+    The nanny plugin is registered with ``restart=True`` so that workers restart with their
     BLAS pools sized from the start, as a user following the Dask docs page would do.
     """
 
     name = "dask-pinned"
     label = "Dask + PinPlugin"
-    summary = "the same LocalCluster with pinbackend.dask.PinPlugin registered (issue 5)"
-
-    def unavailable(self) -> str | None:
-        """Missing dask.distributed or pinbackend.dask (not merged yet)."""
-        missing = super().unavailable()
-        if missing:
-            return missing
-        if importlib.util.find_spec("pinbackend.dask") is None:
-            return "needs pinbackend.dask.PinPlugin (issue 5), not in this version"
-        return None
+    summary = "the same LocalCluster with pinbackend.dask.PinPlugin registered"
 
     def prepare(self, client) -> None:
         """Register the worker and nanny plugins and wait until every worker is back."""

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pinbackend {__version__}")
-    subparsers = parser.add_subparsers(title="subcommands", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        title="subcommands", metavar="COMMAND", prog="python -m pinbackend"
+    )
     for module in SUBCOMMANDS.values():
         module.add_parser(subparsers)
     return parser
