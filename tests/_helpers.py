@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -42,6 +43,29 @@ def pinbackend_cli(*args: str, timeout: float = 60, env: dict | None = None, che
     if check and result.returncode != 0:
         raise AssertionError(f"pinbackend {' '.join(args)} failed:\n{result.stderr}")
     return result
+
+
+@contextlib.contextmanager
+def pinbackend_started(*args: str, timeout: float = 60):
+    """Start ``python -m pinbackend ARGS`` whose program prints one line, then waits on stdin.
+
+    Yields the process and that line; closing stdin ends the program.
+    """
+    with subprocess.Popen(
+        [PYTHON, "-m", "pinbackend", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            line = process.stdout.readline()
+            assert line, process.stderr.read()
+            yield process, line
+        finally:
+            if process.poll() is None:
+                process.stdin.close()
+            process.wait(timeout=timeout)
 
 
 def blas_threads(report: dict) -> set[int]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 
 import pytest
-from _helpers import PYTHON, pinbackend_cli
+from _helpers import PYTHON, pinbackend_cli, pinbackend_started
 from conftest import SNAPSHOTS
 
 REPORT = (
@@ -145,28 +143,11 @@ def test_run_of_a_missing_command_is_127():
     assert "command not found" in result.stderr
 
 
-@contextlib.contextmanager
-def running(*args):
-    """Start ``pinbackend ARGS`` whose command prints one line and waits on stdin."""
-    with subprocess.Popen(
-        [PYTHON, "-m", "pinbackend", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        try:
-            yield process, process.stdout.readline()
-        finally:
-            process.stdin.close()
-            process.wait(timeout=30)
-
-
 WAIT = REPORT + "; import sys; sys.stdin.read()"
 
 
 def test_two_runs_side_by_side_get_different_cores():
-    with running("run", "-n", "1", "--", PYTHON, "-c", WAIT) as (first, line):
+    with pinbackend_started("run", "-n", "1", "--", PYTHON, "-c", WAIT) as (first, line):
         first_cores = json.loads(line)["affinity"]
         second = pinbackend_cli("run", "-n", "1", "--", PYTHON, "-c", REPORT, check=True)
         second_cores = json.loads(second.stdout)["affinity"]
@@ -182,7 +163,7 @@ def test_two_runs_side_by_side_get_different_cores():
 
 
 def test_run_refuses_held_cores_unless_sharing():
-    with running("run", "--cores", "0", "--", PYTHON, "-c", WAIT) as (holder, _):
+    with pinbackend_started("run", "--cores", "0", "--", PYTHON, "-c", WAIT) as (holder, _):
         refused = pinbackend_cli("run", "--cores", "0", "--", "true")
         assert refused.returncode == 2
         assert f"CPUs 0 are held by pid {holder.pid}" in refused.stderr
@@ -192,7 +173,7 @@ def test_run_refuses_held_cores_unless_sharing():
 
 
 def test_status_and_info_list_the_holder():
-    with running("run", "--cores", "0", "--", PYTHON, "-c", WAIT) as (holder, _):
+    with pinbackend_started("run", "--cores", "0", "--", PYTHON, "-c", WAIT) as (holder, _):
         out = pinbackend_cli("status", check=True).stdout
         assert str(holder.pid) in out and "lease registry:" in out
         (lease,) = json_out("info", "--json")["leases"]

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _helpers import PYTHON, blas_threads, pinbackend_cli, thread_masks
+from _helpers import PYTHON, blas_threads, pinbackend_cli, pinbackend_started, thread_masks
 
 from pinbackend.host.leases import list_leases
 
@@ -30,22 +30,9 @@ pytestmark = [
 @contextlib.contextmanager
 def started(*args: str):
     """Start ``python -m pinbackend ARGS`` whose program prints one JSON line then waits on
-    stdin; yield the process and that line; end it by closing stdin."""
-    with subprocess.Popen(
-        [PYTHON, "-m", "pinbackend", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        try:
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
-            yield process, json.loads(line)
-        finally:
-            if process.poll() is None:
-                process.stdin.close()
-            process.wait(timeout=60)
+    stdin; yield the process and that line, parsed."""
+    with pinbackend_started(*args) as (process, line):
+        yield process, json.loads(line)
 
 
 def run_job(*args: str, check: bool = True):
