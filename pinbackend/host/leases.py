@@ -277,9 +277,7 @@ def claim(
     caller is expected to warn. ``owner`` is the pid of the process that planned the pool
     this lease belongs to (a pool's own workers do not count as busy when it plans again).
     """
-    cores = frozenset(cores)
-    if not cores:
-        raise LeaseError("cannot lease an empty set of CPUs; name at least one CPU")
+    cores = _lease_set(cores)
     directory = _scope_dir(scope)
     deadline = time.monotonic() + timeout
     while True:
@@ -290,32 +288,8 @@ def claim(
         time.sleep(_POLL_SECONDS)
     if busy and not share:
         _close_all(fds)
-        holders = _holders(directory, busy, scope)
-        raise LeaseConflict(
-            f"CPUs {format_cpu_list(busy)} are held by "
-            + "; ".join(f"pid {h.pid} ({h.command})" for h in holders)
-            + ". Pick other CPUs, wait for those jobs, or allow sharing",
-            busy,
-            holders,
-        )
-    info = LeaseInfo(
-        lease_id=uuid.uuid4().hex[:12],
-        pid=os.getpid(),
-        cores=cores,
-        command=command if command is not None else _own_command(),
-        since=time.time(),
-        scope=scope,
-        shared=busy,
-        owner=owner,
-    )
-    record = json.dumps(info.to_dict()).encode()
-    for fd in fds.values():
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
-    lease = Lease(info, fds)
-    with _TABLE_LOCK:
-        _HELD[info.lease_id] = lease
-    return lease
+        raise _conflict(directory, busy, scope)
+    return _hold(cores, fds, scope=scope, shared=busy, command=command, owner=owner)
 
 
 def claim_first_free(
@@ -326,17 +300,21 @@ def claim_first_free(
     owner: int | None = None,
 ) -> Lease:
     """Lease the first candidate core set that is entirely free, waiting up to ``timeout``."""
-    candidates = [frozenset(c) for c in candidates]
+    candidates = [_lease_set(c) for c in candidates]
     if not candidates:
         raise LeaseError("no candidate core sets to claim from; plan at least one slot")
     deadline = time.monotonic() + timeout
     while True:
+        # Resolved each round: the scope folder is removed when its last lease ends.
+        directory = _scope_dir(scope)
         for cores in candidates:
-            try:
-                return claim(cores, scope=scope, owner=owner)
-            except LeaseConflict as conflict:
-                last = conflict
+            fds, busy = _try_lock_all(directory, cores)
+            if not busy:
+                return _hold(cores, fds, scope=scope, shared=busy, command=None, owner=owner)
+            _close_all(fds)
         if time.monotonic() >= deadline:
+            # Who holds what is read once, for the message, not on every poll.
+            last = _conflict(directory, busy, scope)
             raise LeaseConflict(
                 f"none of the {len(candidates)} planned core sets is free "
                 f"({'; '.join(format_cpu_list(c) for c in candidates)}); last: {last}",
@@ -344,6 +322,54 @@ def claim_first_free(
                 last.holders,
             )
         time.sleep(_POLL_SECONDS)
+
+
+def _lease_set(cores: Iterable[int]) -> frozenset[int]:
+    cores = frozenset(cores)
+    if not cores:
+        raise LeaseError("cannot lease an empty set of CPUs; name at least one CPU")
+    return cores
+
+
+def _conflict(directory: Path, busy: frozenset[int], scope: str) -> LeaseConflict:
+    holders = _holders(directory, busy, scope)
+    return LeaseConflict(
+        f"CPUs {format_cpu_list(busy)} are held by "
+        + "; ".join(f"pid {h.pid} ({h.command})" for h in holders)
+        + ". Pick other CPUs, wait for those jobs, or allow sharing",
+        busy,
+        holders,
+    )
+
+
+def _hold(
+    cores: frozenset[int],
+    fds: dict[int, int],
+    *,
+    scope: str,
+    shared: frozenset[int],
+    command: str | None,
+    owner: int | None,
+) -> Lease:
+    """Record the lease in every lock file it holds and keep it in this process's table."""
+    info = LeaseInfo(
+        lease_id=uuid.uuid4().hex[:12],
+        pid=os.getpid(),
+        cores=cores,
+        command=command if command is not None else _own_command(),
+        since=time.time(),
+        scope=scope,
+        shared=shared,
+        owner=owner,
+    )
+    record = json.dumps(info.to_dict()).encode()
+    for fd in fds.values():
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+    lease = Lease(info, fds)
+    with _TABLE_LOCK:
+        _HELD[info.lease_id] = lease
+    return lease
 
 
 def _try_lock_all(directory: Path, cores: frozenset[int]) -> tuple[dict[int, int], frozenset]:
