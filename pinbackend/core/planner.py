@@ -164,7 +164,7 @@ def _slot_sizes(
             f"oversubscribe='share' to let workers share cores"
         )
     if oversubscribe == "clamp":
-        return _slot_sizes(n_cores, fitting, cores_per_worker, "error")
+        return [size] * fitting, 1
     return [size] * fitting, -(-n // fitting)
 
 

@@ -66,10 +66,6 @@ class Job:
         self._path = ""
 
 
-def _record_path(pid: int) -> str:
-    return str(registry_dir() / f"{_PREFIX}{pid}{_SUFFIX}")
-
-
 def register_job(command: str, options: Mapping[str, object]) -> Job:
     """Write this process's job record (atomically, in the private lease registry)."""
     pid = os.getpid()
@@ -87,7 +83,7 @@ def register_job(command: str, options: Mapping[str, object]) -> Job:
     try:
         with os.fdopen(fd, "w") as stream:
             json.dump(data, stream)
-        path = _record_path(pid)
+        path = str(directory / f"{_PREFIX}{pid}{_SUFFIX}")
         os.replace(temporary, path)
     except BaseException:
         try:

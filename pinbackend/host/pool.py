@@ -23,7 +23,7 @@ from ..core.planner import OversubscriptionWarning, plan_slots
 from ..core.sysfs import read_topology
 from ..core.topology import Topology
 from .caps import thread_env
-from .leases import Lease, LeaseConflict, claim, claim_first_free, list_leases
+from .leases import Lease, LeaseConflict, busy_cpus, claim, claim_first_free, list_leases
 from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope
 
 __all__ = [
@@ -73,10 +73,7 @@ def _free_view() -> tuple[Topology, frozenset[int], str, int]:
     topology = read_topology()
     scope = current_scope()
     owner = os.getpid()
-    busy = frozenset().union(
-        *(info.cores - info.shared for info in list_leases(scope) if info.owner != owner)
-    )
-    return topology, busy, scope, owner
+    return topology, busy_cpus(scope, ignore_owner=owner), scope, owner
 
 
 def free_cpus(reserve: Iterable[int] = ()) -> tuple[Topology, frozenset[int]]:
@@ -102,12 +99,7 @@ def plan_pool(
     Cores held by other leases in the same scope are left out, except those of this
     process's own pools, whose workers will be reused or replaced.
     """
-    topology = read_topology()
-    scope = current_scope()
-    owner = os.getpid()
-    busy = frozenset().union(
-        *(info.cores - info.shared for info in list_leases(scope) if info.owner != owner)
-    )
+    topology, busy, scope, owner = _free_view()
     plan = plan_slots(
         topology,
         n_workers,

@@ -81,10 +81,15 @@ def current_scope() -> str:
     return os.environ.get(SCOPE_ENV, "")
 
 
-def slot_env(cores: Iterable[int], lease: Lease | None = None) -> dict[str, str]:
-    """Environment for a process about to start inside ``cores``: thread caps and scope."""
+def slot_env(
+    cores: Iterable[int], lease: Lease | None = None, threads: int | None = None
+) -> dict[str, str]:
+    """Environment for a process about to start inside ``cores``: thread caps and scope.
+
+    The caps are ``threads``, by default the number of CPUs in ``cores``.
+    """
     cores = frozenset(cores)
-    env = thread_env(len(cores))
+    env = thread_env(len(cores) if threads is None else threads)
     env[SLOT_ENV] = format_cpu_list(cores)
     if lease is not None:
         env[SCOPE_ENV] = lease.lease_id
@@ -113,8 +118,7 @@ def apply_slot(
     pinned = pin_or_warn(cores)
     caps = cap_threads(threads)
     if own_process:
-        os.environ.update(slot_env(cores, lease))
-        os.environ.update(thread_env(threads))
+        os.environ.update(slot_env(cores, lease, threads))
         os.cpu_count = _fixed_cpu_count(len(cores))
     _current = AppliedSlot(
         cores=cores,
