@@ -7,6 +7,7 @@ parent and makes every new worker claim one and apply it before it runs any task
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from collections.abc import Iterable
 
@@ -67,20 +68,10 @@ class PinnedBackend(LokyBackend):
             claim_timeout=claim_timeout,
         )
 
-    def _set_options(self, *, cores_per_worker, reserve, oversubscribe, claim_timeout) -> None:
-        self.cores_per_worker = _check_count("cores_per_worker", cores_per_worker)
-        self.reserve = _check_reserve(reserve)
-        if oversubscribe is not None and oversubscribe not in OVERSUBSCRIBE_POLICIES:
-            raise ValueError(
-                f"oversubscribe must be one of {', '.join(OVERSUBSCRIBE_POLICIES)}; "
-                f"got {oversubscribe!r}"
-            )
-        self.oversubscribe = oversubscribe
-        if not isinstance(claim_timeout, (int, float)) or claim_timeout < 0:
-            raise ValueError(
-                f"claim_timeout must be a number of seconds >= 0; got {claim_timeout!r}"
-            )
-        self.claim_timeout = float(claim_timeout)
+    def _set_options(self, **options) -> None:
+        """Validate and set the options named (see the class docstring); others are kept."""
+        for name, value in options.items():
+            setattr(self, name, _OPTION_CHECKS[name](value))
 
     @property
     def inner_max_num_threads(self) -> int | None:
@@ -143,9 +134,10 @@ class PinnedBackend(LokyBackend):
         CPUs, that worker still runs in its own pinned process.
         """
         # Parallel(backend="pinned", reserve=...) passes our options here, not to __init__.
-        options = {name: executor_kwargs.pop(name) for name in _OPTIONS if name in executor_kwargs}
-        if options:
-            self._set_options(**{name: getattr(self, name) for name in _OPTIONS} | options)
+        options = {
+            name: executor_kwargs.pop(name) for name in _OPTION_CHECKS if name in executor_kwargs
+        }
+        self._set_options(**options)
         workers, n_jobs = self._sizing(n_jobs)
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
@@ -197,15 +189,27 @@ class PinnedBackend(LokyBackend):
         return f"PinnedBackend({', '.join(options)})"
 
 
-_OPTIONS = ("cores_per_worker", "reserve", "oversubscribe", "claim_timeout")
-
-
 def _check_count(name: str, value):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
     return value
+
+
+def _check_policy(oversubscribe):
+    if oversubscribe is not None and oversubscribe not in OVERSUBSCRIBE_POLICIES:
+        raise ValueError(
+            f"oversubscribe must be one of {', '.join(OVERSUBSCRIBE_POLICIES)}; "
+            f"got {oversubscribe!r}"
+        )
+    return oversubscribe
+
+
+def _check_claim_timeout(claim_timeout) -> float:
+    if not isinstance(claim_timeout, (int, float)) or claim_timeout < 0:
+        raise ValueError(f"claim_timeout must be a number of seconds >= 0; got {claim_timeout!r}")
+    return float(claim_timeout)
 
 
 def _check_reserve(reserve) -> frozenset[int]:
@@ -218,6 +222,14 @@ def _check_reserve(reserve) -> frozenset[int]:
     if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
         raise ValueError(f"reserve must hold non-negative CPU numbers; got {sorted(cpus, key=str)}")
     return cpus
+
+
+_OPTION_CHECKS = {
+    "cores_per_worker": functools.partial(_check_count, "cores_per_worker"),
+    "reserve": _check_reserve,
+    "oversubscribe": _check_policy,
+    "claim_timeout": _check_claim_timeout,
+}
 
 
 def shutdown_workers() -> None:

@@ -130,6 +130,27 @@ def test_joblib_default_backend_is_pinned_and_n_jobs_none_stays_inline():
     assert sorted(assert_pinned_workers(workers, len(ALLOWED))) == [(c,) for c in ALLOWED]
 
 
+def test_an_option_passed_to_parallel_keeps_the_callers_reserve(tmp_path):
+    # Under the runner, the backend's reserve is a view that adds the program's live pools;
+    # setting another option must not freeze that view into the caller's own reserve.
+    script = tmp_path / "options.py"
+    script.write_text(
+        "import json, multiprocessing\n"
+        "from joblib import Parallel, delayed\n"
+        "if __name__ == '__main__':\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        pool.apply(abs, (-1,))\n"
+        "        parallel = Parallel(n_jobs=-1, backend='pinned', claim_timeout=5)\n"
+        "        backend = parallel._backend\n"
+        "        parallel(delayed(abs)(-i) for i in range(2))\n"
+        "        print(json.dumps({'own': sorted(backend._reserve),\n"
+        "                          'view': sorted(backend.reserve)}))\n"
+    )
+    data = runner("--cores-per-worker", "1", str(script)).data
+    assert data["own"] == []
+    assert len(data["view"]) == 1  # the live pool's core stays out of new plans
+
+
 def test_p_overrides_joblib_n_jobs_too():
     # -p 1 turns the script's Parallel(n_jobs=-1) into n_jobs=1, which joblib runs inline.
     data = runner("-p", "1", str(SCRIPTS / "joblib_default.py")).data
