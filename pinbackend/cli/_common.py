@@ -7,7 +7,7 @@ import json
 import sys
 from typing import NoReturn
 
-from ..core.cpuset import CpuListError, parse_cpu_list
+from ..core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
 
 
 class UsageError(Exception):
@@ -30,6 +30,16 @@ def cpu_list(text: str) -> frozenset[int]:
     if not cpus:
         raise argparse.ArgumentTypeError(f"empty CPU list {text!r}; expected e.g. '0-3,8'")
     return cpus
+
+
+def check_cores_allowed(cores: frozenset[int], allowed: frozenset[int]) -> None:
+    """Raise :class:`UsageError` when ``--cores`` names CPUs this process may not use."""
+    outside = cores - allowed
+    if outside:
+        raise UsageError(
+            f"--cores {format_cpu_list(cores)}: CPUs {format_cpu_list(outside)} are not "
+            f"allowed here; allowed CPUs: {format_cpu_list(allowed)}"
+        )
 
 
 def positive_int(text: str) -> int:

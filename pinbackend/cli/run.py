@@ -20,7 +20,14 @@ from ..core.sysfs import read_topology
 from ..host.leases import Lease, LeaseConflict, LeaseError, busy_cpus, claim
 from ..host.pinning import PinningError, pin_or_warn
 from ..host.slot import current_scope, slot_env
-from ._common import add_reserve_option, cpu_list, fail, positive_int
+from ._common import (
+    UsageError,
+    add_reserve_option,
+    check_cores_allowed,
+    cpu_list,
+    fail,
+    positive_int,
+)
 
 HELP = "run a command on a leased set of cores (held for the command's lifetime)"
 
@@ -91,17 +98,12 @@ def _lease(args: argparse.Namespace, command: str) -> Lease:
     scope = current_scope()
     try:
         if args.cores is not None:
-            outside = args.cores - topology.allowed
-            if outside:
-                fail(
-                    f"--cores {format_cpu_list(args.cores)}: CPUs {format_cpu_list(outside)} "
-                    f"are not allowed here; allowed CPUs: {format_cpu_list(topology.allowed)}"
-                )
+            check_cores_allowed(args.cores, topology.allowed)
             return claim(
                 args.cores, scope=scope, share=args.share, timeout=args.wait, command=command
             )
         return _lease_planned(args, topology, scope, command)
-    except (LeaseError, PlanError) as error:
+    except (UsageError, LeaseError, PlanError) as error:
         fail(str(error))
 
 

@@ -31,7 +31,14 @@ from ..runner import (
     start_job,
 )
 from ..runner._plan import JobCores, decide, job_cores, survey
-from ._common import OneLineErrorParser, UsageError, cpu_list, fail, positive_int
+from ._common import (
+    OneLineErrorParser,
+    UsageError,
+    check_cores_allowed,
+    cpu_list,
+    fail,
+    positive_int,
+)
 from .render import describe_plan
 
 __all__ = ["RunnerCall", "help_text", "main", "route", "usage"]
@@ -244,12 +251,8 @@ def _config(args: argparse.Namespace) -> RunnerConfig:
 
 
 def _check_cpus(config: RunnerConfig, topology) -> None:
-    if config.cores is not None and not config.cores <= topology.allowed:
-        raise UsageError(
-            f"--cores {format_cpu_list(config.cores)}: CPUs "
-            f"{format_cpu_list(config.cores - topology.allowed)} are not allowed here; "
-            f"allowed CPUs: {format_cpu_list(topology.allowed)}"
-        )
+    if config.cores is not None:
+        check_cores_allowed(config.cores, topology.allowed)
     if not config.reserve <= topology.online:
         raise UsageError(
             f"--reserve {format_cpu_list(config.reserve)}: CPUs "
@@ -355,9 +358,7 @@ def main(call: RunnerCall) -> int:
     except TargetError as error:
         print(error, file=sys.stderr)
         return error.status
-    except UsageError as error:
-        fail(str(error))
-    except (PlanError, LeaseError, TopologyError) as error:
+    except (UsageError, PlanError, LeaseError, TopologyError) as error:
         fail(str(error))
     # From here on errors are the program's own: they propagate as in plain python.
     run_target(target)

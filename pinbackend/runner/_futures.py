@@ -10,27 +10,14 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import multiprocessing
-import operator
 
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
 from ._plan import plan_process_pool, thread_pool_size, track_pool
-from ._state import InitPatch, active_config
+from ._state import InitPatch, active_config, pool_arguments_valid
 from ._workers import start_pool_thread, start_process_worker
 
 __all__ = ["ProcessPoolExecutorPatch", "ThreadPoolExecutorPatch"]
-
-
-def _valid(max_workers, initializer) -> bool:
-    """Whether the arguments are ones the original accepts (else let it raise its error)."""
-    if initializer is not None and not callable(initializer):
-        return False
-    if max_workers is None:
-        return True
-    try:
-        return operator.index(max_workers) >= 1
-    except TypeError:
-        return False
 
 
 def _executor_alive(executor) -> bool:
@@ -45,7 +32,7 @@ def _wrap_process(original):
     @functools.wraps(original)
     def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(), **kwargs):
         config = active_config()
-        if config is None or not _valid(max_workers, initializer):
+        if config is None or not pool_arguments_valid(max_workers, initializer):
             return original(self, max_workers, mp_context, initializer, initargs, **kwargs)
         what = f"{type(self).__name__}(max_workers={max_workers!r})"
         plan = plan_process_pool(config, max_workers, what, release_stray=release_idle_workers)
@@ -71,7 +58,7 @@ def _wrap_thread(original):
     @functools.wraps(original)
     def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
         config = active_config()
-        if config is None or not _valid(max_workers, initializer):
+        if config is None or not pool_arguments_valid(max_workers, initializer):
             return original(self, max_workers, thread_name_prefix, initializer, initargs)
         threads, openmp = thread_pool_size(config, max_workers)
         chained = (openmp, initializer, initargs)

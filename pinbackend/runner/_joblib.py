@@ -12,7 +12,7 @@ from joblib import register_parallel_backend
 
 from ..core.sysfs import read_topology
 from ..host.slot import current_slot
-from ..joblib_backend import PinnedBackend
+from ..joblib_backend import PinnedBackend, shutdown_workers
 from ._plan import live_pool_cpus
 from ._state import Patch, active_config
 
@@ -87,7 +87,7 @@ def release_idle_workers() -> bool:
     executor = reusable_executor._executor
     if executor is None or getattr(executor, "_pending_work_items", None):
         return False
-    executor.shutdown(wait=True, kill_workers=True)
+    shutdown_workers()
     return True
 
 

@@ -10,27 +10,14 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import multiprocessing.pool as mp_pool
-import operator
 
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
 from ._plan import plan_process_pool, thread_pool_size, track_pool
-from ._state import InitPatch, active_config
+from ._state import InitPatch, active_config, pool_arguments_valid
 from ._workers import start_pool_thread, start_process_worker
 
 __all__ = ["MultiprocessingPoolPatch"]
-
-
-def _valid(processes, initializer) -> bool:
-    """Whether the arguments are ones the original accepts (else let it raise its error)."""
-    if initializer is not None and not callable(initializer):
-        return False
-    if processes is None:
-        return True
-    try:
-        return operator.index(processes) >= 1
-    except TypeError:
-        return False
 
 
 def _pool_alive(pool) -> bool:
@@ -46,7 +33,7 @@ def _wrap(original):
         self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None
     ):
         config = active_config()
-        if config is None or not _valid(processes, initializer):
+        if config is None or not pool_arguments_valid(processes, initializer):
             return original(self, processes, initializer, initargs, maxtasksperchild, context)
         if isinstance(self, mp_pool.ThreadPool):
             threads, openmp = thread_pool_size(config, processes)

@@ -5,11 +5,12 @@ Kept free of imports from the rest of the runner so that every patch module can 
 
 from __future__ import annotations
 
+import operator
 from typing import ClassVar
 
 from ._config import RunnerConfig
 
-__all__ = ["InitPatch", "Patch", "active_config", "set_active_config"]
+__all__ = ["InitPatch", "Patch", "active_config", "pool_arguments_valid", "set_active_config"]
 
 _active: RunnerConfig | None = None
 
@@ -23,6 +24,21 @@ def set_active_config(config: RunnerConfig | None) -> None:
     """Record (or clear) the runner settings; only :mod:`pinbackend.runner._install` calls it."""
     global _active
     _active = config
+
+
+def pool_arguments_valid(size, initializer) -> bool:
+    """Whether a pool's size and initializer are ones the original accepts.
+
+    When they are not, the patches step aside so that the original raises its own error.
+    """
+    if initializer is not None and not callable(initializer):
+        return False
+    if size is None:
+        return True
+    try:
+        return operator.index(size) >= 1
+    except TypeError:
+        return False
 
 
 class Patch:
