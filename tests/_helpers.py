@@ -11,6 +11,21 @@ import textwrap
 
 PYTHON = sys.executable
 
+#: Code that makes sched_setaffinity fail with EPERM in this process, as in a locked-down
+#: container (needs libseccomp).
+FORBID_AFFINITY = """
+import ctypes, ctypes.util, errno
+lib = ctypes.CDLL(ctypes.util.find_library("seccomp"))
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+context = lib.seccomp_init(0x7FFF0000)  # allow everything...
+number = lib.seccomp_syscall_resolve_name(b"sched_setaffinity")
+# ...except sched_setaffinity, which fails with EPERM as in a locked-down container.
+assert lib.seccomp_rule_add(context, 0x00050000 | errno.EPERM, number, 0) == 0
+assert lib.seccomp_load(context) == 0
+"""
+
 
 def run_python(code: str, *, env: dict | None = None, timeout: float = 60, check: bool = True):
     """Run ``code`` in a fresh interpreter; return the CompletedProcess (text mode)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import doctest
 
 import pytest
 
 pytest.importorskip("distributed")
 
-from _helpers import last_json, run_python
+from _helpers import FORBID_AFFINITY, last_json, run_python
 
 from pinbackend.core.topology import Topology
 from pinbackend.dask import PinOptions, PinOptionsError, WorkerPlacement, format_placement
@@ -153,3 +154,37 @@ def test_preload_refuses_servers_it_cannot_set_up():
 
     with pytest.raises(TypeError, match=r"worker or nanny preload .* cannot set up a str"):
         pinbackend.dask_setup.callback("scheduler?", None, frozenset(), "closed", 1.0)
+
+
+@pytest.mark.skipif(
+    ctypes.util.find_library("seccomp") is None, reason="needs libseccomp to forbid affinity"
+)
+def test_a_worker_where_affinity_is_forbidden_reports_why_it_is_unpinned():
+    code = (
+        FORBID_AFFINITY
+        + """
+import json, warnings
+import pinbackend.host.slot as slot_module
+from pinbackend.dask._worker import _apply
+from pinbackend.host.leases import claim
+cap_threads = slot_module.cap_threads
+def noisy_cap_threads(threads):
+    # As threadpoolctl does when it finds two OpenMP runtimes.
+    warnings.warn("a warning from a library", RuntimeWarning)
+    return cap_threads(threads)
+with warnings.catch_warnings(record=True) as outside:
+    warnings.simplefilter("always")
+    lease = claim({0})
+    _, first = _apply(lease, 1)
+    slot_module.cap_threads = noisy_cap_threads
+    _, again = _apply(lease, 1)  # pinning warns once per process: no warning this time
+    lease.release()
+print(json.dumps({"first": first, "again": again, "outside": [str(w.message) for w in outside]}))
+"""
+    )
+    report = last_json(run_python(code).stdout)
+    assert report["first"].startswith("CPU pinning is unavailable here")
+    assert "troubleshooting/#pinning-unavailable" in report["first"]
+    assert report["again"] == "CPU affinity cannot be set here"
+    # The pinning warning became the reason; the library's warning is not one, nor lost.
+    assert report["outside"] == ["a warning from a library"]

@@ -7,7 +7,7 @@ import importlib.util
 import os
 
 import pytest
-from _helpers import blas_threads, last_json, run_python
+from _helpers import FORBID_AFFINITY, blas_threads, last_json, run_python
 
 from pinbackend.host.caps import THREAD_ENV_VARS, thread_env
 from pinbackend.host.pinning import PinningError, pin
@@ -116,20 +116,6 @@ def test_apply_slot_in_own_process_sets_cpu_count_and_child_env():
     assert result["self"]["cpu_count"] == 1
     assert result["self"]["slot"]["cores"] == [0]
     assert result["child"]["env"]["OPENBLAS_NUM_THREADS"] == "1"
-
-
-FORBID_AFFINITY = """
-import ctypes, ctypes.util, errno
-lib = ctypes.CDLL(ctypes.util.find_library("seccomp"))
-lib.seccomp_init.restype = ctypes.c_void_p
-lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
-lib.seccomp_load.argtypes = [ctypes.c_void_p]
-context = lib.seccomp_init(0x7FFF0000)  # allow everything...
-number = lib.seccomp_syscall_resolve_name(b"sched_setaffinity")
-# ...except sched_setaffinity, which fails with EPERM as in a locked-down container.
-assert lib.seccomp_rule_add(context, 0x00050000 | errno.EPERM, number, 0) == 0
-assert lib.seccomp_load(context) == 0
-"""
 
 
 @pytest.mark.skipif(

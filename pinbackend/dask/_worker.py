@@ -24,7 +24,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..core.sysfs import read_topology
 from ..host.leases import Lease, LeaseConflict, LeaseError, busy_cpus, claim, list_leases
-from ..host.pinning import PinningError, pin
+from ..host.pinning import PinningError, PinningUnavailableWarning, pin
 from ..host.pool import plan_pool
 from ..host.slot import AppliedSlot, apply_slot, current_scope, reset_current_slot
 from ._executor import TaskThreadCaps
@@ -235,7 +235,7 @@ async def _claim_slot(worker, options: PinOptions, nthreads: int) -> Lease:
                     return claim(slot, scope=pool.scope, command=command)
                 except LeaseConflict as conflict:
                     error: Exception = conflict
-        except (PlanError, LeaseConflict) as failure:
+        except PlanError as failure:
             error = failure
             if not busy_cpus(current_scope()):
                 raise  # nothing to wait for: the plan itself is impossible
@@ -267,6 +267,10 @@ def _apply(lease: Lease, nthreads: int) -> tuple[AppliedSlot, str | None]:
             threads=task_thread_cap(len(lease.cores), nthreads),
             own_process=True,
         )
+    reasons = [w for w in caught if issubclass(w.category, PinningUnavailableWarning)]
+    for other in caught:
+        if other not in reasons:  # e.g. threadpoolctl's: not ours to swallow
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     if slot.pinned:
         return slot, None
-    return slot, str(caught[0].message) if caught else "CPU affinity cannot be set here"
+    return slot, str(reasons[0].message) if reasons else "CPU affinity cannot be set here"
