@@ -107,7 +107,7 @@ class PinnedBackend(LokyBackend):
         if n_jobs > 0 and self.policy != "clamp":
             return n_jobs, n_jobs  # too many for the cores: configure() applies the policy
         topology, usable = free_cpus(self.reserve)
-        capacity = sum(1 for core in topology.cores if core & usable)
+        capacity = topology.count_cores(usable)
         capacity //= self.cores_per_worker or 1
         workers = max(min(n_jobs, capacity), 1) if n_jobs > 0 else max(capacity + 1 + n_jobs, 1)
         if workers == 1 and not _platform.allowed_cpus() <= usable:

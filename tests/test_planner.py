@@ -268,3 +268,11 @@ def test_large_machine_plans_quickly():
     for _ in range(20):
         plan = plan_slots(machine, rng.randint(1, 128))
         assert len(set().union(*plan.slots)) == 256
+
+
+def test_count_cores_counts_physical_cores_touched_by_the_cpus():
+    smt = Topology.uniform(cores_per_l3=4, threads_per_core=2)  # cores {0,4} {1,5} {2,6} {3,7}
+    assert smt.count_cores({0, 4}) == 1  # two SMT siblings are one core
+    assert smt.count_cores({0, 1, 5}) == 2
+    assert smt.count_cores(range(8)) == 4
+    assert smt.count_cores(()) == 0

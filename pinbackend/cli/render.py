@@ -70,7 +70,7 @@ def describe_plan(
     owner = {cpu: i for i, slot in enumerate(slots) for cpu in slot}
     lines = ["worker  cores  CPUs"]
     for i, slot in enumerate(slots):
-        n_cores = sum(1 for core in topology.cores if core & slot)
+        n_cores = topology.count_cores(slot)
         lines.append(f"{worker_label(i):>6}  {n_cores:>5}  {format_cpu_list(slot)}")
     lines.append("")
     lines.append(

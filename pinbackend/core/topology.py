@@ -109,6 +109,11 @@ class Topology:
             cpu_kinds=tuple(k & keep for k in self.cpu_kinds),
         )
 
+    def count_cores(self, cpus: Iterable[int]) -> int:
+        """Return how many physical cores have at least one CPU in ``cpus``."""
+        cpus = frozenset(cpus)
+        return sum(1 for core in self.cores if core & cpus)
+
     def core_of(self, cpu: int) -> frozenset[int]:
         """Return the SMT siblings of ``cpu`` (the physical core it belongs to)."""
         for core in self.cores:

@@ -108,11 +108,6 @@ class PoolDecision:
     shared_with_others: bool = False
 
 
-def _n_cores(topology: Topology, cpus: frozenset[int]) -> int:
-    """Physical cores with at least one CPU in ``cpus`` (the planner's unit)."""
-    return len(topology.restrict(cpus).cores) if cpus else 0
-
-
 def _holders_text(view: JobCores, cpus: frozenset[int]) -> str:
     parts = [
         f"CPUs {format_cpu_list(info.cores & cpus)} by pid {info.pid} ({info.command})"
@@ -138,8 +133,8 @@ def decide(view: JobCores, config: RunnerConfig, requested: int | None, what: st
     asked = requested if view.nested or config.processes is None else config.processes
     source = "" if view.nested or config.processes is None else f" (-p {config.processes})"
     free, job = view.free, view.usable - view.own
-    fit_free = _n_cores(topology, free) // size
-    fit_job = _n_cores(topology, job) // size
+    fit_free = topology.count_cores(free) // size
+    fit_job = topology.count_cores(job) // size
     n = asked if asked is not None else (fit_free or fit_job)
     reserve = topology.allowed - view.usable
     busy = view.strangers | view.own
@@ -158,10 +153,10 @@ def decide(view: JobCores, config: RunnerConfig, requested: int | None, what: st
     if n >= 1 and n <= fit_free:
         return PoolDecision(plan(n, busy))
     if fit_job == 0:
-        if _n_cores(topology, view.usable) < size:
+        if topology.count_cores(view.usable) < size:
             raise PlanError(
                 f"no room for {what}: a worker needs {size} physical core(s) "
-                f"(--cores-per-worker) but the job has only {_n_cores(topology, view.usable)} "
+                f"(--cores-per-worker) but the job has only {topology.count_cores(view.usable)} "
                 f"(CPUs {format_cpu_list(view.usable) or 'none'}); ask for fewer cores per "
                 f"worker, or give the job more (--cores, --reserve)"
             )
