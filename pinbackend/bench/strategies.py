@@ -23,7 +23,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from ..joblib_backend import shutdown_workers
 
 __all__ = [
     "STRATEGIES",
@@ -170,7 +172,7 @@ class JoblibStrategy(Strategy):
         with Parallel(n_jobs=n_jobs, backend=self.backend) as parallel:
             yield _JoblibRunner(parallel)
         if self.backend in ("loky", "pinned"):
-            _shutdown_loky()
+            shutdown_workers()
 
     @contextlib.contextmanager
     def joblib_config(self, n_jobs: int) -> Iterator[None]:
@@ -180,7 +182,7 @@ class JoblibStrategy(Strategy):
         with parallel_config(backend=self.backend, n_jobs=n_jobs):
             yield
         if self.backend in ("loky", "pinned"):
-            _shutdown_loky()
+            shutdown_workers()
 
 
 class PinnedUnderRun(JoblibStrategy):
@@ -202,14 +204,6 @@ class PinnedUnderRun(JoblibStrategy):
     def command(self, python: str) -> list[str]:
         """Start the measurement under ``pinbackend run -n 1``."""
         return [python, "-m", "pinbackend", "run", "-n", "1", "--", *super().command(python)]
-
-
-def _shutdown_loky() -> None:
-    from joblib.externals.loky import reusable_executor
-
-    executor = reusable_executor._executor
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
 
 
 def _pin_to_next_core(slots) -> None:
@@ -398,16 +392,3 @@ for _strategy in (
     NoJob(),
 ):
     register_strategy(_strategy)
-
-
-def describe_strategies() -> list[dict[str, Any]]:
-    """Name, label, summary and availability of every registered strategy."""
-    return [
-        {
-            "name": s.name,
-            "label": s.label,
-            "summary": s.summary,
-            "unavailable": s.unavailable(),
-        }
-        for s in STRATEGIES.values()
-    ]

@@ -88,7 +88,7 @@ class BenchConfig:
 def default_n_jobs() -> int:
     """Physical cores this process may use: the workers every strategy runs by default."""
     topology = read_topology()
-    return sum(1 for core in topology.cores if core & topology.allowed) or 1
+    return topology.count_cores(topology.allowed) or 1
 
 
 def load_plugins(modules: Sequence[str]) -> None:
@@ -126,8 +126,9 @@ def _selected(config: BenchConfig) -> list[tuple[str, tuple[str, ...]]]:
 def plan_runs(config: BenchConfig) -> list[dict]:
     """Every measurement of the run, in the order it will be made."""
     runs = []
+    selected = _selected(config)
     for round_index in range(config.n_repeats):
-        for workload, strategies in _selected(config):
+        for workload, strategies in selected:
             shift = round_index % len(strategies)
             for strategy in strategies[shift:] + strategies[:shift]:
                 runs.append({"workload": workload, "strategy": strategy, "round": round_index})
@@ -236,6 +237,7 @@ def _measure_one(run, config, n_jobs, registry, hung) -> dict:
     }
     env = _child_env(registry, strategy.process_threads)
     began = time.time()
+    progress = None
     with contextlib.ExitStack() as stack:
         if workload.neighbour:
             # Started first and from here, as a daemon that was on the machine before the
@@ -249,11 +251,10 @@ def _measure_one(run, config, n_jobs, registry, hung) -> dict:
             except RuntimeError as error:
                 return {**record, "status": "failed", "reason": f"neighbour: {error}"}
             spec["neighbour"] = neighbour.to_spec()
-        # The daemon's progress seen from here too: a run killed at its timeout reports
-        # nothing itself, but how the daemon fared meanwhile is still worth knowing.
-        progress = Progress(spec["neighbour"]["progress"]) if spec.get("neighbour") else None
-        if progress is not None and not progress.path:
-            progress = None
+            if spec["neighbour"]["progress"]:
+                # The daemon's progress seen from here too: a run killed at its timeout
+                # reports nothing itself, but how the daemon fared meanwhile is worth knowing.
+                progress = Progress(spec["neighbour"]["progress"])
         outcome = run_measurement(
             strategy.command(sys.executable),
             spec,
@@ -264,10 +265,10 @@ def _measure_one(run, config, n_jobs, registry, hung) -> dict:
         )
         if progress is not None and outcome["status"] == "timeout":
             progress.mark()
-            if progress.rate() is not None:
-                outcome["extra"] = {"daemon_rate": progress.rate()}
+            daemon_rate = progress.rate()
+            if daemon_rate is not None:
+                outcome["extra"] = {"daemon_rate": daemon_rate}
     record.update(outcome)
-    record["timeout"] = timeout
     record["started_at"] = _iso(began)
     record["duration_s"] = round(time.time() - began, 2)
     if record["status"] == "timeout" and strategy.name in workload.hangs:
@@ -318,7 +319,7 @@ def machine_info(n_jobs: int) -> dict:
         "python": platform.python_version(),
         "online_cpus": len(topology.online),
         "allowed_cpus": sorted(allowed),
-        "physical_cores": sum(1 for core in topology.cores if core & allowed),
+        "physical_cores": topology.count_cores(allowed),
         "packages": len([p for p in topology.packages.values() if p & allowed]),
         "numa_nodes": len([n for n in topology.numa_nodes.values() if n & allowed]),
         "cpu_quota": topology.cpu_quota,

@@ -70,6 +70,13 @@ class _Checker:
                 return f"{strategy!r} has no finished run on {workload!r} ({cell['reason']})"
         return None
 
+    def comparable(self, key: str, target: str, workload: str, *strategies: str) -> bool:
+        """Whether ``strategies`` can be compared on ``workload``; else the target is n/a."""
+        why = self.missing(workload, *strategies)
+        if why:
+            self.add(key, target, "n/a", why)
+        return why is None
+
     def noisy(self, workload: str, *strategies: str) -> bool:
         return any(r.get("noisy") for s in strategies for r in cell_runs(self.doc, workload, s))
 
@@ -87,9 +94,7 @@ class _Checker:
         explain: str,
     ) -> float | None:
         """Check the median of paired ``a / b`` time ratios with ``passes``."""
-        why = self.missing(workload, a, b)
-        if why:
-            self.add(key, target, "n/a", why)
+        if not self.comparable(key, target, workload, a, b):
             return None
         ratios = paired(self.doc, workload, a, b)
         median = robust_median(ratios)
@@ -119,15 +124,12 @@ def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
         lambda r: r <= TOLERANCE,
         "pinned time / hand-pinned time must be <= 1.03",
     )
-    why = check.missing("blas", "pinned", "sequential")
-    if why:
-        check.add("blas-efficiency", "BLAS: efficiency against ideal speedup", "n/a", why)
-    else:
-        cell = summary["blas"]["pinned"]
-        speedup = cell.get("speedup") or 0.0
+    key, target = "blas-efficiency", "BLAS: efficiency against ideal speedup"
+    if check.comparable(key, target, "blas", "pinned", "sequential"):
+        speedup = summary["blas"]["pinned"].get("speedup") or 0.0
         check.add(
-            "blas-efficiency",
-            "BLAS: efficiency against ideal speedup",
+            key,
+            target,
             "info",
             f"pinned speedup {speedup:.2f}x over sequential; ideal {n_jobs}x (cores x "
             f"sequential rate): efficiency {speedup / n_jobs:.0%}",
@@ -165,8 +167,8 @@ def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
             lambda r: r <= TOLERANCE,
             f"{pinned} time / {baseline} time must be <= 1.03",
         )
-    _daemon(check, doc)
-    _threading(check, doc, summary)
+    _daemon(check)
+    _threading(check)
     check.ratio(
         "tiny-throughput",
         "Tiny tasks: pinned dispatch throughput >= 0.9 of loky's",
@@ -176,16 +178,14 @@ def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
         lambda r: r >= 0.9,
         "pinned throughput / loky throughput (= loky time / pinned time) must be >= 0.9",
     )
-    _pool_start(check, doc)
+    _pool_start(check)
     return check.results
 
 
-def _daemon(check: _Checker, doc: dict) -> None:
+def _daemon(check: _Checker) -> None:
     """Not a target of the issue, but its point: the pinned job leaves the daemon alone."""
     key, target = "daemon-left-alone", "Daemon (extra check): keeps >= 90% of its rate"
-    why = check.missing("daemon", "pinned", "none")
-    if why:
-        check.add(key, target, "n/a", why)
+    if not check.comparable(key, target, "daemon", "pinned", "none"):
         return
     cells = check.summary["daemon"]
     share = cells["pinned"].get("daemon_share")
@@ -207,9 +207,9 @@ def _daemon(check: _Checker, doc: dict) -> None:
     )
 
 
-def _threading(check: _Checker, doc: dict, summary: dict) -> None:
+def _threading(check: _Checker) -> None:
     wins = []
-    for name, cells in summary.items():
+    for name, cells in check.summary.items():
         cell = cells.get("threading")
         ratio = cell.get("vs_pinned") if cell else None
         if ratio is not None and ratio < 1.0:
@@ -223,13 +223,11 @@ def _threading(check: _Checker, doc: dict, summary: dict) -> None:
     )
 
 
-def _pool_start(check: _Checker, doc: dict) -> None:
+def _pool_start(check: _Checker) -> None:
     key, target = "pool-start", "Pool start: pinned within 100 ms of loky"
-    why = check.missing("start", "pinned", "loky")
-    if why:
-        check.add(key, target, "n/a", why)
+    if not check.comparable(key, target, "start", "pinned", "loky"):
         return
-    differences = paired(doc, "start", "pinned", "loky", op="difference")
+    differences = paired(check.doc, "start", "pinned", "loky", op="difference")
     median = robust_median(differences)
     if median is None:
         check.add(key, target, "n/a", "no round where both pools started")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 
 def blas_task(size: int, reps: int, seed: int = 0) -> float:
@@ -52,16 +51,6 @@ def tiny_task(x: int) -> int:
     return x + 1
 
 
-def noop() -> None:
-    """Nothing at all: used to start pools and to time their start."""
-
-
 def worker_id() -> tuple[int, int]:
     """Which process and thread ran this task: tells when every worker of a pool is up."""
     return os.getpid(), threading.get_native_id()
-
-
-def sleep_task(seconds: float) -> float:
-    """Sleep; the test suite uses it to show that a measurement past its timeout is cut."""
-    time.sleep(seconds)
-    return seconds

@@ -247,9 +247,6 @@ def _load(path: str) -> dict:
         fail(f"cannot read benchmark results from {path}: {error}")
     if not str(doc.get("format", "")).startswith("pinbackend-bench/"):
         fail(f"{path} is not a pinbackend bench result file (no 'format' key)")
-    for run in doc["runs"]:  # timeouts were written as null
-        if run["status"] == "timeout":
-            run["time"] = None
     doc.pop("summary", None)
     doc.pop("targets", None)
     return doc

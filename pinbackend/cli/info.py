@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
         print("core leases on this host:" if leases else "core leases: none")
         for info in leases:
             print(f"  pid {info.pid}: CPUs {format_cpu_list(info.cores)}  {info.command}")
-    if live:
         print("thread pools (threadpoolctl):" if pools else "thread pools: none loaded")
         for pool in pools:
             print(
