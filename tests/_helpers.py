@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PYTHON = sys.executable
 
 #: Code that makes sched_setaffinity fail with EPERM in this process, as in a locked-down
-#: container (needs libseccomp).
+#: container; tests that run it are marked ``needs_seccomp``.
 FORBID_AFFINITY = """
 import ctypes, ctypes.util, errno
 lib = ctypes.CDLL(ctypes.util.find_library("seccomp"))
@@ -25,6 +28,9 @@ number = lib.seccomp_syscall_resolve_name(b"sched_setaffinity")
 assert lib.seccomp_rule_add(context, 0x00050000 | errno.EPERM, number, 0) == 0
 assert lib.seccomp_load(context) == 0
 """
+needs_seccomp = pytest.mark.skipif(
+    ctypes.util.find_library("seccomp") is None, reason="needs libseccomp to forbid affinity"
+)
 
 
 def run_python(code: str, *, env: dict | None = None, timeout: float = 60, check: bool = True):

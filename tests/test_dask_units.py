@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import doctest
 
 import pytest
 
 pytest.importorskip("distributed")
 
-from _helpers import FORBID_AFFINITY, last_json, run_python
+from _helpers import FORBID_AFFINITY, last_json, needs_seccomp, run_python
 
 from pinbackend.core.topology import Topology
 from pinbackend.dask import PinOptions, PinOptionsError, WorkerPlacement, format_placement
@@ -156,9 +155,7 @@ def test_preload_refuses_servers_it_cannot_set_up():
         pinbackend.dask_setup.callback("scheduler?", None, frozenset(), "closed", 1.0)
 
 
-@pytest.mark.skipif(
-    ctypes.util.find_library("seccomp") is None, reason="needs libseccomp to forbid affinity"
-)
+@needs_seccomp
 def test_a_worker_where_affinity_is_forbidden_reports_why_it_is_unpinned():
     code = (
         FORBID_AFFINITY

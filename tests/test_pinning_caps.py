@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import importlib.util
 import os
 
 import pytest
-from _helpers import FORBID_AFFINITY, blas_threads, last_json, run_python
+from _helpers import FORBID_AFFINITY, blas_threads, last_json, needs_seccomp, run_python
 
 from pinbackend.host.caps import THREAD_ENV_VARS, thread_env
 from pinbackend.host.pinning import PinningError, pin
@@ -118,9 +117,7 @@ def test_apply_slot_in_own_process_sets_cpu_count_and_child_env():
     assert result["child"]["env"]["OPENBLAS_NUM_THREADS"] == "1"
 
 
-@pytest.mark.skipif(
-    ctypes.util.find_library("seccomp") is None, reason="needs libseccomp to forbid affinity"
-)
+@needs_seccomp
 def test_forbidden_affinity_degrades_to_caps_with_one_warning():
     code = (
         FORBID_AFFINITY
