@@ -97,7 +97,12 @@ class PinnedBackend(LokyBackend):
     def _sizing(self, n_jobs) -> tuple[int, int]:
         """(worker processes to start, ``n_jobs`` to report to joblib) for ``n_jobs``."""
         if n_jobs == 0:
-            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+            # joblib's own wording first: its test suite (test_invalid_njobs) matches on it.
+            raise ValueError(
+                f"n_jobs == 0 in Parallel has no meaning; got n_jobs={n_jobs!r}. Use a "
+                "positive int (that many workers), -1 (all free cores), -2 (all free cores "
+                "but one, and so on) or None (the enclosing parallel_config's n_jobs, else -1)"
+            )
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         if n_jobs == 1 or mp.current_process().daemon:

@@ -107,8 +107,17 @@ def test_minus_two_is_all_free_cores_but_one():
     # One worker left while the caller may run on the reserved CPU: joblib is told 2 so that
     # the work runs in a pinned worker, not inline (see the one-free-core test below).
     assert PinnedBackend(reserve={ALLOWED[0]}).effective_n_jobs(-1) == max(len(ALLOWED) - 1, 2)
-    with pytest.raises(ValueError, match="n_jobs == 0"):
-        backend.effective_n_jobs(0)
+    for zero in (0, 0.0):
+        with pytest.raises(ValueError) as error:
+            backend.effective_n_jobs(zero)
+        assert str(error.value) == (
+            f"n_jobs == 0 in Parallel has no meaning; got n_jobs={zero!r}. Use a positive int "
+            "(that many workers), -1 (all free cores), -2 (all free cores but one, and so on) "
+            "or None (the enclosing parallel_config's n_jobs, else -1)"
+        )
+    # Parallel converts n_jobs to int first (0.5 becomes 0), then asks the backend.
+    with pytest.raises(ValueError, match=r"got n_jobs=0\. Use a positive int"):
+        Parallel(n_jobs=0.5, backend="pinned")(delayed(report)() for _ in range(2))
 
 
 def test_more_workers_than_cores_is_a_clear_error_by_default():
