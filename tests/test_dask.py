@@ -221,25 +221,38 @@ def test_restarted_and_killed_workers_are_pinned_again_without_leaking_slots(tmp
             seen_pids |= pids
             assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
             assert_leases_match_workers(client)
-        victim = sorted(client.nthreads())[0]
-        survivor_pid = client.run(os.getpid, workers=[sorted(client.nthreads())[1]])
+        victim, survivor = sorted(client.nthreads())
+        before = reports(client)
+        victim_pid, survivor_pid = before[victim]["pid"], before[survivor]["pid"]
+        victim_slot = frozenset(before[victim]["pin"]["cores"])
         marker = tmp_path / "killed"
         future = client.submit(
             probes.kill_own_worker_once,
             str(marker),
             workers=[victim],
-            allow_other_workers=True,  # its retry runs on the restarted worker
+            allow_other_workers=True,  # the victim's address is gone for good: retry anywhere
             pure=False,
         )
-        future.result(timeout=60)
+        retry = future.result(timeout=60)
         assert marker.exists()
+        # The retry ran in a live, pinned process, not in the one the first attempt killed.
+        assert retry["pid"] != victim_pid and retry["pin"]["pinned"] is True
+        assert {frozenset(c) for c in retry["threads"].values()} == {
+            frozenset(retry["pin"]["cores"])
+        }
         wait_until(
             lambda: len(client.nthreads()) == 2 and victim not in client.nthreads(),
             what="the nanny to restart the killed worker",
         )
-        pids = worker_pids(client)
-        assert set(survivor_pid.values()) < pids and not (pids - seen_pids) & seen_pids
-        assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
+        # The survivor kept its process; the victim's nanny started a process never seen.
+        (replacement_pid,) = worker_pids(client) - {survivor_pid}
+        assert survivor_pid in worker_pids(client)
+        assert replacement_pid != victim_pid and replacement_pid not in seen_pids
+        after = reports(client)
+        assert_slots(assert_pinned_disjoint(after), count=2, cores_each=1)
+        # The killed worker's slot was freed by the kernel and claimed by its replacement.
+        (replacement,) = (r for r in after.values() if r["pid"] == replacement_pid)
+        assert frozenset(replacement["pin"]["cores"]) == victim_slot
         assert_leases_match_workers(client)
 
 
