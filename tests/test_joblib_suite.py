@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from pinbackend import PinnedBackend
+
 SUITE = Path(__file__).parent / "joblib_suite"
 
 pytestmark = pytest.mark.slow
+
+#: joblib 1.6.0's test_parallel items parametrized with "pinned": 78 by name, and 20 with
+#: the PinnedBackend() instance of its ALL_VALID_BACKENDS (pytest names it ``backendN``).
+SELECTED = 98
+ALWAYS_XFAIL = {"test_nested_loop[loky-pinned]", "test_nested_loop[back_compat_backend-pinned]"}
+XFAIL_BELOW_4_CORES = {"test_parallel_unordered_generator_returns_fastest_first[pinned-4]"}
 
 
 def test_joblib_test_parallel_passes_with_pinned(tmp_path):
@@ -28,6 +36,7 @@ def test_joblib_test_parallel_passes_with_pinned(tmp_path):
             "--pyargs",
             "joblib.test.test_parallel",
             "-q",
+            "-rxX",
         ],
         capture_output=True,
         text=True,
@@ -37,9 +46,15 @@ def test_joblib_test_parallel_passes_with_pinned(tmp_path):
     )
     summary = result.stdout.strip().splitlines()[-1]
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    passed = int(re.search(r"(\d+) passed", summary)[1])
-    xfailed = int(re.search(r"(\d+) xfailed", summary)[1])
-    # About 78 of joblib's tests are parametrized with every registered backend.
-    assert passed >= 70, summary
-    assert xfailed == 3, summary
-    assert "failed" not in summary.replace("xfailed", ""), summary
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary)}
+    outcomes = {k: n for k, n in counts.items() if k not in ("deselected", "warning", "warnings")}
+    expected_xfails = set(ALWAYS_XFAIL)
+    if PinnedBackend(oversubscribe="clamp").effective_n_jobs(4) < 4:
+        expected_xfails |= XFAIL_BELOW_4_CORES
+    # Exactly these outcomes: no skip, failure, error or unexpected pass, and none dropped.
+    assert outcomes == {
+        "passed": SELECTED - len(expected_xfails),
+        "xfailed": len(expected_xfails),
+    }, summary
+    xfailed = set(re.findall(r"^XFAIL \S*::(\S+)", result.stdout, re.MULTILINE))
+    assert xfailed == expected_xfails, summary
