@@ -76,3 +76,60 @@ def kill_own_worker_once(marker: str) -> dict:
             pass
         os.kill(os.getpid(), signal.SIGKILL)
     return task_report()
+
+
+def placement_with_thread_masks_unreadable() -> dict:
+    """:func:`~pinbackend.dask.placement.measure_task_thread` where ``/proc/self/task``
+    cannot be listed, as under a restrictive sandbox.
+
+    It runs in a thread of its own that seccomp forbids to list directories (``getdents``
+    fails with EPERM in that thread only, so the worker's task thread is unaffected); that
+    thread runs in a copy of the task's context, where ``get_worker()`` finds the worker.
+    """
+    import contextvars
+
+    from pinbackend.dask.placement import measure_task_thread
+
+    measure_task_thread()  # every import and lazy lookup done before the filter
+    outcome: dict = {}
+
+    def measure() -> None:
+        _forbid_in_this_thread("getdents64", "getdents")
+        try:
+            os.listdir("/proc/self/task")
+        except PermissionError:
+            pass
+        else:
+            outcome["error"] = "the seccomp filter did not stop listing /proc/self/task"
+            return
+        try:
+            outcome["row"] = measure_task_thread()
+        except Exception as error:  # raised again in the task thread
+            outcome["error"] = f"{type(error).__name__}: {error}"
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(measure,))
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise RuntimeError(outcome["error"])
+    return outcome["row"]
+
+
+def _forbid_in_this_thread(*syscalls: str) -> None:
+    """Make ``syscalls`` fail with EPERM in the calling thread (libseccomp, no TSYNC)."""
+    import ctypes
+    import ctypes.util
+    import errno
+
+    lib = ctypes.CDLL(ctypes.util.find_library("seccomp"))
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    context = lib.seccomp_init(0x7FFF0000)  # allow everything else
+    for name in syscalls:
+        number = lib.seccomp_syscall_resolve_name(name.encode())
+        if number >= 0:  # getdents does not exist on every architecture
+            assert lib.seccomp_rule_add(context, 0x00050000 | errno.EPERM, number, 0) == 0
+    assert lib.seccomp_load(context) == 0

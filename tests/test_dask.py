@@ -20,12 +20,14 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import _dask_probes as probes  # noqa: E402
+from _helpers import needs_seccomp  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from pinbackend.core.sysfs import read_topology  # noqa: E402
 from pinbackend.dask import (  # noqa: E402
     PinPlugin,
     PinRefused,
+    WorkerPlacement,
     format_placement,
     placement,
 )
@@ -139,7 +141,7 @@ def test_local_cluster_two_workers_get_disjoint_pinned_slots():
         view = placement(client)
         slots_seen_by_tasks = sorted(tuple(r["pin"]["cores"]) for r in results.values())
         assert sorted(p.cores for p in view) == slots_seen_by_tasks
-        assert all(p.pinned and p.threads_on_slot for p in view)
+        assert all(p.pinned and p.threads_on_slot is True for p in view)
         assert [p.blas_threads for p in view] == [len(p.cores) for p in view]
         text = format_placement(view)
         assert "2 pinned" in text and text.count(" yes") == 2
@@ -149,6 +151,25 @@ def test_local_cluster_two_workers_get_disjoint_pinned_slots():
         for report in reports(client).values():
             assert report["pin"] is None
             assert {frozenset(c) for c in report["threads"].values()} == {ALL_CPUS}
+
+
+@needs_two_cores
+@needs_seccomp
+def test_placement_without_readable_thread_masks_is_not_shown_as_pinned():
+    with local_cluster(n_workers=1) as (_cluster, client):
+        client.register_plugin(PinPlugin())
+        (control,) = placement(client)
+        blind = WorkerPlacement(
+            **client.submit(probes.placement_with_thread_masks_unreadable, pure=False).result()
+        )
+    # The same pinned worker: with the masks read it is verified, without them it is not.
+    assert control.pinned and control.threads_on_slot is True and control.pid == blind.pid
+    assert blind.pinned is True and blind.threads_on_slot is None
+    assert blind.cpus == blind.cores  # the measuring thread's own mask stands in
+    text = format_placement([blind])
+    assert text.splitlines()[1].split()[-1] == "unknown"
+    assert "1 worker(s) on 1 host(s), 0 pinned." in text
+    assert f"could not be read (/proc/{blind.pid}/task), so its pinning is not verified" in text
 
 
 @needs_two_cores
@@ -442,7 +463,7 @@ def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry
             output = _stop(worker)
     assert_slots(assert_pinned_disjoint(results), count=2, cores_each=1)
     assert {r["pin"]["source"] for r in results.values()} == {"pinbackend-preload"}
-    assert all(p.pinned and p.threads_on_slot for p in view)
+    assert all(p.pinned and p.threads_on_slot is True for p in view)
     assert output.count("pinned to CPUs") == 2, output
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 
 import pytest
 
@@ -22,6 +23,13 @@ SMT2 = Topology.uniform(cores_per_l3=4, threads_per_core=2)  # 4 cores, CPUs 0-7
 
 def test_option_arithmetic_examples_hold():
     assert doctest.testmod(options_module).failed == 0
+
+
+def test_placement_examples_hold():
+    # Among them: no thread mask read is None (not verified), never a vacuous True.
+    # (pinbackend.dask.placement is also the name of a function there: import the module.)
+    result = doctest.testmod(importlib.import_module("pinbackend.dask.placement"))
+    assert result.attempted >= 4 and result.failed == 0
 
 
 @pytest.mark.parametrize(
@@ -92,6 +100,18 @@ def test_format_placement_shows_pinned_and_unpinned_workers():
     assert lines[2].split() == ["tcp://a:2", "h1", "11", "(0-3)", "1", "4", "-", "NO"]
     assert "2 worker(s) on 1 host(s), 1 pinned." in text
     assert "tcp://a:2: unpinned: no free slot" in text
+
+
+def test_format_placement_never_says_yes_without_the_thread_masks():
+    rows = [
+        WorkerPlacement("tcp://a:1", "0", "h1", 10, 1, (0,), True, (0,), None, 1, None),
+        WorkerPlacement("tcp://a:2", "1", "h1", 11, 1, (1,), True, (0, 1), False, 1, None),
+    ]
+    lines = format_placement(rows).splitlines()
+    assert [line.split()[-1] for line in lines[1:3]] == ["unknown", "NO"]
+    assert "2 worker(s) on 1 host(s), 0 pinned." in lines
+    assert "tcp://a:1: its threads' CPU masks could not be read (/proc/10/task)" in lines[5]
+    assert lines[6] == "tcp://a:2: some threads run outside the slot (CPUs 0-1)"
 
 
 def test_import_pinbackend_loads_neither_distributed_nor_click():

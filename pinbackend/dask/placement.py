@@ -20,9 +20,12 @@ class WorkerPlacement:
     """Where one worker runs, as seen from inside one of its tasks.
 
     ``cores`` is the slot pinbackend gave it (None when unpinned); ``cpus`` is the union of
-    the CPU masks of all its threads, ``threads_on_slot`` whether every thread's mask is
-    exactly the slot. ``blas_threads``/``openmp_threads`` are the largest pool sizes a task
-    thread sees (None where no such library is loaded). ``reason`` says why it is unpinned.
+    the CPU masks of all its threads (the task thread's own where they cannot be read).
+    ``threads_on_slot`` is True when every thread's mask was read and is exactly the slot,
+    False when one is not (or there is no slot), None when the masks could not be read: no
+    evidence is not proof. ``blas_threads``/``openmp_threads`` are the largest pool sizes a
+    task thread sees (None where no such library is loaded). ``reason`` says why it is
+    unpinned.
     """
 
     worker: str
@@ -33,7 +36,7 @@ class WorkerPlacement:
     cores: tuple[int, ...] | None
     pinned: bool
     cpus: tuple[int, ...]
-    threads_on_slot: bool
+    threads_on_slot: bool | None
     blas_threads: int | None
     openmp_threads: int | None
     source: str | None = None
@@ -64,13 +67,32 @@ def measure_task_thread() -> dict:
         "nthreads": worker.state.nthreads,
         "cores": tuple(sorted(slot.cores)) if slot is not None else None,
         "pinned": pin is not None and pin.pinned,
-        "cpus": tuple(sorted(frozenset().union(*masks))),
-        "threads_on_slot": slot is not None and all(mask == slot.cores for mask in masks),
+        "cpus": tuple(sorted(frozenset().union(*masks) if masks else report["affinity"])),
+        "threads_on_slot": _threads_on_slot(masks, slot.cores if slot is not None else None),
         "blas_threads": _largest(report, "blas"),
         "openmp_threads": _largest(report, "openmp"),
         "source": pin.source if pin is not None else None,
         "reason": pin.reason if pin is not None else "no pinbackend plugin or preload ran",
     }
+
+
+def _threads_on_slot(masks: list[frozenset[int]], slot: frozenset[int] | None) -> bool | None:
+    """Whether every thread's CPU mask is exactly ``slot``; None when no mask was read.
+
+    >>> _threads_on_slot([frozenset({0}), frozenset({0})], frozenset({0}))
+    True
+    >>> _threads_on_slot([frozenset({0}), frozenset({0, 1})], frozenset({0}))
+    False
+    >>> _threads_on_slot([], frozenset({0})) is None  # /proc unreadable: not verified
+    True
+    >>> _threads_on_slot([frozenset({0})], None)  # no slot: nothing to be on
+    False
+    """
+    if slot is None:
+        return False
+    if not masks:
+        return None
+    return all(mask == slot for mask in masks)
 
 
 def _largest(report: dict, user_api: str) -> int | None:
@@ -111,19 +133,31 @@ def placement(client, *, timeout: float = 60.0) -> list[WorkerPlacement]:
 
 
 def format_placement(rows: list[WorkerPlacement]) -> str:
-    """A table for people: one line per worker, then why any worker is unpinned."""
+    """A table for people: one line per worker, then why any worker is not shown pinned.
+
+    "pinned" is ``yes`` only with evidence: every thread's mask read and on the slot;
+    ``unknown`` where the masks could not be read.
+    """
     header = ("worker", "host", "pid", "cores", "threads", "BLAS", "OpenMP", "pinned")
     lines = [header]
     notes = []
     for row in rows:
-        pinned = "yes" if row.pinned and row.threads_on_slot else "NO"
-        if row.pinned and not row.threads_on_slot:
+        pinned = "NO"
+        if not row.pinned:
+            notes.append(f"{row.worker}: unpinned: {row.reason}")
+        elif row.threads_on_slot is None:
+            pinned = "unknown"
+            notes.append(
+                f"{row.worker}: its threads' CPU masks could not be read (/proc/{row.pid}/task),"
+                f" so its pinning is not verified"
+            )
+        elif not row.threads_on_slot:
             notes.append(
                 f"{row.worker}: some threads run outside the slot (CPUs "
                 f"{format_cpu_list(row.cpus)})"
             )
-        elif not row.pinned:
-            notes.append(f"{row.worker}: unpinned: {row.reason}")
+        else:
+            pinned = "yes"
         lines.append(
             (
                 row.worker,
@@ -142,7 +176,7 @@ def format_placement(rows: list[WorkerPlacement]) -> str:
         for line in lines
     ]
     hosts = len({row.host for row in rows})
-    pinned_count = sum(row.pinned and row.threads_on_slot for row in rows)
+    pinned_count = sum(row.pinned and row.threads_on_slot is True for row in rows)
     text.append(f"{len(rows)} worker(s) on {hosts} host(s), {pinned_count} pinned.")
     text.append(
         "threads: task threads per worker. BLAS, OpenMP: pool sizes seen inside a task "
