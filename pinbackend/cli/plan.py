@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     view = topology.restrict(topology.allowed)
     print(
-        f"{plan.n_workers} workers on {len(plan.usable)} usable CPUs of {topology.source}"
+        f"{plan.n_workers} worker{'s' * (plan.n_workers != 1)} on {len(plan.usable)} usable "
+        f"CPUs of {topology.source}"
         + (" (workers share core sets)" if plan.shared else "")
     )
     print(describe_plan(view, plan.slots, marks={cpu: "r" for cpu in args.reserve}))

@@ -55,6 +55,10 @@ def _kind_names(count: int) -> list[str]:
     return [f"#{i} (efficiency rank {i})" for i in range(count)]
 
 
+#: What each mark character in a core map means.
+MARK_MEANINGS = {"r": "reserved", "x": "held by another job", "-": "outside --cores"}
+
+
 def describe_plan(
     topology: Topology,
     slots: Sequence[frozenset[int]],
@@ -64,7 +68,7 @@ def describe_plan(
     """A table of slots and a core map: one row per NUMA node, one character per core.
 
     In the map each physical core shows the worker that owns it, ``.`` when unused, or the
-    character given for its CPU in ``marks`` (e.g. ``r`` reserved, ``x`` held by a lease).
+    character given for its CPU in ``marks`` (one of :data:`MARK_MEANINGS`).
     """
     marks = marks or {}
     owner = {cpu: i for i, slot in enumerate(slots) for cpu in slot}
@@ -73,9 +77,12 @@ def describe_plan(
         n_cores = topology.count_cores(slot)
         lines.append(f"{worker_label(i):>6}  {n_cores:>5}  {format_cpu_list(slot)}")
     lines.append("")
+    meanings = [
+        f"{mark} = {MARK_MEANINGS[mark]}" for mark in MARK_MEANINGS if mark in marks.values()
+    ]
     lines.append(
-        "core map (one character per physical core; digit = worker, . = unused"
-        + (", " + ", ".join(sorted(set(marks.values()))) + " = see legend" if marks else "")
+        "core map (one character per physical core; "
+        + ", ".join(["digit = worker", ". = unused", *meanings])
         + "):"
     )
     for node_id, node in topology.numa_nodes.items():

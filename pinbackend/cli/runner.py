@@ -328,10 +328,6 @@ def _print_dry_run(view: JobCores, config: RunnerConfig, target: Target, data: d
     marks.update({cpu: "-" for cpu in topology.allowed - view.usable if cpu not in marks})
     picture = describe_plan(topology.restrict(topology.allowed), plan.slots, marks=marks)
     print("\n".join(f"  {line}".rstrip() for line in picture.splitlines()))
-    legend = {"r": "reserved", "x": "held by another job", "-": "outside --cores"}
-    used = [f"{mark} = {legend[mark]}" for mark in legend if mark in marks.values()]
-    if used:
-        print(f"  legend: {', '.join(used)}")
 
 
 def main(call: RunnerCall) -> int:

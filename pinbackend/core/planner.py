@@ -161,7 +161,8 @@ def _slot_sizes(
         raise PlanError(
             f"{n} workers of {size} core(s) need {n * size} cores but only {n_cores} are "
             f"usable; use at most {fitting} workers, fewer cores per worker, or "
-            f"oversubscribe='share' to let workers share cores"
+            f"oversubscribe='share' (--oversubscribe share on the command line) to let "
+            f"workers share cores"
         )
     if oversubscribe == "clamp":
         return [size] * fitting, 1
