@@ -8,6 +8,7 @@ run with pinned pools (the runner, :mod:`pinbackend.cli.runner` decides which fo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -61,3 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UsageError as error:
         fail(str(error))
+    except BrokenPipeError:
+        # `pinbackend info | head`: the reader left; exit quietly, as a shell tool does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

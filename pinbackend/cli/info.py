@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import sys
 
+from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.sysfs import read_topology
 from ..core.topology import TopologyError
@@ -53,7 +54,11 @@ def _leases() -> list:
     try:
         return list_leases(scope=None)
     except LeaseError as error:
-        print(f"pinbackend: warning: cannot list leases: {error}", file=sys.stderr)
+        print(
+            f"pinbackend: warning: cannot list leases: {error}. See "
+            f"{troubleshooting('lease-directory-refused')}",
+            file=sys.stderr,
+        )
         return []
 
 
