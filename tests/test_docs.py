@@ -46,6 +46,12 @@ def test_every_warning_links_to_an_existing_troubleshooting_entry():
             if re.fullmatch(r"\(\s*\w+\s*\)", call):  # a message built just above
                 call = source[max(0, match.start() - 600) : match.start()]
             assert "troubleshooting(" in call, f"{path.name}: a warning without a docs link"
+        # Warnings printed by the command line, not through the warnings module.
+        for match in re.finditer(r"print\(", source):
+            call = balanced_call(source, match.end() - 1)
+            if "warning:" in call and "{message}" not in call:
+                warn_sites += 1
+                assert "troubleshooting(" in call, f"{path.name}: a printed warning without a link"
         for anchor in re.findall(r"troubleshooting\(['\"]([\w-]+)['\"]\)", source):
             assert anchor in anchors, f"{path.name} links to a missing entry #{anchor}"
     assert warn_sites >= 3
@@ -96,3 +102,19 @@ def test_readme_quick_start_is_the_ci_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines(), ".ci/run must run the README's test command"
     assert (DOCS / "index.md").read_text().count(commands[0]) == 1
+
+
+def options_of(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+|-[a-zA-Z](?= ))", text))
+
+
+def test_runner_help_and_docs_name_the_same_options():
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pinbackend", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    runner_help = help_text.split("runner options:", 1)[1]
+    table = (DOCS / "runner.md").read_text().split("## Options", 1)[1].split("\n## ", 1)[0]
+    assert options_of(runner_help) - {"--help"} == options_of(table)
+    top_level = help_text.split("subcommands:", 1)[0]
+    assert "--version" in top_level
+    assert "--version" in (DOCS / "cli.md").read_text()
