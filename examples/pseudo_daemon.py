@@ -76,7 +76,12 @@ def show(processes: list[dict]) -> set[int]:
     for role, report in zip(roles, processes, strict=True):
         masks = sorted({tuple(cpus) for cpus in report["threads"].values()})
         used.update(cpu for mask in masks for cpu in mask)
-        print(f"  batch {role} {report['pid']}: every thread on CPUs {[list(m) for m in masks]}")
+        where = (
+            f"every thread on CPUs {list(masks[0])}"
+            if len(masks) == 1
+            else "threads on CPUs " + ", ".join(str(list(m)) for m in masks)
+        )
+        print(f"  batch {role} {report['pid']}: {where}")
     return used
 
 
@@ -123,8 +128,11 @@ def main() -> None:
     time.sleep(0.1)
     print("$ python -m pinbackend --pin-main batch.py   (the core is free again)")
     batch, processes = start_batch()
-    show(processes)
+    used = show(processes)
     finish(batch)
+    if daemon_cpu not in used:
+        sys.exit(f"the demo went wrong: CPU {daemon_cpu} stayed unused after the daemon died")
+    print(f"  CPU {daemon_cpu} is in use by the batch job again")
 
 
 if __name__ == "__main__":
