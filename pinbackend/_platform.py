@@ -23,8 +23,10 @@ __all__ = [
     "CAN_LOCK_FILES",
     "CAN_SET_AFFINITY",
     "IS_LINUX",
+    "SAFE_OPEN_FLAGS",
     "AffinityUnavailable",
     "allowed_cpus",
+    "forget_in_forked_child",
     "get_thread_affinity",
     "list_thread_ids",
     "loaded_libraries",
@@ -40,6 +42,12 @@ IS_LINUX = sys.platform.startswith("linux")
 CAN_SET_AFFINITY = hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
 #: ``flock`` exists: leases are possible.
 CAN_LOCK_FILES = fcntl is not None and hasattr(fcntl, "flock")
+#: ``open()`` flags for lease and job files: never follow a planted symlink, never leak the
+#: descriptor into exec'd programs, never block on a FIFO. POSIX only (0 elsewhere, where
+#: leases are refused before any file is opened).
+SAFE_OPEN_FLAGS = (
+    getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 class AffinityUnavailable(OSError):
@@ -151,6 +159,12 @@ def loaded_libraries() -> frozenset[str] | None:
 
     iterate(callback_type(collect), None)
     return frozenset(os.fsdecode(name) for name in names if name)
+
+
+def forget_in_forked_child(forget) -> None:
+    """Call ``forget()`` in every child this process forks (POSIX; a no-op elsewhere)."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=forget)
 
 
 def lock_exclusive(fd: int) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from .. import _platform
 from .leases import LeaseInfo, registry_dir
 
 __all__ = ["Job", "JobInfo", "job_of", "list_jobs", "register_job"]
@@ -96,7 +97,7 @@ def register_job(command: str, options: Mapping[str, object]) -> Job:
 
 def _read(path: str) -> JobInfo | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
     except OSError:
         return None
     try:

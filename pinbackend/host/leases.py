@@ -44,7 +44,7 @@ __all__ = [
 #: Environment variable that overrides where the lease files live.
 REGISTRY_ENV = "PINBACKEND_RUNTIME_DIR"
 _POLL_SECONDS = 0.05
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | _platform.SAFE_OPEN_FLAGS
 
 
 class LeaseError(RuntimeError):
@@ -250,8 +250,7 @@ def _forget_leases_in_child() -> None:
     _HELD.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_leases_in_child)
+_platform.forget_in_forked_child(_forget_leases_in_child)
 
 
 def held_leases() -> list[Lease]:
@@ -403,7 +402,7 @@ def _holders(directory: Path, cpus: Iterable[int], scope: str) -> list[LeaseInfo
     for cpu in sorted(cpus):
         path = directory / f"cpu-{cpu}.lock"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
         except OSError:
             continue
         try:

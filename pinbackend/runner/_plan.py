@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import _platform
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
 from ..core.sysfs import read_topology
@@ -215,8 +216,7 @@ def _forget_pools_in_child() -> None:
     _LIVE.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_in_child)
+_platform.forget_in_forked_child(_forget_pools_in_child)
 
 
 def track_pool(pool: object, plan: PoolPlan, alive: Callable[[object], bool]) -> None:
