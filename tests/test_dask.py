@@ -468,6 +468,58 @@ def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry
 
 
 @needs_two_cores
+@pytest.mark.parametrize("nanny_preload", [False, True], ids=["preload", "preload-nanny"])
+def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(tmp_path, nanny_preload):
+    # distributed's nanny spawns workers with OMP/MKL/OPENBLAS_NUM_THREADS=1, so a cap of 1
+    # cannot tell pinbackend's work from distributed's: 1 task thread on a 2-core slot must
+    # get 2 BLAS and 2 OpenMP threads, and only pinbackend can have set that.
+    pytest.importorskip("sklearn")  # its wheels bundle GNU OpenMP
+    env = _child_env()
+    args = ["--nworkers", "1", "--nthreads", "1"]
+    if nanny_preload:
+        # Options after --preload reach only the worker preload: dask worker gives nanny
+        # preloads their options from the configuration.
+        args += ["--preload-nanny", "pinbackend"]
+        env["DASK_DISTRIBUTED__NANNY__PRELOAD_ARGV"] = '["--pin-cores-per-worker", "2"]'
+    # GNU OpenMP loads as the worker starts, before pinbackend's preload: its default then
+    # comes from the spawn environment alone (a later load would read pinbackend's).
+    args += ["--preload", "sklearn.utils._openmp_helpers", "--preload", "pinbackend"]
+    args += ["--pin-cores-per-worker", "2", "--pin-claim-timeout", "20"]
+    with scheduler_process(tmp_path) as scheduler:
+        worker = subprocess.Popen(
+            worker_command("dask worker", scheduler, *args),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            with Client(scheduler, timeout=60) as client:
+                client.wait_for_workers(1, timeout=90)
+                (environ,) = reports(client, probes.initial_environ).values()
+                (report,) = reports(client, probes.task_report, True).values()
+                started_by_task = client.submit(probes.openmp_in_thread_started_by_task).result()
+                (view,) = placement(client)
+                client.shutdown()
+        finally:
+            output = _stop(worker)
+    (slot,) = assert_pinned_disjoint({"worker": report})
+    assert_slots([slot], count=1, cores_each=2)
+    assert len(slot) == 2 and report["pin"]["task_thread_cap"] == 2
+    assert set(report["task_thread"]["blas"]) == {2}  # threadpoolctl, inside the task
+    assert report["task_thread"]["openmp"] == [2]
+    assert (view.blas_threads, view.openmp_threads, view.threads_on_slot) == (2, 2, True)
+    # The nanny part: the worker process was spawned with 2, so that threads a task starts
+    # itself take OpenMP's default of 2; without it they get distributed's 1 (while task
+    # threads get 2 from the worker part either way, as asserted above).
+    spawned_with = "2" if nanny_preload else "1"
+    assert environ["OMP_NUM_THREADS"] == environ["OPENBLAS_NUM_THREADS"] == spawned_with
+    assert started_by_task == [int(spawned_with)]
+    assert ("starts workers with" in output) == nanny_preload, output
+    assert output.count("pinned to CPUs") == 1, output
+
+
+@needs_two_cores
 def test_dask_worker_with_fail_closed_preload_refuses_to_start(tmp_path):
     with (
         scheduler_process(tmp_path) as scheduler,
