@@ -32,6 +32,13 @@ def runner(*args: str, timeout: float = 120, check: bool = True):
     return result
 
 
+def plain_python(*args: str, timeout: float = 120) -> dict:
+    """``python ARGS`` without the runner (the control); its last stdout line as JSON."""
+    result = subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def distinct(reports: list[dict]) -> list[dict]:
     """One report per worker process."""
     return list({r["pid"]: r for r in reports}.values())
@@ -74,10 +81,32 @@ def test_process_pool_workers_get_disjoint_pinned_capped_slots(kind, method):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", ["threadpool", "threadexec"])
 def test_thread_pools_are_sized_to_the_cpus(kind, method):
-    data = runner(str(SCRIPTS / "pools.py"), kind, method).data
-    assert data["thread_pool_size"] == len(ALLOWED)
+    # --cores gives the job one CPU: a size of 1 differs from what the standard library
+    # picks unpatched (ThreadPool: os.cpu_count(); ThreadPoolExecutor: cpu_count() + 4,
+    # both from the machine, not from the job), and the control below shows that it does.
+    args = [str(SCRIPTS / "pools.py"), kind, method]
+    data = runner("--cores", str(ALLOWED[0]), *args).data
+    assert data["thread_pool_size"] == 1
+    assert plain_python(*args)["thread_pool_size"] > 1
     assert {r["pid"] for r in data["workers"]} == {data["main"]["pid"]}
     assert all("user-init" in r["initializer"] for r in data["workers"])
+    # Thread pools are sized, not pinned: the main process keeps every CPU.
+    assert data["main"]["affinity"] == ALLOWED and data["main"]["slot"] is None
+
+
+@pytest.mark.parametrize(("kind", "method"), [("pool", "fork"), ("processpool", "spawn")])
+def test_reserved_cpus_are_never_used_by_any_thread_of_any_worker(kind, method):
+    reserved = ALLOWED[-1]
+    data = runner("--reserve", str(reserved), str(SCRIPTS / "pools.py"), kind, method).data
+    workers = distinct(data["workers"])
+    slots = assert_pinned_workers(workers, len(ALLOWED) - 1)
+    assert sorted(slots) == [(cpu,) for cpu in ALLOWED if cpu != reserved]
+    for worker in workers:
+        assert worker["threads"] and all(
+            reserved not in cpus for cpus in worker["threads"].values()
+        ), worker["threads"]
+    # The reserve binds the pools; the main process is neither pinned nor moved off it.
+    assert data["main"]["affinity"] == ALLOWED
 
 
 @pytest.mark.parametrize(
@@ -109,15 +138,37 @@ def test_plain_spawned_children_start_pinned_pools_too(method):
     assert sorted(slots) == [(cpu,) for cpu in ALLOWED]
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_maxtasksperchild_replacements_claim_a_slot_again(method):
-    reports = runner(str(SCRIPTS / "maxtasks.py"), method).data
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [
+        ("pool", "fork"),
+        ("pool", "spawn"),
+        ("pool", "forkserver"),
+        # ProcessPoolExecutor refuses max_tasks_per_child with fork.
+        ("processpool", "spawn"),
+        ("processpool", "forkserver"),
+    ],
+)
+def test_maxtasksperchild_replacements_claim_a_slot_again(kind, method):
+    reports = runner(str(SCRIPTS / "maxtasks.py"), method, kind).data
     workers = distinct(reports)
-    assert len(workers) >= 3  # replaced after every task
+    assert len(workers) == len(reports) == 6  # one task each: every later one a replacement
     for worker in workers:
-        assert len(worker["affinity"]) == 1
+        # Each replacement claimed a one-CPU slot of the pool's plan and pinned every thread.
+        assert worker["slot"] is not None and worker["slot"]["cores"] == worker["affinity"]
+        assert len(worker["affinity"]) == 1 and worker["affinity"][0] in ALLOWED
         assert thread_masks(worker) == {tuple(worker["affinity"])}
         assert blas_threads(worker) == {1}
+
+
+def test_maxtasksperchild_replacements_keep_off_reserved_cpus():
+    reserved = ALLOWED[-1]
+    reports = runner("--reserve", str(reserved), str(SCRIPTS / "maxtasks.py"), "spawn").data
+    workers = distinct(reports)
+    assert len(workers) == 6
+    for worker in workers:
+        assert reserved not in worker["affinity"]
+        assert all(reserved not in cpus for cpus in worker["threads"].values())
 
 
 def test_joblib_default_backend_is_pinned_and_n_jobs_none_stays_inline():
