@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,37 @@ def test_a_directory_with_main_runs_like_python(tmp_path):
     (tmp_path / "app" / "__main__.py").write_text(PROBE.read_text())
     plain, runner = both("app", "report", cwd=tmp_path)
     assert report(runner) == report(plain)
+
+
+def test_a_zip_file_with_main_runs_like_python(tmp_path):
+    archive = tmp_path / "app.pyz"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("__main__.py", PROBE.read_text())
+    plain, runner = both(str(archive), "report", "x", cwd=tmp_path)
+    assert plain.returncode == runner.returncode == 0, runner.stderr
+    assert report(runner) == report(plain)
+    assert report(runner)["path"][0] == str(archive)
+    assert report(runner)["loader"] == "zipimporter"
+
+
+def test_a_programs_own_excepthook_shows_its_uncaught_exception_like_python(tmp_path):
+    script = tmp_path / "hooked.py"
+    script.write_text(
+        "import sys, traceback\n"
+        "def hook(kind, error, tb):\n"
+        "    frames = [f'{f.filename}:{f.name}' for f in traceback.extract_tb(tb)]\n"
+        "    print(f'hook: {kind.__name__}: {error} in {frames}', file=sys.stderr)\n"
+        "sys.excepthook = hook\n"
+        "def fail():\n"
+        "    raise ValueError('boom')\n"
+        "fail()\n"
+    )
+    plain, runner = both(str(script), cwd=tmp_path)
+    assert plain.returncode == runner.returncode == 1
+    # Called once, with the program's frames only (none of the runner's), as under python.
+    assert runner.stderr == plain.stderr
+    frames = [f"{script}:<module>", f"{script}:fail"]
+    assert runner.stderr == f"hook: ValueError: boom in {frames}\n"
 
 
 @pytest.mark.parametrize(
