@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 from _helpers import PYTHON, pinbackend_cli, pinbackend_started
@@ -180,10 +179,3 @@ def test_status_and_info_list_the_holder():
         assert (lease["pid"], lease["cores"]) == (holder.pid, [0])
         assert f"pid {holder.pid}: CPUs 0" in pinbackend_cli("info", check=True).stdout
     assert "no leases held" in pinbackend_cli("status", check=True).stdout
-
-
-def test_run_does_not_change_the_callers_environment():
-    # The caller (this test process) keeps its env; only the command sees the caps.
-    before = dict(os.environ)
-    pinbackend_cli("run", "-n", "1", "--", sys.executable, "-c", "pass", check=True)
-    assert dict(os.environ) == before
