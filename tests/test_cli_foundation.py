@@ -30,6 +30,19 @@ def test_info_json_on_this_machine():
     assert any(pool["user_api"] == "blas" for pool in info["thread_pools"])
 
 
+def test_plan_json_on_this_machine_gives_one_disjoint_core_per_worker():
+    info = json_out("info", "--json")
+    workers = json_out("plan", "--json")["workers"]
+    assert sorted(map(sorted, workers)) == sorted(map(sorted, info["cores"]))
+    cpus = [cpu for worker in workers for cpu in worker]
+    assert len(cpus) == len(set(cpus))
+    if len(info["cores"]) >= 2:
+        reserved = info["cores"][0][0]
+        left = json_out("plan", "--json", "--reserve", str(reserved))["workers"]
+        assert len(left) == len(info["cores"]) - 1
+        assert all(reserved not in worker for worker in left)
+
+
 def test_info_human_output_names_the_parts():
     out = pinbackend_cli("info", check=True).stdout
     assert "allowed CPUs:" in out and "package" in out and "thread pools" in out
