@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 
 import pytest
 
 from pinbackend.host.leases import (
+    REGISTRY_ENV,
     LeaseConflict,
     LeaseError,
     RegistryError,
@@ -219,7 +222,7 @@ def test_a_held_lock_with_a_corrupt_record_fails_closed(lease_registry):
     with holding(code):
         (info,) = list_leases()
         assert info.pid is None and info.command == "(unreadable record)"
-        with pytest.raises(LeaseConflict, match="CPUs 2 are held by pid None"):
+        with pytest.raises(LeaseConflict, match=r"CPUs 2 are held by an unknown process \(its rec"):
             claim({2})
 
 
@@ -227,3 +230,24 @@ def test_shared_claim_records_the_busy_cpus():
     with claim({0}), claim({0, 1}, share=True) as shared:
         assert shared.info.shared == {0}
         assert busy_cpus() == {0, 1}
+
+
+def test_registry_is_under_xdg_runtime_dir_else_a_private_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(REGISTRY_ENV)
+    runtime = tmp_path / "run-user"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert registry_dir() == runtime / "pinbackend"
+    assert stat.S_IMODE(os.stat(runtime / "pinbackend").st_mode) == 0o700
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert registry_dir() == tmp_path / f"pinbackend-{os.getuid()}"
+
+
+def test_registry_refuses_a_hard_linked_lock_file(lease_registry, tmp_path):
+    # A hard link makes the lock file another file's alias; a symlink check cannot see it.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("")
+    os.link(elsewhere, lease_registry / "cpu-0.lock")
+    with pytest.raises(RegistryError, match=r"cpu-0\.lock: not a private regular file .*2 links"):
+        claim({0})

@@ -334,11 +334,20 @@ def _conflict(directory: Path, busy: frozenset[int], scope: str) -> LeaseConflic
     holders = _holders(directory, busy, scope)
     return LeaseConflict(
         f"CPUs {format_cpu_list(busy)} are held by "
-        + "; ".join(f"pid {h.pid} ({h.command})" for h in holders)
+        + "; ".join(_describe_holder(h) for h in holders)
         + ". Pick other CPUs, wait for those jobs, or allow sharing",
         busy,
         holders,
     )
+
+
+def _describe_holder(holder: LeaseInfo) -> str:
+    if holder.pid is None:
+        return (
+            f"an unknown process (its record of CPU {format_cpu_list(holder.cores)} is "
+            f"unreadable; `python -m pinbackend status` lists the lock files)"
+        )
+    return f"pid {holder.pid} ({holder.command})"
 
 
 def _hold(
