@@ -143,6 +143,9 @@ class PinnedBackend(LokyBackend):
             name: executor_kwargs.pop(name) for name in _OPTION_CHECKS if name in executor_kwargs
         }
         self._set_options(**options)
+        if "inner_max_num_threads" in executor_kwargs:
+            # joblib hands it on to loky's executor, which ignores it: apply it ourselves.
+            self.inner_max_num_threads = executor_kwargs.pop("inner_max_num_threads")
         workers, n_jobs = self._sizing(n_jobs)
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))

@@ -173,6 +173,25 @@ def test_inner_max_num_threads_never_exceeds_the_slot():
     assert_pinned_and_capped(reports, 2)
 
 
+def test_inner_max_num_threads_passed_to_parallel_caps_the_workers():
+    # Parallel(backend=..., inner_max_num_threads=T) reaches the backend's configure(), not
+    # its constructor (loky ignores it there); workers of every core are capped to T.
+    with pytest.warns(OversubscriptionWarning):
+        reports = Parallel(
+            n_jobs=2,
+            backend="pinned",
+            cores_per_worker=len(ALLOWED),
+            oversubscribe="share",
+            inner_max_num_threads=1,
+        )(delayed(report)(0.3) for _ in range(6))
+    for worker in worker_reports(reports):
+        assert worker["affinity"] == ALLOWED
+        assert blas_threads(worker) == {1}
+        assert worker["env"]["OPENBLAS_NUM_THREADS"] == "1"
+    with pytest.raises(ValueError, match="inner_max_num_threads must be a positive integer"):
+        Parallel(n_jobs=2, backend="pinned", inner_max_num_threads=0)(delayed(report)())
+
+
 def test_nested_default_stays_inside_the_worker():
     # Outer: 2 workers of 1 core. Inner Parallel(n_jobs=-1) with the nested default backend
     # and with "loky" and "threading": none creates a process or thread beyond one core.
