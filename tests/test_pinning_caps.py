@@ -146,6 +146,34 @@ print(json.dumps({
     assert len(result["report"]["affinity"]) == len(os.sched_getaffinity(0))
 
 
+def test_an_os_without_affinity_api_degrades_to_caps_with_one_warning():
+    # macOS has no sched_setaffinity at all: take the functions away before pinbackend
+    # decides its capabilities, as that OS would.
+    code = """
+    import os
+    del os.sched_setaffinity, os.sched_getaffinity
+    import json, warnings
+    import numpy as np
+    from pinbackend.host.slot import apply_slot
+    from pinbackend.diagnostics import process_report
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = apply_slot({0})
+        second = apply_slot({0})
+    print(json.dumps({
+        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+        "pinned": [first.pinned, second.pinned],
+        "report": process_report(),
+    }))
+    """
+    result = last_json(run_python(code).stdout)
+    assert len(result["warnings"]) == 1
+    assert result["warnings"][0].startswith("PinningUnavailableWarning: CPU pinning is unavailable")
+    assert "has no CPU affinity API" in result["warnings"][0]
+    assert result["pinned"] == [False, False]
+    assert blas_threads(result["report"]) == {1}
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tbb") is None, reason="tbb4py not installed")
 def test_tbb_is_capped_by_global_control_and_by_the_mask():
     code = """
