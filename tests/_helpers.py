@@ -94,6 +94,11 @@ def blas_threads(report: dict) -> set[int]:
     return {p["num_threads"] for p in report["thread_pools"] if p["user_api"] == "blas"}
 
 
+def openmp_threads(report: dict) -> set[int]:
+    """Thread caps of the OpenMP runtimes in a process report."""
+    return {p["num_threads"] for p in report["thread_pools"] if p["user_api"] == "openmp"}
+
+
 def thread_masks(report: dict) -> set[tuple[int, ...]]:
     """Distinct CPU masks over every thread of a process report."""
     return {tuple(cpus) for cpus in report["threads"].values()}

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from _helpers import blas_threads, thread_masks
+from _helpers import blas_threads, openmp_threads, thread_masks
 from _tasks import blas_product, die, nested, pool_size_inside, report, two_levels
 from joblib import Parallel, delayed, parallel_backend, parallel_config
 from joblib.externals.loky.process_executor import TerminatedWorkerError
@@ -192,24 +192,110 @@ def test_inner_max_num_threads_passed_to_parallel_caps_the_workers():
         Parallel(n_jobs=2, backend="pinned", inner_max_num_threads=0)(delayed(report)())
 
 
-def test_nested_default_stays_inside_the_worker():
-    # Outer: 2 workers of 1 core. Inner Parallel(n_jobs=-1) with the nested default backend
-    # and with "loky" and "threading": none creates a process or thread beyond one core.
-    for inner_backend in (None, "loky", "threading", "pinned"):
-        results = Parallel(n_jobs=2, backend="pinned")(
-            delayed(nested)(inner_backend) for _ in range(2)
-        )
-        for result in results:
-            outer = result["outer"]
-            for inner in result["inner"]:
-                assert set(inner["affinity"]) <= set(outer["affinity"])
-                assert blas_threads(inner) == {1}
-            if inner_backend == "loky":
-                # loky sizes itself by the worker's affinity: one process at most.
-                assert len(result["children"]) <= 1
-            else:
-                assert result["children"] == [], inner_backend
-                assert {r["pid"] for r in result["inner"]} == {outer["pid"]}
+INNER_BACKENDS = [None, "loky", "threading", "multiprocessing", "pinned"]
+#: joblib refuses to nest its "multiprocessing" backend under loky (so under "pinned"): it
+#: runs the call inline, with this warning.
+MULTIPROCESSING_NOT_NESTED = "Multiprocessing-backed parallel loops cannot be nested, below loky"
+
+
+def assert_created_within(result, cores):
+    """Every thread and process created under a worker ran only on ``cores``."""
+    for tid, cpus in result["threads"].items():
+        assert set(cpus) <= set(cores), f"thread {tid} on {cpus}, worker on {cores}"
+    for pid, cpus in result["children"].items():
+        assert set(cpus) <= set(cores), f"process {pid} on {cpus}, worker on {cores}"
+
+
+@pytest.mark.parametrize("inner_backend", INNER_BACKENDS)
+def test_nested_inside_a_one_core_worker_creates_no_thread_or_process(inner_backend):
+    # Outer: 2 workers of 1 core. An inner Parallel(n_jobs=-1), whatever its backend, sees
+    # one core, so it runs inline: not one thread or process is created under the worker.
+    results = Parallel(n_jobs=2, backend="pinned")(
+        delayed(nested)(inner_backend, openmp=True) for _ in range(2)
+    )
+    for result in results:
+        outer = result["outer"]
+        assert len(outer["affinity"]) == 1
+        assert (result["threads"], result["children"]) == ({}, {}), inner_backend
+        assert (result["peak_threads"], result["peak_children"]) == (0, 0)
+        assert {(r["pid"], r["tid"]) for r in result["inner"]} == {(outer["pid"], outer["tid"])}
+        for inner in result["inner"]:
+            assert inner["affinity"] == outer["affinity"]
+            assert blas_threads(inner) == openmp_threads(inner) == {1}
+        expected = [MULTIPROCESSING_NOT_NESTED] if inner_backend == "multiprocessing" else []
+        assert [w[: len(MULTIPROCESSING_NOT_NESTED)] for w in result["warnings"]] == expected
+
+
+@pytest.mark.parametrize("inner_backend", INNER_BACKENDS)
+def test_nested_inside_a_multi_core_worker_stays_on_its_cores(inner_backend):
+    # Outer: 2 workers owning every allowed core (sharing them, on purpose). An inner
+    # Parallel(n_jobs=-1) starts at most one process or task thread per core of the worker,
+    # and every thread and process it creates runs on the worker's cores only.
+    with pytest.warns(OversubscriptionWarning):
+        results = Parallel(
+            n_jobs=2, backend="pinned", cores_per_worker=len(ALLOWED), oversubscribe="share"
+        )(delayed(nested)(inner_backend, openmp=True) for _ in range(2))
+    for result in results:
+        outer = result["outer"]
+        cores = outer["affinity"]
+        assert cores == ALLOWED
+        assert blas_threads(outer) == openmp_threads(outer) == {len(cores)}
+        assert_created_within(result, cores)
+        inner_pids = {r["pid"] for r in result["inner"]}
+        inner_tids = {r["tid"] for r in result["inner"]}
+        if inner_backend == "multiprocessing":
+            assert [w[: len(MULTIPROCESSING_NOT_NESTED)] for w in result["warnings"]] == [
+                MULTIPROCESSING_NOT_NESTED
+            ]
+            assert (result["peak_threads"], result["children"]) == (0, {})
+            assert inner_tids == {outer["tid"]}
+            continue
+        assert result["warnings"] == []
+        # Besides the task threads, joblib's ThreadPool (task and result handlers) or loky's
+        # executor (manager thread, queue feeder) add at most 3 bookkeeping threads.
+        assert result["peak_threads"] <= len(cores) + 3
+        if inner_backend == "threading":
+            assert inner_pids == {outer["pid"]}
+            assert result["children"] == {}
+            assert len(inner_tids) <= len(cores)
+            assert inner_tids <= set(result["threads"])
+            continue
+        # A process pool: the tasks ran in processes created for it, one per core at most.
+        assert inner_pids <= set(result["children"])
+        assert result["peak_children"] <= len(cores)
+        sub_workers = worker_reports(result["inner"])
+        if inner_backend == "loky":
+            # loky does not pin, and it hands the worker's thread caps (OPENBLAS_NUM_THREADS
+            # and the like, equal to the worker's cores) to its own workers unchanged: see
+            # docs/joblib.md, known limits.
+            for worker in sub_workers:
+                assert worker["affinity"] == cores
+                assert blas_threads(worker) == openmp_threads(worker) == {len(cores)}
+        else:  # the nested default is "pinned": sub-workers split the worker's cores
+            slots = [cpu for worker in sub_workers for cpu in worker["affinity"]]
+            assert sorted(slots) == sorted(set(slots)) and set(slots) <= set(cores)
+            for worker in sub_workers:
+                assert thread_masks(worker) == {tuple(worker["affinity"])}
+                assert blas_threads(worker) == openmp_threads(worker) == {1}
+
+
+def test_openmp_is_capped_to_the_slot():
+    # scikit-learn's OpenMP runtime (libgomp), loaded inside the worker, is capped to the
+    # slot's size; with inner_max_num_threads below the slot, to that.
+    reports = Parallel(n_jobs=2, backend="pinned")(delayed(report)(0.3, True) for _ in range(4))
+    for worker in worker_reports(reports):
+        assert openmp_threads(worker) == {len(worker["affinity"])} == {1}
+    with pytest.warns(OversubscriptionWarning):
+        reports = Parallel(
+            n_jobs=2,
+            backend="pinned",
+            cores_per_worker=len(ALLOWED),
+            oversubscribe="share",
+            inner_max_num_threads=1,
+        )(delayed(report)(0.3, True) for _ in range(4))
+    for worker in worker_reports(reports):
+        assert worker["affinity"] == ALLOWED
+        assert openmp_threads(worker) == blas_threads(worker) == {1}
 
 
 def test_auto_sized_pools_inside_a_worker_see_the_slot():
@@ -254,23 +340,31 @@ def test_two_level_nesting_subdivides_a_slot():
     with pytest.warns(OversubscriptionWarning):
         results = Parallel(
             n_jobs=2, backend="pinned", cores_per_worker=len(ALLOWED), oversubscribe="share"
-        )(delayed(two_levels)() for _ in range(2))
+        )(delayed(two_levels)(openmp=True) for _ in range(2))
     for result in results:
         outer = result["outer"]
         assert outer["affinity"] == ALLOWED
+        assert blas_threads(outer) == openmp_threads(outer) == {len(ALLOWED)}
         sub_workers = worker_reports([level1["outer"] for level1 in result["inner"]])
-        # Exactly one sub-worker per core of the worker, each pinned to its own core.
+        # Exactly one sub-worker per core of the worker, each pinned to its own core, and
+        # no other process created under the worker.
         assert sorted(tuple(w["affinity"]) for w in sub_workers) == [(c,) for c in ALLOWED]
+        assert set(result["children"]) == {w["pid"] for w in sub_workers}
+        assert result["peak_children"] == len(ALLOWED)
+        # The level-0 worker runs no task itself: it adds loky's bookkeeping threads only.
+        assert_created_within(result, ALLOWED)
+        assert result["peak_threads"] <= 3
         for worker in sub_workers:
             assert thread_masks(worker) == {tuple(worker["affinity"])}
-            assert blas_threads(worker) == {1}
+            assert blas_threads(worker) == openmp_threads(worker) == {1}
         for level1 in result["inner"]:
             # Level 2 ran inline in the sub-worker: no process, no thread added.
-            assert level1["children"] == []
+            assert (level1["threads"], level1["children"]) == ({}, {})
+            assert (level1["peak_threads"], level1["peak_children"]) == (0, 0)
             assert {r["pid"] for r in level1["inner"]} == {level1["outer"]["pid"]}
-            assert {tuple(r["affinity"]) for r in level1["inner"]} == {
-                tuple(level1["outer"]["affinity"])
-            }
+            for level2 in level1["inner"]:
+                assert level2["affinity"] == level1["outer"]["affinity"]
+                assert blas_threads(level2) == openmp_threads(level2) == {1}
 
 
 def test_loky_features_are_kept():
@@ -343,9 +437,3 @@ def test_one_free_core_still_runs_in_a_pinned_worker_not_inline(how):
     assert thread_masks(worker) == {(free_cpu,)}
     assert blas_threads(worker) == {1}
     assert daemon_cpu not in worker["affinity"]
-
-
-def test_inside_a_one_core_slot_a_single_worker_runs_inline():
-    results = Parallel(n_jobs=2, backend="pinned")(delayed(nested)(None, -1, 0.0) for _ in range(2))
-    for result in results:
-        assert result["children"] == []
