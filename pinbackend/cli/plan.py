@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     view = topology.restrict(topology.allowed)
     print(
         f"{plan.n_workers} worker{'s' * (plan.n_workers != 1)} on {len(plan.usable)} usable "
-        f"CPUs of {topology.source}"
-        + (" (workers share core sets)" if plan.shared else "")
+        f"CPUs of {topology.source}" + (" (workers share core sets)" if plan.shared else "")
     )
     print(describe_plan(view, plan.slots, marks={cpu: "r" for cpu in args.reserve}))
     return 0
