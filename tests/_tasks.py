@@ -151,7 +151,7 @@ def two_levels(delay: float = 0.2, openmp: bool = False) -> dict:
 def kmeans_fit(X, n_clusters: int = 3, seed: int = 0) -> dict:
     """Fit scikit-learn's KMeans (OpenMP inside) here; return its centers, this process's
     report and the :class:`Census` of the threads the fit created."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # before the census: the import starts BLAS pools
 
     with Census() as census:
         model = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(X)
