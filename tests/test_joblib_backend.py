@@ -265,12 +265,12 @@ def test_nested_inside_a_multi_core_worker_stays_on_its_cores(inner_backend):
         assert result["peak_children"] <= len(cores)
         sub_workers = worker_reports(result["inner"])
         if inner_backend == "loky":
-            # loky does not pin, and it hands the worker's thread caps (OPENBLAS_NUM_THREADS
-            # and the like, equal to the worker's cores) to its own workers unchanged: see
-            # docs/joblib.md, known limits.
+            # loky does not pin (its workers inherit the worker's mask), and would hand the
+            # worker's caps (OPENBLAS_NUM_THREADS=cores) unchanged to each of its n_jobs=-1
+            # (one per core) workers; inside a slot each gets its share: 1 thread.
             for worker in sub_workers:
                 assert worker["affinity"] == cores
-                assert blas_threads(worker) == openmp_threads(worker) == {len(cores)}
+                assert blas_threads(worker) == openmp_threads(worker) == {1}
         else:  # the nested default is "pinned": sub-workers split the worker's cores
             slots = [cpu for worker in sub_workers for cpu in worker["affinity"]]
             assert sorted(slots) == sorted(set(slots)) and set(slots) <= set(cores)

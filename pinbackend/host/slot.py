@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..core.cpuset import format_cpu_list
 from .caps import cap_threads, thread_env
 from .leases import Lease
+from .nested import share_caps_with_nested_loky
 from .pinning import pin_or_warn
 
 __all__ = [
@@ -109,8 +110,8 @@ def apply_slot(
     warning is emitted and the caps still apply. ``own_process`` is for processes
     pinbackend started itself (pool workers): there it also sets the slot's environment
     variables for future children and makes ``os.cpu_count()`` report the slot size, which
-    ``multiprocessing.Pool()`` and many libraries use to size themselves. Never pass it in a
-    user's own process.
+    ``multiprocessing.Pool()`` and many libraries use to size themselves, and divides its caps
+    among the workers of a nested ``loky`` pool. Never pass it in a user's own process.
     """
     global _current
     cores = frozenset(cores)
@@ -120,6 +121,7 @@ def apply_slot(
     if own_process:
         os.environ.update(slot_env(cores, lease, threads))
         os.cpu_count = _fixed_cpu_count(len(cores))
+        share_caps_with_nested_loky(threads)
     _current = AppliedSlot(
         cores=cores,
         threads=threads,

@@ -1,0 +1,43 @@
+"""Keep pools that a slot's own process starts inside the slot's thread budget.
+
+A pool worker of pinbackend passes its thread caps (``OMP_NUM_THREADS`` and the like, equal
+to its slot size) to the processes it starts, so that plain child processes stay capped.
+joblib's ``loky`` backend, though, hands an inherited value down *unchanged* to each of its
+workers (``LokyBackend._prepare_worker_env``): K sub-workers on a K-core slot would each run
+K BLAS threads. Inside a slot, those sub-workers get the slot's share instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+__all__ = ["share_caps_with_nested_loky"]
+
+
+def share_caps_with_nested_loky(threads: int) -> None:
+    """Make ``Parallel(backend="loky", n_jobs=n)`` in this process give each worker
+    ``threads // n`` threads (at least 1), where the caps in force are this slot's own.
+
+    A cap the user set explicitly (``inner_max_num_threads``) or a thread variable that is
+    not the slot's value is left as loky decides. Idempotent.
+    """
+    from joblib._parallel_backends import LokyBackend
+
+    original = LokyBackend._prepare_worker_env
+    if getattr(original, "_slot_threads", None) is not None:
+        original = original.__wrapped__
+    ours = str(threads)
+
+    @functools.wraps(original)
+    def _prepare_worker_env(self, n_jobs):
+        env = original(self, n_jobs)
+        if self.inner_max_num_threads is None:
+            share = str(max(threads // max(n_jobs, 1), 1))
+            for var, value in env.items():
+                if value == ours and os.environ.get(var) == ours:
+                    env[var] = share
+        return env
+
+    _prepare_worker_env._slot_threads = threads
+    LokyBackend._prepare_worker_env = _prepare_worker_env
