@@ -6,9 +6,14 @@ Workers import this module by name (LocalCluster workers inherit the test's ``sy
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import threading
+
+#: The file ``--preload _dask_probes`` waits for before the worker goes on starting.
+GATE_ENV = "PINBACKEND_TEST_GATE"
 
 _barriers: dict[int, threading.Barrier] = {}
 _barriers_lock = threading.Lock()
@@ -65,6 +70,35 @@ def initial_environ() -> dict[str, str]:
     with open("/proc/self/environ", "rb") as file:
         entries = file.read().split(b"\0")
     return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
+
+
+async def dask_setup(worker) -> None:
+    """As ``--preload _dask_probes``: hold the worker's start until the file named by
+    ``$PINBACKEND_TEST_GATE`` exists (no variable: no wait).
+
+    Preloads run before the worker registers with the scheduler, which is when it gets
+    its plugins: a test can act between a new worker process's start and its PinPlugin
+    setup (take the cores its killed predecessor left) without racing it.
+    """
+    gate = os.environ.get(GATE_ENV)
+    while gate and not os.path.exists(gate):
+        await asyncio.sleep(0.05)
+
+
+def record_run(path: str) -> int:
+    """Write this worker's pid and pinning to ``path``: proof that a task ran, and where."""
+    from pinbackend.dask import current_pin
+
+    pin = current_pin()
+    with open(path, "w") as file:
+        json.dump({"pid": os.getpid(), "pin": pin.to_dict() if pin else None}, file)
+    return os.getpid()
+
+
+async def kill_own_process() -> None:
+    """SIGKILL this worker process (as the OOM killer would); its nanny starts a new one.
+    A coroutine, so that ``client.run(kill_own_process, wait=False)`` accepts it."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def kill_own_worker_once(marker: str) -> dict:

@@ -310,6 +310,50 @@ def test_fail_closed_worker_closes_instead_of_running_unpinned():
         assert not client.nthreads()
 
 
+def refusals(client) -> list[str]:
+    """Workers that logged closing because pinbackend refused them (scheduler events)."""
+    return [
+        topic
+        for topic, events in client.get_events().items()
+        for _, event in events
+        if isinstance(event, dict) and event.get("reason") == "pinbackend-pinning-refused"
+    ]
+
+
+@needs_two_cores
+def test_fail_closed_worker_restarted_by_its_nanny_closes_when_no_core_is_free(tmp_path, capfd):
+    # A restarted worker gets the plugin from the scheduler as it registers, where a failing
+    # setup is only logged: the plugin itself must close it. The gate holds the new process
+    # before it registers, so the test takes the freed cores without racing it.
+    gate = tmp_path / "gate"
+    gate.touch()
+    gated = dict(preload=["_dask_probes"], env={probes.GATE_ENV: str(gate)})
+    with local_cluster(n_workers=1, **gated) as (cluster, client):
+        client.register_plugin(PinPlugin(claim_timeout=0.5))
+        ((first_address, first),) = reports(client).items()
+        assert first["pin"]["pinned"] is True
+        gate.unlink()
+        client.run(probes.kill_own_process, wait=False)
+        with claim(ALL_CPUS, timeout=30, command="the test holds every core"):
+            queued = client.submit(probes.record_run, str(tmp_path / "ran"), pure=False)
+            gate.touch()  # the replacement registers, gets the PinPlugin and refuses
+            wait_until(lambda: refusals(client), timeout=20, what="the replacement to refuse")
+            (nanny,) = cluster.workers.values()
+            wait_until(lambda: nanny.status.name == "closed", what="its nanny to close")
+            time.sleep(1)  # nothing restarts it
+            assert not client.nthreads()
+        # No task ran in the replacement, pinned or not: the queued one is still waiting.
+        assert queued.status == "pending" and not (tmp_path / "ran").exists()
+        (refused,) = refusals(client)  # the replacement, not the first worker
+        assert refused != first_address
+    # LocalCluster workers log warnings and errors to this process's stderr.
+    errors = [line for line in capfd.readouterr().err.splitlines() if "pinbackend - " in line]
+    assert len(errors) == 1, errors
+    assert f"Dask worker {refused} refuses to start (fail=closed)" in errors[0]
+    assert "the test holds every core" in errors[0]
+    assert "#dask-worker-refuses-to-start" in errors[0]
+
+
 @needs_two_cores
 def test_fail_open_worker_warns_once_and_reports_itself_unpinned():
     with local_cluster(n_workers=1) as (_cluster, client):
@@ -539,6 +583,46 @@ def test_dask_worker_with_fail_closed_preload_refuses_to_start(tmp_path):
     assert worker.returncode != 0, output
     assert "refuses to start (fail=closed)" in output
     assert "the test holds every core" in output
+
+
+def _exit_by_itself(process: subprocess.Popen, timeout: float = 30) -> str:
+    """Wait for ``process`` to end on its own and return its output; fail if it does not
+    (``dask worker`` exits 0 on SIGTERM too, so a return code cannot tell)."""
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after {timeout:g}s:\n{_stop(process)}") from None
+    return out
+
+
+@needs_two_cores
+def test_dask_worker_joining_after_a_fail_closed_plugin_closes_when_no_core_is_free(tmp_path):
+    # The worker gets the plugin as it registers, where distributed only logs a failing
+    # setup: without the plugin closing it, it would run the queued task unpinned.
+    with (
+        scheduler_process(tmp_path) as scheduler,
+        Client(scheduler, timeout=60) as client,
+    ):
+        client.register_plugin(PinPlugin(claim_timeout=0.5))
+        queued = client.submit(probes.record_run, str(tmp_path / "ran"), pure=False)
+        with claim(ALL_CPUS, command="the test holds every core"):
+            worker = subprocess.Popen(
+                worker_command("dask worker", scheduler, "--nthreads", "1"),
+                env=_child_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            output = _exit_by_itself(worker)  # its nanny closed too: nothing restarts it
+        (refused,) = refusals(client)
+        assert not client.nthreads()
+        assert queued.status == "pending" and not (tmp_path / "ran").exists()
+    assert "Registered to:" in output, output  # it did join before refusing
+    errors = [line for line in output.splitlines() if "pinbackend - " in line]
+    assert len(errors) == 1, output
+    assert f"Dask worker {refused} refuses to start (fail=closed)" in errors[0]
+    assert "the test holds every core" in errors[0]
+    assert "pinned to CPUs" not in output
 
 
 def test_dask_worker_rejects_bad_preload_options_before_starting(tmp_path):
