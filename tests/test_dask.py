@@ -23,6 +23,7 @@ import _dask_probes as probes  # noqa: E402
 from _helpers import needs_seccomp  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
+from pinbackend.core.cpuset import format_cpu_list  # noqa: E402
 from pinbackend.core.sysfs import read_topology  # noqa: E402
 from pinbackend.dask import (  # noqa: E402
     PinPlugin,
@@ -623,6 +624,49 @@ def test_dask_worker_joining_after_a_fail_closed_plugin_closes_when_no_core_is_f
     assert f"Dask worker {refused} refuses to start (fail=closed)" in errors[0]
     assert "the test holds every core" in errors[0]
     assert "pinned to CPUs" not in output
+
+
+@needs_two_cores
+@pytest.mark.parametrize("cause", ["cores-held", "all-reserved"])
+def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path, cause):
+    args = ["--nthreads", "1", "--preload", "pinbackend", "--pin-fail", "open"]
+    args += ["--pin-claim-timeout", "0.3"]
+    if cause == "all-reserved":
+        args += ["--pin-reserve", format_cpu_list(ALL_CPUS)]
+        held, why = contextlib.nullcontext(), "reserved " + format_cpu_list(ALL_CPUS)
+    else:
+        held = claim(ALL_CPUS, command="the test holds every core")
+        why = f"held now: CPUs {format_cpu_list(ALL_CPUS)} by pid {os.getpid()} (the test holds"
+    with scheduler_process(tmp_path) as scheduler, held:
+        worker = subprocess.Popen(
+            worker_command("dask worker", scheduler, *args),
+            env=_child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            with Client(scheduler, timeout=60) as client:
+                client.wait_for_workers(1, timeout=60)
+                (report,) = reports(client).values()
+                (row,) = placement(client)
+                client.shutdown()
+        finally:
+            output = _stop(worker)
+    # It started and runs tasks, exactly as without pinbackend: every thread on every CPU.
+    assert report["pin"]["pinned"] is False and report["pin"]["cores"] is None
+    assert {frozenset(c) for c in report["threads"].values()} == {ALL_CPUS}
+    assert (row.pinned, row.cores, row.cpus) == (False, None, tuple(sorted(ALL_CPUS)))
+    assert row.source == "pinbackend-preload" and why in row.reason, row.reason
+    text = format_placement([row])
+    assert text.splitlines()[1].split()[-1] == "NO"
+    assert f"{row.worker}: unpinned: {row.reason}" in text
+    assert "1 worker(s) on 1 host(s), 0 pinned." in text
+    # One warning, with the same reason and a link; nothing else from pinbackend.
+    lines = [line for line in output.splitlines() if "pinbackend - " in line]
+    assert len(lines) == 1 and " - WARNING - " in lines[0], output
+    assert f"Dask worker {row.worker} runs UNPINNED (fail=open): {row.reason}" in lines[0]
+    assert lines[0].endswith("#dask-worker-runs-unpinned")
 
 
 def test_dask_worker_rejects_bad_preload_options_before_starting(tmp_path):
