@@ -513,7 +513,11 @@ def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry
 
 
 @needs_two_cores
-@pytest.mark.parametrize("nanny_preload", [False, True], ids=["preload", "preload-nanny"])
+@pytest.mark.parametrize(
+    "nanny_preload",
+    [None, ["--pin-cores-per-worker", "2"], []],
+    ids=["preload", "preload-nanny", "preload-nanny-without-its-options"],
+)
 def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(tmp_path, nanny_preload):
     # distributed's nanny spawns workers with OMP/MKL/OPENBLAS_NUM_THREADS=1, so a cap of 1
     # cannot tell pinbackend's work from distributed's: 1 task thread on a 2-core slot must
@@ -521,11 +525,12 @@ def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(tmp_path, nan
     pytest.importorskip("sklearn")  # its wheels bundle GNU OpenMP
     env = _child_env()
     args = ["--nworkers", "1", "--nthreads", "1"]
-    if nanny_preload:
+    if nanny_preload is not None:
         # Options after --preload reach only the worker preload: dask worker gives nanny
-        # preloads their options from the configuration.
+        # preloads their options from the configuration. Without them the nanny plans
+        # cores-per-worker=auto (1 thread), and the worker says so.
         args += ["--preload-nanny", "pinbackend"]
-        env["DASK_DISTRIBUTED__NANNY__PRELOAD_ARGV"] = '["--pin-cores-per-worker", "2"]'
+        env["DASK_DISTRIBUTED__NANNY__PRELOAD_ARGV"] = json.dumps(nanny_preload)
     # GNU OpenMP loads as the worker starts, before pinbackend's preload: its default then
     # comes from the spawn environment alone (a later load would read pinbackend's).
     args += ["--preload", "sklearn.utils._openmp_helpers", "--preload", "pinbackend"]
@@ -560,8 +565,18 @@ def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(tmp_path, nan
     spawned_with = "2" if nanny_preload else "1"
     assert environ["OMP_NUM_THREADS"] == environ["OPENBLAS_NUM_THREADS"] == spawned_with
     assert started_by_task == [int(spawned_with)]
-    assert ("starts workers with" in output) == nanny_preload, output
+    assert ("starts workers with" in output) == (nanny_preload is not None), output
     assert output.count("pinned to CPUs") == 1, output
+    warnings = [line for line in output.splitlines() if "pinbackend - WARNING" in line]
+    if nanny_preload == []:
+        (warning,) = warnings
+        assert (
+            "its nanny planned cores-per-worker=auto and spawned it with 1 BLAS/OpenMP "
+            "thread(s) per task thread, its own options cores-per-worker=2 give 2" in warning
+        )
+        assert warning.endswith("#dask-nanny-planned-otherwise")
+    else:
+        assert not warnings, warnings
 
 
 @needs_two_cores

@@ -13,8 +13,9 @@ from _helpers import FORBID_AFFINITY, last_json, needs_seccomp, run_python
 
 from pinbackend.core.topology import Topology
 from pinbackend.dask import PinOptions, PinOptionsError, WorkerPlacement, format_placement
+from pinbackend.dask import _nanny as nanny_module
 from pinbackend.dask import options as options_module
-from pinbackend.dask._nanny import spawn_env
+from pinbackend.dask._nanny import PLAN_ENV, plan_mismatch, spawn_env
 
 pytestmark = pytest.mark.dask
 
@@ -64,6 +65,33 @@ def test_options_normalize_and_describe_themselves():
 def test_spawn_env_caps_each_task_thread_to_its_share_of_the_slot(nthreads, cores_per_worker, cap):
     env = spawn_env(nthreads, SMT2, PinOptions(cores_per_worker))
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == cap
+
+
+def test_nanny_examples_hold():
+    assert doctest.testmod(nanny_module).failed == 0
+
+
+@pytest.mark.parametrize(
+    ("record", "options", "differs"),
+    [
+        ('{"cores_per_worker": null, "threads": 2}', PinOptions(), False),
+        ('{"cores_per_worker": null, "threads": 2}', PinOptions(cores_per_worker=1), False),
+        ('{"cores_per_worker": 2, "threads": 4}', PinOptions(), True),
+        ('{"cores_per_worker": null, "threads": 2}', PinOptions(cores_per_worker=3), True),
+        ("not json", PinOptions(cores_per_worker=3), False),
+        ('{"threads": 2}', PinOptions(cores_per_worker=3), False),
+        (None, PinOptions(cores_per_worker=3), False),
+    ],
+)
+def test_worker_tells_when_its_nanny_planned_another_cap(record, options, differs):
+    # Only the cap counts: other options that plan the same threads (auto and 1 core with
+    # one task thread on SMT2) are no reason to warn; a record we do not write is ignored.
+    environ = {} if record is None else {PLAN_ENV: record}
+    message = plan_mismatch(environ, 1, SMT2, options)
+    assert (message is not None) == differs, message
+    if differs:
+        ours = spawn_env(1, SMT2, options)["OMP_NUM_THREADS"]
+        assert message.endswith(f"give {ours}") and "its nanny planned" in message
 
 
 def test_format_placement_shows_pinned_and_unpinned_workers():

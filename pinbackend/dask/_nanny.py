@@ -7,20 +7,27 @@ plugin or preload runs. The nanny is the last place that runs before that.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 
 from ..core.sysfs import read_topology
 from ..core.topology import Topology
 from ..host.caps import thread_env
 from .options import PinOptions, slot_cores_for, task_thread_cap
 
-__all__ = ["configure_nanny", "spawn_env"]
+__all__ = ["PLAN_ENV", "configure_nanny", "plan_mismatch", "spawn_cap", "spawn_env"]
 
 logger = logging.getLogger("distributed.nanny.pinbackend")
 
+#: Set in every worker process the nanny part spawns: what it planned, so that the worker
+#: part can tell when its own options plan otherwise (``dask worker`` gives the options
+#: after ``--preload pinbackend`` to the worker preload only, not to ``--preload-nanny``).
+PLAN_ENV = "PINBACKEND_DASK_NANNY_PLAN"
 
-def spawn_env(nthreads: int, topology: Topology, options: PinOptions) -> dict[str, str]:
-    """Thread-count variables for a worker with ``nthreads`` task threads about to start.
+
+def spawn_cap(nthreads: int, topology: Topology, options: PinOptions) -> int:
+    """BLAS/OpenMP threads per task thread for a worker with ``nthreads`` about to start.
 
     The worker does not know its slot yet; every slot it can claim has the same number of
     cores, so the cap is computed for the narrowest cores of this host (the worker raises
@@ -29,7 +36,52 @@ def spawn_env(nthreads: int, topology: Topology, options: PinOptions) -> dict[st
     cores = slot_cores_for(nthreads, topology, options)
     allowed = topology.restrict(topology.allowed)
     narrowest = min((len(core) for core in allowed.cores), default=1)
-    return thread_env(task_thread_cap(cores * narrowest, nthreads))
+    return task_thread_cap(cores * narrowest, nthreads)
+
+
+def spawn_env(nthreads: int, topology: Topology, options: PinOptions) -> dict[str, str]:
+    """Thread-count variables for a worker with ``nthreads`` task threads about to start
+    (:func:`spawn_cap` threads each)."""
+    return thread_env(spawn_cap(nthreads, topology, options))
+
+
+def plan_mismatch(
+    environ: Mapping[str, str], nthreads: int, topology: Topology, options: PinOptions
+) -> str | None:
+    """Why the nanny part spawned this worker with other caps than its own options give.
+
+    None when no nanny part ran (``environ`` lacks :data:`PLAN_ENV`), when its record is
+    not one it writes, or when both plan the same cap (options that differ but give the
+    same threads change nothing). ``topology`` must be read before the worker is pinned,
+    as the nanny read it.
+
+    >>> from pinbackend.core.topology import Topology
+    >>> smt2 = Topology.uniform(cores_per_l3=4, threads_per_core=2)
+    >>> env = {PLAN_ENV: '{"cores_per_worker": null, "threads": 2}'}
+    >>> plan_mismatch(env, 1, smt2, PinOptions()) is None  # auto: 1 core, 2 CPUs
+    True
+    >>> print(plan_mismatch(env, 1, smt2, PinOptions(cores_per_worker=2)))  # doctest: +ELLIPSIS
+    its nanny planned cores-per-worker=auto ... 2 BLAS/OpenMP ... cores-per-worker=2 give 4
+    >>> plan_mismatch({}, 1, smt2, PinOptions(cores_per_worker=2)) is None
+    True
+    """
+    try:
+        planned = json.loads(environ.get(PLAN_ENV, ""))
+        theirs, their_cores = int(planned["threads"]), planned["cores_per_worker"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    ours = spawn_cap(nthreads, topology, options)
+    if ours == theirs:
+        return None
+    return (
+        f"its nanny planned cores-per-worker={_cores(their_cores)} and spawned it with "
+        f"{theirs} BLAS/OpenMP thread(s) per task thread, its own options "
+        f"cores-per-worker={_cores(options.cores_per_worker)} give {ours}"
+    )
+
+
+def _cores(cores_per_worker: int | None) -> str:
+    return "auto" if cores_per_worker is None else str(cores_per_worker)
 
 
 def configure_nanny(nanny, options: PinOptions) -> dict[str, str]:
@@ -39,10 +91,13 @@ def configure_nanny(nanny, options: PinOptions) -> dict[str, str]:
     ``nanny.pre_spawn_env`` is put into the nanny's own environment just before the spawn,
     where numpy's BLAS reads it. Only the variables distributed already sets there by
     default (OMP, MKL, OpenBLAS) are changed, so a LocalCluster in a user's process is not
-    left with more variables than distributed itself leaves.
+    left with more variables than distributed itself leaves. The worker process also gets
+    :data:`PLAN_ENV` (in ``nanny.env`` only), for :func:`plan_mismatch`.
     """
     env = spawn_env(nanny.nthreads, read_topology(), options)
     nanny.env.update(env)
+    plan = {"cores_per_worker": options.cores_per_worker, "threads": int(env["OMP_NUM_THREADS"])}
+    nanny.env[PLAN_ENV] = json.dumps(plan)
     for name in nanny.pre_spawn_env.keys() & env.keys():
         nanny.pre_spawn_env[name] = env[name]
     logger.info("pinbackend: nanny %s starts workers with %s", nanny.address_safe, _summary(env))

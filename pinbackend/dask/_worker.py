@@ -28,6 +28,7 @@ from ..host.pinning import PinningError, PinningUnavailableWarning, pin
 from ..host.pool import plan_pool
 from ..host.slot import AppliedSlot, apply_slot, current_scope, reset_current_slot
 from ._executor import TaskThreadCaps
+from ._nanny import plan_mismatch
 from .options import PinOptions, slot_cores_for, task_thread_cap
 
 __all__ = [
@@ -112,8 +113,11 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
         return _state
     nthreads = worker.state.nthreads
     state = WorkerPin(source, options, nthreads, original_cpus=_platform.allowed_cpus())
+    nanny_mismatch = None
     try:
         _refuse_shared_process(worker)
+        # Read before pinning narrows this thread's allowed CPUs: as the nanny read them.
+        nanny_mismatch = plan_mismatch(os.environ, nthreads, read_topology(), options)
         state.lease = await _claim_slot(worker, options, nthreads)
         state.slot, state.reason = _apply(state.lease, nthreads)
     except (LeaseError, PlanError, PinningError, AffinityUnavailable) as error:
@@ -143,6 +147,17 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
     if state.slot is not None:  # pinned, or holding a slot where affinity is unavailable
         state.task_caps = TaskThreadCaps(state.slot.threads)
         state.task_caps.install(worker.executors.values())
+        if nanny_mismatch is not None:
+            logger.warning(
+                "pinbackend: worker %s: %s. Its task threads get %d all the same (capped at "
+                "run time), but threads a task starts itself keep the nanny's count. Give "
+                "the nanny part the same --pin-cores-per-worker (distributed.nanny.preload-argv "
+                "for --preload-nanny pinbackend). See %s",
+                worker.address,
+                nanny_mismatch,
+                state.slot.threads,
+                troubleshooting("dask-nanny-planned-otherwise"),
+            )
     if state.pinned:
         logger.info(
             "pinbackend: worker %s pinned to CPUs %s, %d task thread(s) x %d BLAS/OpenMP "
