@@ -117,11 +117,8 @@ def test_apply_slot_in_own_process_sets_cpu_count_and_child_env():
     assert result["child"]["env"]["OPENBLAS_NUM_THREADS"] == "1"
 
 
-@needs_seccomp
-def test_forbidden_affinity_degrades_to_caps_with_one_warning():
-    code = (
-        FORBID_AFFINITY
-        + """
+# What a worker does where pinning is impossible: apply a slot twice, report what happened.
+DEGRADED_SLOT_PROBE = """
 import json, warnings
 import numpy as np
 from pinbackend.host.slot import apply_slot
@@ -136,42 +133,29 @@ print(json.dumps({
     "report": process_report(),
 }))
 """
-    )
-    result = last_json(run_python(code).stdout)
-    assert len(result["warnings"]) == 1
-    assert result["warnings"][0].startswith("PinningUnavailableWarning: CPU pinning is unavailable")
-    assert "troubleshooting/#pinning-unavailable" in result["warnings"][0]
+# macOS has no sched_setaffinity at all: take the functions away before pinbackend decides
+# its capabilities, as that OS would.
+NO_AFFINITY_API = "import os\ndel os.sched_setaffinity, os.sched_getaffinity\n"
+
+
+@pytest.mark.parametrize(
+    ("prelude", "reason"),
+    [
+        pytest.param(
+            FORBID_AFFINITY, "not allowed to set CPU affinity", marks=needs_seccomp, id="EPERM"
+        ),
+        pytest.param(NO_AFFINITY_API, "has no CPU affinity API", id="no-affinity-api"),
+    ],
+)
+def test_unavailable_affinity_degrades_to_caps_with_one_warning(prelude, reason):
+    result = last_json(run_python(prelude + DEGRADED_SLOT_PROBE).stdout)
+    (warning,) = result["warnings"]
+    assert warning.startswith("PinningUnavailableWarning: CPU pinning is unavailable")
+    assert reason in warning
+    assert "troubleshooting/#pinning-unavailable" in warning
     assert result["pinned"] == [False, False]
     assert blas_threads(result["report"]) == {1}
     assert len(result["report"]["affinity"]) == len(os.sched_getaffinity(0))
-
-
-def test_an_os_without_affinity_api_degrades_to_caps_with_one_warning():
-    # macOS has no sched_setaffinity at all: take the functions away before pinbackend
-    # decides its capabilities, as that OS would.
-    code = """
-    import os
-    del os.sched_setaffinity, os.sched_getaffinity
-    import json, warnings
-    import numpy as np
-    from pinbackend.host.slot import apply_slot
-    from pinbackend.diagnostics import process_report
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        first = apply_slot({0})
-        second = apply_slot({0})
-    print(json.dumps({
-        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
-        "pinned": [first.pinned, second.pinned],
-        "report": process_report(),
-    }))
-    """
-    result = last_json(run_python(code).stdout)
-    assert len(result["warnings"]) == 1
-    assert result["warnings"][0].startswith("PinningUnavailableWarning: CPU pinning is unavailable")
-    assert "has no CPU affinity API" in result["warnings"][0]
-    assert result["pinned"] == [False, False]
-    assert blas_threads(result["report"]) == {1}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tbb") is None, reason="tbb4py not installed")
