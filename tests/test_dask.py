@@ -414,6 +414,17 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
+def _spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a ``dask`` command line with the test's import path; output on one pipe."""
+    return subprocess.Popen(
+        command,
+        env=_child_env() if env is None else env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _stop(process: subprocess.Popen) -> str:
     """Wait for a process to exit (terminate it after a while); return its output."""
     try:
@@ -432,16 +443,12 @@ def _stop(process: subprocess.Popen) -> str:
 def scheduler_process(tmp_path):
     """``dask scheduler`` on 127.0.0.1, an ephemeral port, no dashboard."""
     scheduler_file = tmp_path / "scheduler.json"
-    process = subprocess.Popen(
+    process = _spawn(
         [
             *(_script("dask"), "scheduler", "--host", "127.0.0.1", "--port", "0"),
             *("--no-dashboard", "--dashboard-address", ":0"),
             *("--scheduler-file", str(scheduler_file)),
-        ],
-        env=_child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        ]
     )
     try:
         wait_until(scheduler_file.exists, what="the scheduler to start")
@@ -488,15 +495,11 @@ ENTRY_POINTS = [
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry_point):
     with scheduler_process(tmp_path) as scheduler:
-        worker = subprocess.Popen(
+        worker = _spawn(
             [
                 *worker_command(entry_point, scheduler, "--nworkers", "2", "--nthreads", "1"),
                 *("--preload", "pinbackend", "--pin-claim-timeout", "20"),
-            ],
-            env=_child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            ]
         )
         try:
             with Client(scheduler, timeout=60) as client:
@@ -536,13 +539,7 @@ def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(tmp_path, nan
     args += ["--preload", "sklearn.utils._openmp_helpers", "--preload", "pinbackend"]
     args += ["--pin-cores-per-worker", "2", "--pin-claim-timeout", "20"]
     with scheduler_process(tmp_path) as scheduler:
-        worker = subprocess.Popen(
-            worker_command("dask worker", scheduler, *args),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        worker = _spawn(worker_command("dask worker", scheduler, *args), env=env)
         try:
             with Client(scheduler, timeout=60) as client:
                 client.wait_for_workers(1, timeout=90)
@@ -585,15 +582,11 @@ def test_dask_worker_with_fail_closed_preload_refuses_to_start(tmp_path):
         scheduler_process(tmp_path) as scheduler,
         claim(ALL_CPUS, command="the test holds every core"),
     ):
-        worker = subprocess.Popen(
+        worker = _spawn(
             [
                 *worker_command("dask worker", scheduler, "--nthreads", "1"),
                 *("--preload", "pinbackend", "--pin-claim-timeout", "0.3"),
-            ],
-            env=_child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            ]
         )
         output = _stop(worker)
     assert worker.returncode != 0, output
@@ -622,13 +615,7 @@ def test_dask_worker_joining_after_a_fail_closed_plugin_closes_when_no_core_is_f
         client.register_plugin(PinPlugin(claim_timeout=0.5))
         queued = client.submit(probes.record_run, str(tmp_path / "ran"), pure=False)
         with claim(ALL_CPUS, command="the test holds every core"):
-            worker = subprocess.Popen(
-                worker_command("dask worker", scheduler, "--nthreads", "1"),
-                env=_child_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+            worker = _spawn(worker_command("dask worker", scheduler, "--nthreads", "1"))
             output = _exit_by_itself(worker)  # its nanny closed too: nothing restarts it
         (refused,) = refusals(client)
         assert not client.nthreads()
@@ -653,13 +640,7 @@ def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path,
         held = claim(ALL_CPUS, command="the test holds every core")
         why = f"held now: CPUs {format_cpu_list(ALL_CPUS)} by pid {os.getpid()} (the test holds"
     with scheduler_process(tmp_path) as scheduler, held:
-        worker = subprocess.Popen(
-            worker_command("dask worker", scheduler, *args),
-            env=_child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        worker = _spawn(worker_command("dask worker", scheduler, *args))
         try:
             with Client(scheduler, timeout=60) as client:
                 client.wait_for_workers(1, timeout=60)
