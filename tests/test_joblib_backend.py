@@ -175,7 +175,8 @@ def test_inner_max_num_threads_never_exceeds_the_slot():
 
 def test_inner_max_num_threads_passed_to_parallel_caps_the_workers():
     # Parallel(backend=..., inner_max_num_threads=T) reaches the backend's configure(), not
-    # its constructor (loky ignores it there); workers of every core are capped to T.
+    # its constructor (loky ignores it there); workers of every core are capped to T, BLAS
+    # and scikit-learn's OpenMP runtime alike.
     with pytest.warns(OversubscriptionWarning):
         reports = Parallel(
             n_jobs=2,
@@ -183,10 +184,10 @@ def test_inner_max_num_threads_passed_to_parallel_caps_the_workers():
             cores_per_worker=len(ALLOWED),
             oversubscribe="share",
             inner_max_num_threads=1,
-        )(delayed(report)(0.3) for _ in range(6))
+        )(delayed(report)(0.3, True) for _ in range(6))
     for worker in worker_reports(reports):
         assert worker["affinity"] == ALLOWED
-        assert blas_threads(worker) == {1}
+        assert openmp_threads(worker) == blas_threads(worker) == {1}
         assert worker["env"]["OPENBLAS_NUM_THREADS"] == "1"
     with pytest.raises(ValueError, match="inner_max_num_threads must be a positive integer"):
         Parallel(n_jobs=2, backend="pinned", inner_max_num_threads=0)(delayed(report)())
@@ -281,21 +282,10 @@ def test_nested_inside_a_multi_core_worker_stays_on_its_cores(inner_backend):
 
 def test_openmp_is_capped_to_the_slot():
     # scikit-learn's OpenMP runtime (libgomp), loaded inside the worker, is capped to the
-    # slot's size; with inner_max_num_threads below the slot, to that.
+    # slot's size (below the slot: see the inner_max_num_threads test above).
     reports = Parallel(n_jobs=2, backend="pinned")(delayed(report)(0.3, True) for _ in range(4))
     for worker in worker_reports(reports):
         assert openmp_threads(worker) == {len(worker["affinity"])} == {1}
-    with pytest.warns(OversubscriptionWarning):
-        reports = Parallel(
-            n_jobs=2,
-            backend="pinned",
-            cores_per_worker=len(ALLOWED),
-            oversubscribe="share",
-            inner_max_num_threads=1,
-        )(delayed(report)(0.3, True) for _ in range(4))
-    for worker in worker_reports(reports):
-        assert worker["affinity"] == ALLOWED
-        assert openmp_threads(worker) == blas_threads(worker) == {1}
 
 
 def test_auto_sized_pools_inside_a_worker_see_the_slot():
