@@ -293,7 +293,7 @@ for _workload in (
         metric="time",
         strategies=_ALL_MAP,
         params={"quick": _BLAS_QUICK, "full": _BLAS_FULL},
-        timeout={"quick": 20.0, "full": 60.0},
+        timeout={"quick": 10.0, "full": 60.0},
         measure=measure_blas,
         describe=_describe_blas,
         notes="uncapped BLAS threads of several processes spin against each other",
@@ -308,7 +308,7 @@ for _workload in (
             "quick": {"outer_per_worker": 2, "inner": 2, "size": 128, "reps": 60},
             "full": {"outer_per_worker": 2, "inner": 2, "size": 128, "reps": 350},
         },
-        timeout={"quick": 20.0, "full": 60.0},
+        timeout={"quick": 10.0, "full": 60.0},
         measure=measure_nested,
         describe=_describe_nested,
         notes="the naive nested case is joblib multiprocessing outside, threads inside",
@@ -389,9 +389,9 @@ for _workload in (
         strategies=("sequential", "handpool", "loky", "multiprocessing", "pinned"),
         quick_strategies=("sequential", "loky", "multiprocessing", "pinned"),
         params={"quick": _BLAS_QUICK, "full": _BLAS_FULL},
-        # 20x the ~1.5 s of a pinned run: enough to see the bad mode of uncapped BLAS,
-        # which here often never finishes.
-        timeout={"quick": 20.0, "full": 30.0},
+        # 20x the ~1.5 s of a pinned run (full mode; quick: 30x its ~0.3 s): enough to see
+        # the bad mode of uncapped BLAS, which here often never finishes.
+        timeout={"quick": 10.0, "full": 30.0},
         measure=measure_blas,
         describe=_describe_blas,
         neighbour="busy",

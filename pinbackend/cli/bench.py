@@ -20,7 +20,7 @@ the benchmark's CPUs is measured during every run; runs above --noise-threshold 
 with * and make the verdicts weak: run on a quiet machine.
 
 examples:
-  python -m pinbackend bench --quick                 # about a minute (the CI smoke test)
+  python -m pinbackend bench --quick                 # 1-1.5 minutes (the CI smoke test)
   python -m pinbackend bench --check                 # full run, then pass/fail per target
   python -m pinbackend bench -w blas,nested -r 9     # two workloads, 9 rounds
   python -m pinbackend bench --from-json bench-results/bench-full-....json --check
@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
         dest="mode",
         action="store_const",
         const="quick",
-        help="small sizes, 1 round, fewer strategies: about a minute",
+        help="small sizes, 1 round, fewer strategies: 1-1.5 minutes on 2 cores",
     )
     mode.add_argument(
         "--full",
