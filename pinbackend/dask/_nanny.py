@@ -94,10 +94,10 @@ def configure_nanny(nanny, options: PinOptions) -> dict[str, str]:
     left with more variables than distributed itself leaves. The worker process also gets
     :data:`PLAN_ENV` (in ``nanny.env`` only), for :func:`plan_mismatch`.
     """
-    env = spawn_env(nanny.nthreads, read_topology(), options)
+    cap = spawn_cap(nanny.nthreads, read_topology(), options)
+    env = thread_env(cap)
     nanny.env.update(env)
-    plan = {"cores_per_worker": options.cores_per_worker, "threads": int(env["OMP_NUM_THREADS"])}
-    nanny.env[PLAN_ENV] = json.dumps(plan)
+    nanny.env[PLAN_ENV] = json.dumps({"cores_per_worker": options.cores_per_worker, "threads": cap})
     for name in nanny.pre_spawn_env.keys() & env.keys():
         nanny.pre_spawn_env[name] = env[name]
     logger.info("pinbackend: nanny %s starts workers with %s", nanny.address_safe, _summary(env))
