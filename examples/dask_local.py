@@ -18,7 +18,7 @@ import time
 
 from distributed import Client, LocalCluster
 
-from pinbackend.core.sysfs import read_topology
+import pinbackend
 from pinbackend.dask import PinPlugin, format_placement, placement
 
 SMALL = os.environ.get("PINBACKEND_EXAMPLE_SMALL") == "1"
@@ -43,7 +43,7 @@ def blas_task(size: int, seed: int) -> dict:
 
 
 def main() -> None:
-    topology = read_topology()
+    topology = pinbackend.read_topology()
     n_cores = len(topology.restrict(topology.allowed).cores)
     n_workers = min(2, n_cores)
     # One task thread per worker, each worker half the cores: its BLAS calls use them all.

@@ -10,9 +10,9 @@ thread or changes ``os.environ`` of the importing process.
 from joblib import register_parallel_backend
 
 from .core.planner import Plan, PlanError, plan_slots
-from .core.sysfs import read_topology
 from .core.topology import Topology
 from .diagnostics import process_report
+from .host.machine import read_topology
 from .joblib_backend import PinnedBackend, shutdown_workers
 
 __version__ = "0.1.0"

@@ -99,22 +99,20 @@ def get_thread_affinity(tid: int) -> frozenset[int]:
 
 
 def thread_affinities(pid: int | str = "self") -> dict[int, frozenset[int]]:
-    """Return every thread's allowed CPUs for a process, read from ``/proc`` (Linux only).
+    """Return every thread's allowed CPUs for a process (thread ids from ``/proc``, Linux).
 
-    Threads that exit while we read are skipped. Used for diagnostics and to verify pinning.
+    ``sched_getaffinity`` takes any thread id of the host. Threads that exit while we read
+    are skipped. Used for diagnostics and to verify pinning.
     """
-    from .core.cpuset import parse_cpu_list
-
     result = {}
     for tid in list_thread_ids(pid):
         try:
-            with open(f"/proc/{pid}/task/{tid}/status") as status:
-                for line in status:
-                    if line.startswith("Cpus_allowed_list:"):
-                        result[tid] = parse_cpu_list(line.split(":", 1)[1])
-                        break
-        except (FileNotFoundError, ProcessLookupError):
+            result[tid] = get_thread_affinity(tid)
+        except (ProcessLookupError, FileNotFoundError):
             continue
+        except OSError as error:
+            if error.errno != errno.ESRCH:
+                raise
     return result
 
 

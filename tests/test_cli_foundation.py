@@ -115,7 +115,7 @@ def test_plan_on_a_cpuset_uses_only_allowed_cpus(snapshot_root):
     ("args", "message"),
     [
         (["plan", "-n", "0"], "must be a positive integer; got '0'"),
-        (["plan", "-n", "3"], "3 workers of 1 core(s) need 3 cores"),
+        (["plan", "-n", "3"], "3 workers of 1 core need 3 cores"),
         (["plan", "--reserve", "999"], "reserve names CPUs 999"),
         (["plan", "--reserve", "x-y"], "invalid CPU list 'x-y'"),
         (["info", "--root", "/nonexistent/machine"], "/nonexistent/machine"),

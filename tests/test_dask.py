@@ -24,7 +24,7 @@ from _helpers import needs_seccomp  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from pinbackend.core.cpuset import format_cpu_list  # noqa: E402
-from pinbackend.core.sysfs import read_topology  # noqa: E402
+from pinbackend.host.machine import read_topology  # noqa: E402
 from pinbackend.dask import (  # noqa: E402
     PinPlugin,
     PinRefused,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+import warnings
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinbackend.core.planner import OversubscriptionWarning, PlanError, plan_slots
+from pinbackend.core.planner import PlanError, plan_slots
 from pinbackend.core.topology import Topology
 
 
@@ -216,16 +217,42 @@ def test_four_workers_on_two_sockets_take_two_each():
 
 def test_too_many_workers_is_an_error_by_default():
     machine = Topology.uniform(cores_per_l3=2)
-    with pytest.raises(PlanError, match=r"3 workers of 1 core\(s\) need 3 cores but only 2"):
+    expected = r"3 workers of 1 core need 3 cores but only 2 are usable; use at most 2 workers"
+    with pytest.raises(PlanError, match=expected):
         plan_slots(machine, 3)
 
 
-def test_sharing_is_opt_in_warns_and_stays_balanced():
+def test_sharing_is_opt_in_reported_as_a_fact_and_stays_balanced():
     machine = Topology.uniform(cores_per_l3=2)
-    with pytest.warns(OversubscriptionWarning, match="5 workers asked for"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the pure planner never warns: callers report
         plan = plan_slots(machine, 5, oversubscribe="share")
-    assert plan.shared
+    assert plan.shared and plan.requested == 5 and plan.n_distinct == 2
     assert sorted(Counter(plan.slots).values()) == [2, 3]
+    assert plan.sharing_note().startswith("5 workers asked for but only 2 disjoint core sets")
+    assert plan_slots(machine, 2).sharing_note() is None
+
+
+def test_core_imports_nothing_outside_core():
+    import ast
+    from pathlib import Path
+
+    import pinbackend.core
+
+    folder = Path(pinbackend.core.__file__).parent
+    outside = []
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level > 1 or (node.level == 0 and (node.module or "").startswith("pinbackend"))
+            ):
+                outside.append(f"{path.name}: {node.module}")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [getattr(node, "module", None) or ""] + [a.name for a in node.names]
+                if any(n.split(".")[0] in ("warnings", "psutil", "threadpoolctl") for n in names):
+                    outside.append(f"{path.name}: {names}")
+    assert len(list(folder.glob("*.py"))) >= 6
+    assert outside == []
 
 
 @pytest.mark.parametrize(

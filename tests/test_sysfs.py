@@ -417,6 +417,8 @@ def test_corrupt_notes_are_not_repeated_per_cpu(tmp_path):
 
 
 def test_live_machine():
+    from pinbackend.host.machine import read_topology
+
     read = read_topology()
     assert read.source == "live"
     assert read.allowed == frozenset(os.sched_getaffinity(0))
@@ -430,13 +432,13 @@ def test_live_machine():
 def test_live_topology_is_cached_but_follows_the_affinity_mask():
     code = """
     import json, os
-    from pinbackend.core import sysfs
-    first = sysfs.read_topology()
+    from pinbackend.host import machine
+    first = machine.read_topology()
     os.sched_setaffinity(0, {min(first.allowed)})
-    second = sysfs.read_topology()
-    reads = sysfs._live_machine.cache_info().misses
-    sysfs.clear_topology_cache()
-    third = sysfs.read_topology()
+    second = machine.read_topology()
+    reads = machine._live_machine.cache_info().misses
+    machine.clear_topology_cache()
+    third = machine.read_topology()
     print(json.dumps({"reads_before_clear": reads, "same_cores": second.cores == first.cores,
                       "allowed": [sorted(t.allowed) for t in (first, second, third)]}))
     """

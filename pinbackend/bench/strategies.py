@@ -243,7 +243,7 @@ class HandPinnedPool(Strategy):
         """Start ``n_jobs`` pinned workers (``fork`` where the OS has it)."""
         import multiprocessing as mp
 
-        from ..core.sysfs import read_topology
+        from ..host.machine import read_topology
 
         topology = read_topology()
         cores = [core & topology.allowed for core in topology.cores if core & topology.allowed]

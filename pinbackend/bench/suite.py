@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from .. import _platform
-from ..core.sysfs import read_topology
 from ..host.caps import THREAD_ENV_VARS, thread_env
 from ..host.leases import REGISTRY_ENV
+from ..host.machine import read_topology
 from ..host.slot import SCOPE_ENV, SLOT_ENV
 from .measure import run_measurement
 from .neighbours import Neighbour, Progress

@@ -9,9 +9,9 @@ import sys
 
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
-from ..core.sysfs import read_topology
 from ..core.topology import TopologyError
 from ..host.leases import LeaseError, list_leases
+from ..host.machine import read_topology
 from ._common import add_json_option, add_root_option, fail, print_json
 from .render import describe_topology
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..core.planner import OVERSUBSCRIBE_POLICIES, PlanError, plan_slots
-from ..core.sysfs import read_topology
 from ..core.topology import TopologyError
+from ..host.lifecycle import report_plan
+from ..host.machine import read_topology
 from ._common import (
     add_json_option,
     add_reserve_option,
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except PlanError as error:
         fail(str(error))
+    report_plan(plan)
     if args.json:
         print_json(plan.to_dict())
         return 0

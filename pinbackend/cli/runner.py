@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from .. import __version__
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
-from ..core.sysfs import read_topology
 from ..core.topology import TopologyError
 from ..host.leases import LeaseError
+from ..host.machine import read_topology
 from ..runner import (
     RUNNER_POLICIES,
     RunnerConfig,

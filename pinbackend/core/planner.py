@@ -10,11 +10,9 @@ workers to what fits.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .._docs import troubleshooting
 from .cpuset import format_cpu_list
 from .topology import Topology
 
@@ -47,16 +45,37 @@ class OversubscriptionWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Plan:
-    """The slots planned for workers, in worker order, and how they were obtained."""
+    """The slots planned for workers, in worker order, and how they were obtained.
+
+    ``requested`` is the number of workers asked for (None: as many as fit); ``shared`` says
+    that several workers share one slot. The planner never warns: callers report these facts
+    (:meth:`sharing_note`) where the user can see them.
+    """
 
     slots: tuple[frozenset[int], ...]
     usable: frozenset[int]
     shared: bool = False
+    requested: int | None = None
 
     @property
     def n_workers(self) -> int:
         """Number of workers (slots, counting shared ones once per worker)."""
         return len(self.slots)
+
+    @property
+    def n_distinct(self) -> int:
+        """Number of distinct core sets."""
+        return len(set(self.slots))
+
+    def sharing_note(self) -> str | None:
+        """What to tell the user when workers share core sets; None when they do not."""
+        if not self.shared:
+            return None
+        return (
+            f"{self.n_workers} workers asked for but only {self.n_distinct} disjoint core "
+            f"sets fit on CPUs {format_cpu_list(self.usable)}; workers share core sets "
+            f"(oversubscribe='share'), expect slowdowns"
+        )
 
     def to_dict(self) -> dict:
         """Plain-data form used by ``plan --json``."""
@@ -82,7 +101,8 @@ def plan_slots(
     ``cores_per_worker`` fixes the size; with only ``cores_per_worker``, as many workers as
     fit. With neither, one worker per core. ``reserve`` CPUs (must be online CPUs) are never
     used; ``busy`` CPUs (held by other leases) are skipped silently. ``oversubscribe`` is one
-    of :data:`OVERSUBSCRIBE_POLICIES`.
+    of :data:`OVERSUBSCRIBE_POLICIES`; with ``"share"`` the plan says so (``Plan.shared``)
+    and the caller warns.
     """
     _check_positive("n_workers", n_workers)
     _check_positive("cores_per_worker", cores_per_worker)
@@ -115,16 +135,8 @@ def plan_slots(
     else:
         slots = _place_spread(_build_tree(view, units), sizes[0], len(sizes))
     if shared_by > 1:
-        warnings.warn(
-            f"{n_workers} workers asked for "
-            f"but only {len(slots)} disjoint core sets fit on CPUs {format_cpu_list(usable)}; "
-            f"workers share core sets (oversubscribe='share'), expect slowdowns. See "
-            f"{troubleshooting('workers-share-core-sets')}",
-            OversubscriptionWarning,
-            stacklevel=2,
-        )
         slots = [slots[i % len(slots)] for i in range(n_workers)]
-    return Plan(slots=tuple(slots), usable=usable, shared=shared_by > 1)
+    return Plan(slots=tuple(slots), usable=usable, shared=shared_by > 1, requested=n_workers)
 
 
 def _check_positive(name: str, value: int | None) -> None:
@@ -159,14 +171,20 @@ def _slot_sizes(
             return [size] * n, 1
     if oversubscribe == "error":
         raise PlanError(
-            f"{n} workers of {size} core(s) need {n * size} cores but only {n_cores} are "
-            f"usable; use at most {fitting} workers, fewer cores per worker, or "
+            f"{n} workers of {_count(size, 'core')} need {_count(n * size, 'core')} but only "
+            f"{n_cores} {'is' if n_cores == 1 else 'are'} usable; use at most "
+            f"{_count(fitting, 'worker')}, fewer cores per worker, or "
             f"oversubscribe='share' (--oversubscribe share on the command line) to let "
             f"workers share cores"
         )
     if oversubscribe == "clamp":
         return [size] * fitting, 1
     return [size] * fitting, -(-n // fitting)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 core``, ``2 cores``: messages name counts in good grammar."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _ordered_cores(view: Topology) -> list[frozenset[int]]:

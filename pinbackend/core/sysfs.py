@@ -2,27 +2,24 @@
 
 One small reader per source (online CPUs, packages, cores, NUMA nodes, L3 caches, CPU kinds,
 cgroup cpuset and quota); :func:`read_topology` combines them. Readers only read files under
-the root they are given (and, for the live machine, the affinity mask through
-:mod:`pinbackend._platform`). A missing or corrupt file makes its reader fall back to a coarser
-answer (one package, one core per CPU, one NUMA node) and leave a short note in
-``Topology.notes``; it never raises. The kernel quirks handled follow hwloc's
+the root they are given; the live affinity mask comes from the caller (``allowed=``, see
+:func:`pinbackend.host.machine.read_topology`). A missing or corrupt file makes its reader
+fall back to a coarser answer (one package, one core per CPU, one NUMA node) and leave a short
+note in ``Topology.notes``; it never raises. The kernel quirks handled follow hwloc's
 ``hwloc/topology-linux.c``.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import replace
 from pathlib import Path
 
-from .. import _platform
 from ._files import Files, to_int
 from .cgroup import cgroup_cpuset, cpu_quota
 from .topology import Topology, TopologyError
 
-__all__ = ["clear_topology_cache", "read_topology"]
+__all__ = ["is_live_root", "read_topology"]
 
 _CPU = "sys/devices/system/cpu"
 _NODE = "sys/devices/system/node"
@@ -66,7 +63,7 @@ def _cpuinfo(files: Files) -> dict[int, dict[str, str]]:
     return processors
 
 
-def _online_cpus(files: Files, cpuinfo: dict, live: bool) -> frozenset[int]:
+def _online_cpus(files: Files, cpuinfo: dict, fallback: frozenset[int]) -> frozenset[int]:
     """Online CPUs: the kernel's online list, else the cpuN folders, else /proc/cpuinfo."""
     cpus = files.cpus(f"{_CPU}/online")
     if cpus is None:
@@ -74,9 +71,9 @@ def _online_cpus(files: Files, cpuinfo: dict, live: bool) -> frozenset[int]:
         cpus, source = (folders, "cpuN folders") if folders else (frozenset(cpuinfo), "cpuinfo")
         if cpus:
             files.note(f"no {_CPU}/online: online CPUs from {source}")
-    if not cpus and live:
-        cpus = frozenset(range(os.cpu_count() or 1)) | _platform.allowed_cpus()
-        files.note("no CPU files: online CPUs guessed from os.cpu_count()")
+    if not cpus and fallback:
+        cpus = fallback
+        files.note("no CPU files: online CPUs guessed from the allowed CPUs")
     # Per-CPU "online" files can mark a CPU offline that a stale list still names.
     online = frozenset(c for c in cpus if files.number(f"{_CPU}/cpu{c}/online") != 0)
     if not online:
@@ -218,10 +215,12 @@ def _cpu_kinds(files: Files, online: frozenset[int], cpuinfo: dict) -> tuple[fro
     return tuple(kinds[key] for key in sorted(kinds))
 
 
-def _allowed_cpus(files: Files, online: frozenset[int], live: bool) -> frozenset[int]:
-    """CPUs this process may use: its affinity live, the snapshot's cgroup cpuset otherwise."""
-    if live:
-        allowed = _platform.allowed_cpus() & online
+def _allowed_cpus(
+    files: Files, online: frozenset[int], allowed: frozenset[int] | None
+) -> frozenset[int]:
+    """CPUs this process may use: ``allowed`` when given, else the snapshot's cgroup cpuset."""
+    if allowed is not None:
+        allowed = allowed & online
     else:
         cpuset = cgroup_cpuset(files)
         if cpuset is None:
@@ -233,55 +232,45 @@ def _allowed_cpus(files: Files, online: frozenset[int], live: bool) -> frozenset
     return allowed
 
 
-def _resolve_root(root: str | os.PathLike) -> tuple[Path, bool]:
-    """Return the root folder and whether it is this machine's own ``/``."""
+def is_live_root(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is this machine's own ``/``."""
+    return os.path.realpath(os.fspath(root)) == os.path.realpath(os.sep)
+
+
+def _check_root(root: str | os.PathLike) -> Path:
+    """Return ``root`` as a folder that holds ``sys/`` or ``proc/``."""
     path = Path(os.fspath(root))
-    if os.path.realpath(path) == os.path.realpath(os.sep):
-        return path, True
+    if is_live_root(path):
+        return path
     if not path.is_dir() or not ((path / "sys").is_dir() or (path / "proc").is_dir()):
         raise TopologyError(
             f"cannot read a topology from {os.fspath(root)!r}: it is not a folder holding sys/ "
             f"or proc/; pass '/' for this machine or the folder of an unpacked snapshot"
         )
-    return path, False
+    return path
 
 
-def read_topology(root: str | os.PathLike = "/") -> Topology:
+def read_topology(
+    root: str | os.PathLike, *, allowed: frozenset[int] | None = None, source: str | None = None
+) -> Topology:
     """Read the CPU topology of the Linux machine whose ``/sys`` and ``/proc`` are under ``root``.
 
-    ``root="/"`` reads this machine (allowed CPUs from the calling thread's affinity mask,
-    read afresh on every call; the rest is read once per process, see
-    :func:`clear_topology_cache`); any other folder is a snapshot (allowed CPUs from its
-    cgroup cpuset). Raises :class:`TopologyError` when ``root`` is not such a folder or names
-    no CPU; missing or corrupt files only give a coarser topology, with notes.
+    ``allowed`` is the set of CPUs this process may use (the live affinity mask, given by
+    :mod:`pinbackend.host`); without it, the snapshot's cgroup cpuset says. Raises
+    :class:`TopologyError` when ``root`` is not such a folder or names no CPU; missing or
+    corrupt files only give a coarser topology, with notes.
     """
-    path, live = _resolve_root(root)
-    if not live:
-        return _read(path, live=False, source=os.fspath(root))
-    machine = _live_machine()
-    allowed = _platform.allowed_cpus() & machine.online or machine.online
-    return machine if allowed == machine.allowed else replace(machine, allowed=allowed)
+    path = _check_root(root)
+    return _read(path, allowed=allowed, source=source or os.fspath(root))
 
 
-@functools.lru_cache(maxsize=1)
-def _live_machine() -> Topology:
-    # Packages, cores and caches do not change while we run, and reading them costs tens of
-    # milliseconds on large machines; pools ask for the topology on every Parallel call.
-    return _read(Path(os.sep), live=True, source="live")
-
-
-def clear_topology_cache() -> None:
-    """Forget the cached live topology (after CPU hotplug or a cgroup change)."""
-    _live_machine.cache_clear()
-
-
-def _read(path: Path, *, live: bool, source: str) -> Topology:
+def _read(path: Path, *, allowed: frozenset[int] | None, source: str) -> Topology:
     files = Files(path)
     cpuinfo = _cpuinfo(files)
-    online = _online_cpus(files, cpuinfo, live)
+    online = _online_cpus(files, cpuinfo, allowed or frozenset())
     return Topology(
         online=online,
-        allowed=_allowed_cpus(files, online, live),
+        allowed=_allowed_cpus(files, online, allowed),
         packages=_packages(files, online, cpuinfo),
         numa_nodes=_numa_nodes(files, online),
         cores=_cores(files, online, cpuinfo),

@@ -11,9 +11,9 @@ import json
 import logging
 from collections.abc import Mapping
 
-from ..core.sysfs import read_topology
 from ..core.topology import Topology
 from ..host.caps import thread_env
+from ..host.machine import read_topology
 from .options import PinOptions, slot_cores_for, task_thread_cap
 
 __all__ = ["PLAN_ENV", "configure_nanny", "plan_mismatch", "spawn_cap", "spawn_env"]

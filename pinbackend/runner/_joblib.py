@@ -10,7 +10,7 @@ from __future__ import annotations
 import joblib.parallel
 from joblib import register_parallel_backend
 
-from ..core.sysfs import read_topology
+from ..host.machine import read_topology
 from ..host.slot import current_slot
 from ..joblib_backend import PinnedBackend, shutdown_workers
 from ._plan import live_pool_cpus
