@@ -7,37 +7,93 @@ parent and makes every new worker claim one and apply it before it runs any task
 
 from __future__ import annotations
 
-import functools
 import multiprocessing as mp
 from collections.abc import Iterable
 
 from joblib._parallel_backends import FallbackToBackend, LokyBackend, SequentialBackend
 from joblib.executor import get_memmapping_executor
 
-from . import _platform
-from .core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
-from .core.planner import OVERSUBSCRIBE_POLICIES
-from .host.pool import DEFAULT_CLAIM_TIMEOUT, PoolPlan, free_cpus, join_pool, plan_pool
+from .core.cpuset import format_cpu_list
+from .host.lifecycle import Survey, join_pool, plan_pool, report_plan, survey
+from .host.options import DEFAULT_CLAIM_TIMEOUT, PinOptions, check_count, reject_unknown
+from .host.pool import PoolPlan
 from .host.slot import in_slot
+from .host.state import STATE
 
 __all__ = ["PinnedBackend", "shutdown_workers"]
 
+#: Keywords joblib itself hands a backend (``Parallel``/``parallel_config`` arguments that
+#: loky's executor takes); with our options, the only ones accepted.
+_JOBLIB_KEYWORDS = frozenset(
+    {
+        "context",
+        "idle_worker_timeout",
+        "inner_max_num_threads",
+        "max_nbytes",
+        "mmap_mode",
+        "prefer",
+        "prewarm",
+        "require",
+        "temp_folder",
+        "timeout",
+        "verbose",
+    }
+)
+_OPTION_NAMES = frozenset(PinOptions.names()) - {"fail"}
+
 
 def _start_worker(pool: PoolPlan) -> None:
-    """loky initializer: claim a slot of ``pool``, pin every thread and cap every pool."""
-    join_pool(pool)
+    """loky initializer: claim a slot of ``pool``, pin every thread and cap every pool.
+
+    A failed claim does not end the worker (loky would report a crash and hide why): it is
+    kept, and the worker's tasks raise it in the caller (:class:`_InSlot`).
+    """
+    try:
+        join_pool(pool)
+    except Exception:
+        pass  # kept in STATE.claim_error by join_pool
+
+
+class _InSlot:
+    """A task that runs only in a worker that holds its slot; else it raises why not.
+
+    Before giving up, a worker whose claim failed tries once more without waiting: the
+    cores it waited for may be free by now (loky reuses workers across calls).
+    """
+
+    __slots__ = ("func",)
+
+    def __init__(self, func):
+        self.func = func
+
+    def __call__(self):
+        if STATE.claim_error is not None and STATE.pool is not None:
+            error = STATE.claim_error
+            try:
+                join_pool(_without_wait(STATE.pool))
+            except Exception:
+                raise error from None
+        return self.func()
+
+
+def _without_wait(pool: PoolPlan) -> PoolPlan:
+    from dataclasses import replace
+
+    return replace(pool, claim_timeout=0.0)
 
 
 class PinnedBackend(LokyBackend):
     """Process pool where each worker owns a disjoint core set and caps its threads to it.
 
-    Options (through ``parallel_config``/``parallel_backend`` keyword arguments):
+    Options (through ``parallel_config``/``parallel_backend``/``Parallel`` keyword
+    arguments), those of :class:`~pinbackend.host.options.PinOptions`:
     ``cores_per_worker`` (physical cores per worker; default: share all free cores),
     ``reserve`` (CPUs never used, a list or a string like ``"0,8-9"``), ``oversubscribe``
     (what to do with more workers than free cores: ``"error"``, ``"clamp"`` to run as many as
     fit, or ``"share"`` core sets with a warning; the default is ``"error"`` in your program
     and ``"clamp"`` inside pinned workers, so nested calls never exceed their worker's cores),
-    ``claim_timeout`` (seconds a new worker waits for a free slot).
+    ``claim_timeout`` (seconds a new worker waits for a free slot). An unknown keyword raises
+    ``TypeError`` naming the closest valid one.
     """
 
     #: ``parallel_config(backend="pinned")`` without ``n_jobs`` uses every free core.
@@ -56,22 +112,18 @@ class PinnedBackend(LokyBackend):
         claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
         **backend_kwargs,
     ):
+        reject_unknown(backend_kwargs, _OPTION_NAMES | _JOBLIB_KEYWORDS, "the pinned backend")
         super().__init__(
             nesting_level=nesting_level,
             inner_max_num_threads=inner_max_num_threads,
             **backend_kwargs,
         )
-        self._set_options(
+        self.options = PinOptions(
             cores_per_worker=cores_per_worker,
             reserve=reserve,
-            oversubscribe=oversubscribe,
+            oversubscribe=_planner_policy(oversubscribe),
             claim_timeout=claim_timeout,
         )
-
-    def _set_options(self, **options) -> None:
-        """Validate and set the options named (see the class docstring); others are kept."""
-        for name, value in options.items():
-            setattr(self, name, _OPTION_CHECKS[name](value))
 
     @property
     def inner_max_num_threads(self) -> int | None:
@@ -81,21 +133,25 @@ class PinnedBackend(LokyBackend):
     @inner_max_num_threads.setter
     def inner_max_num_threads(self, value: int | None) -> None:
         # parallel_config sets this attribute after construction: validate here.
-        self._inner_max_num_threads = _check_count("inner_max_num_threads", value)
+        self._inner_max_num_threads = check_count(
+            "inner_max_num_threads", value, none_means="the worker's slot size"
+        )
 
     @property
     def policy(self) -> str:
         """The oversubscription policy in force here (see the class docstring)."""
-        if self.oversubscribe is not None:
-            return self.oversubscribe
-        return "clamp" if in_slot() else "error"
+        return self.options.policy("clamp" if in_slot() else "error")
 
     def effective_n_jobs(self, n_jobs):
         """Workers for ``n_jobs``: negative values count back from the free physical cores."""
-        return self._sizing(n_jobs)[1]
+        return self._sizing(n_jobs, None)[1]
 
-    def _sizing(self, n_jobs) -> tuple[int, int]:
-        """(worker processes to start, ``n_jobs`` to report to joblib) for ``n_jobs``."""
+    def _sizing(self, n_jobs, view: Survey | None) -> tuple[int, int]:
+        """(worker processes to start, ``n_jobs`` to report to joblib) for ``n_jobs``.
+
+        Surveys the host only when the answer depends on its free cores; ``view`` is a
+        survey already made for this call.
+        """
         if n_jobs == 0:
             # joblib's own wording first: its test suite (test_invalid_njobs) matches on it.
             raise ValueError(
@@ -111,14 +167,16 @@ class PinnedBackend(LokyBackend):
             return 1, 1  # no fork below threads (as loky decides)
         if n_jobs > 0 and self.policy != "clamp":
             return n_jobs, n_jobs  # too many for the cores: configure() applies the policy
-        topology, usable = free_cpus(self.reserve)
-        capacity = topology.count_cores(usable)
-        capacity //= self.cores_per_worker or 1
+        view = view or survey()
+        usable = view.free(self.options.reserve)
+        capacity = view.topology.count_cores(usable)
+        capacity //= self.options.cores_per_worker or 1
         workers = max(min(n_jobs, capacity), 1) if n_jobs > 0 else max(capacity + 1 + n_jobs, 1)
-        if workers == 1 and not _platform.allowed_cpus() <= usable:
-            # joblib runs a single job inline in the caller, and the caller may run on CPUs
-            # that are reserved or that other jobs hold: keep one pinned worker instead, and
-            # tell joblib 2 so that it does not take its inline path.
+        if workers == 1 and not in_slot():
+            # joblib would run a single job inline in the caller, unpinned and without a
+            # lease: another job could then be handed the same CPUs. Keep one leased,
+            # pinned worker instead, and tell joblib 2 so that it does not go inline.
+            # (Inside a slot the caller already runs leased, on the slot's cores.)
             return 1, 2
         return workers, workers
 
@@ -135,18 +193,22 @@ class PinnedBackend(LokyBackend):
 
         ``n_jobs=1`` runs inline in the caller, as with every joblib backend (joblib itself
         runs one job sequentially); the caller is never pinned. When ``n_jobs=-1`` (or a
-        clamped count) leaves a single worker while the caller may run on reserved or busy
-        CPUs, that worker still runs in its own pinned process.
+        clamped count) leaves a single worker, that worker still runs in its own pinned,
+        leased process.
         """
+        reject_unknown(executor_kwargs, _OPTION_NAMES | _JOBLIB_KEYWORDS, "the pinned backend")
         # Parallel(backend="pinned", reserve=...) passes our options here, not to __init__.
-        options = {
-            name: executor_kwargs.pop(name) for name in _OPTION_CHECKS if name in executor_kwargs
-        }
-        self._set_options(**options)
+        options = {name: executor_kwargs.pop(name) for name in _OPTION_NAMES & set(executor_kwargs)}
+        if "oversubscribe" in options:
+            options["oversubscribe"] = _planner_policy(options["oversubscribe"])
+        self.options = self.options.updated(**options)
         if "inner_max_num_threads" in executor_kwargs:
             # joblib hands it on to loky's executor, which ignores it: apply it ourselves.
             self.inner_max_num_threads = executor_kwargs.pop("inner_max_num_threads")
-        workers, n_jobs = self._sizing(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        view = survey()
+        workers, n_jobs = self._sizing(n_jobs, view)
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         executor_kwargs = {**self.backend_kwargs, **executor_kwargs}
@@ -159,13 +221,13 @@ class PinnedBackend(LokyBackend):
         if idle_worker_timeout is not None:
             idle = idle_worker_timeout
         self._pool = plan_pool(
+            view,
             workers,
-            cores_per_worker=self.cores_per_worker,
-            reserve=self.reserve,
-            oversubscribe=self.policy,
+            self.options,
+            policy=self.policy,
             threads=self.inner_max_num_threads,
-            claim_timeout=self.claim_timeout,
         )
+        report_plan(self._pool)
         self._workers = get_memmapping_executor(
             workers,
             timeout=idle,
@@ -178,66 +240,37 @@ class PinnedBackend(LokyBackend):
         self.parallel = parallel
         return n_jobs
 
+    def submit(self, func, callback=None):
+        """Schedule ``func`` on a worker; it raises there why the worker has no slot."""
+        return super().submit(_InSlot(func), callback=callback)
+
     def get_nested_backend(self):
         """Nested calls subdivide the worker's own slot (workers import pinbackend)."""
         nested = PinnedBackend(
             nesting_level=(self.nesting_level or 0) + 1,
             inner_max_num_threads=self.inner_max_num_threads,
-            oversubscribe=self.oversubscribe,
-            claim_timeout=self.claim_timeout,
+            oversubscribe=self.options.oversubscribe,
+            claim_timeout=self.options.claim_timeout,
         )
         return nested, None
 
     def __repr__(self) -> str:
         options = [f"oversubscribe={self.policy!r}"]
-        if self.cores_per_worker:
-            options.append(f"cores_per_worker={self.cores_per_worker}")
-        if self.reserve:
-            options.append(f"reserve={format_cpu_list(self.reserve)!r}")
+        if self.options.cores_per_worker:
+            options.append(f"cores_per_worker={self.options.cores_per_worker}")
+        if self.options.reserve:
+            options.append(f"reserve={format_cpu_list(self.options.reserve)!r}")
         return f"PinnedBackend({', '.join(options)})"
 
 
-def _check_count(name: str, value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
-    return value
-
-
-def _check_policy(oversubscribe):
-    if oversubscribe is not None and oversubscribe not in OVERSUBSCRIBE_POLICIES:
+def _planner_policy(oversubscribe):
+    """The joblib backend plans with error, clamp or share; it refuses wait (for now)."""
+    if oversubscribe == "wait":
         raise ValueError(
-            f"oversubscribe must be one of {', '.join(OVERSUBSCRIBE_POLICIES)}; "
-            f"got {oversubscribe!r}"
+            "oversubscribe must be one of 'error', 'clamp', 'share' for the pinned backend; "
+            "got 'wait' (the runner's python -m pinbackend --oversubscribe wait has it)"
         )
     return oversubscribe
-
-
-def _check_claim_timeout(claim_timeout) -> float:
-    if not isinstance(claim_timeout, (int, float)) or claim_timeout < 0:
-        raise ValueError(f"claim_timeout must be a number of seconds >= 0; got {claim_timeout!r}")
-    return float(claim_timeout)
-
-
-def _check_reserve(reserve) -> frozenset[int]:
-    try:
-        cpus = parse_cpu_list(reserve) if isinstance(reserve, str) else frozenset(reserve)
-    except (CpuListError, TypeError) as error:
-        raise ValueError(
-            f"reserve must be CPU numbers or a CPU list like '0,8-9'; got {reserve!r} ({error})"
-        ) from None
-    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
-        raise ValueError(f"reserve must hold non-negative CPU numbers; got {sorted(cpus, key=str)}")
-    return cpus
-
-
-_OPTION_CHECKS = {
-    "cores_per_worker": functools.partial(_check_count, "cores_per_worker"),
-    "reserve": _check_reserve,
-    "oversubscribe": _check_policy,
-    "claim_timeout": _check_claim_timeout,
-}
 
 
 def shutdown_workers() -> None:

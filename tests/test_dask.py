@@ -24,7 +24,6 @@ from _helpers import needs_seccomp  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from pinbackend.core.cpuset import format_cpu_list  # noqa: E402
-from pinbackend.host.machine import read_topology  # noqa: E402
 from pinbackend.dask import (  # noqa: E402
     PinPlugin,
     PinRefused,
@@ -33,6 +32,7 @@ from pinbackend.dask import (  # noqa: E402
     placement,
 )
 from pinbackend.host.leases import claim, list_leases  # noqa: E402
+from pinbackend.host.machine import read_topology  # noqa: E402
 
 pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.timeout(150)]
 

@@ -39,9 +39,9 @@ def test_placement_examples_hold():
         ({"cores_per_worker": 0}, "cores_per_worker must be a positive integer or None"),
         ({"cores_per_worker": True}, "got True"),
         ({"reserve": "0-x"}, "reserve: invalid CPU list '0-x'"),
-        ({"reserve": [-1]}, r"reserve must be CPU numbers .* got \[-1\]"),
+        ({"reserve": [-1]}, r"reserve must hold CPU numbers .* got \[-1\]"),
         ({"fail": "sometimes"}, "fail must be one of 'closed', 'open'; got 'sometimes'"),
-        ({"claim_timeout": -1}, "claim_timeout must be a number of seconds >= 0; got -1"),
+        ({"claim_timeout": -1}, "claim_timeout must be a finite number of seconds >= 0; got -1"),
     ],
 )
 def test_bad_options_are_named_with_what_is_allowed(kwargs, message):

@@ -7,16 +7,25 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 
 import pytest
 
 from pinbackend.core.planner import OversubscriptionWarning
 from pinbackend.host.leases import claim
-from pinbackend.host.pool import plan_pool
+from pinbackend.host.lifecycle import plan_pool, report_plan, survey
+from pinbackend.host.options import PinOptions
+from pinbackend.host.pool import PoolPlan
+
+
+def plan(n_workers=None, policy="error", **options):
+    """A pool planned on this host now, as the entry points plan it."""
+    return plan_pool(survey(), n_workers, PinOptions(**options), policy=policy)
+
 
 JOIN = """
 import json, pickle, sys, warnings
-from pinbackend.host.pool import join_pool
+from pinbackend.host.lifecycle import join_pool
 from pinbackend.diagnostics import process_report
 import numpy
 pool = pickle.loads(bytes.fromhex(sys.argv[1]))
@@ -55,7 +64,7 @@ def join_in_workers(pool, count: int) -> list[dict]:
 
 
 def test_workers_claim_disjoint_slots_and_a_surplus_worker_fails_closed():
-    pool = plan_pool(2, claim_timeout=0.5)
+    pool = plan(2, claim_timeout=0.5)
     assert pool.slots == (frozenset({0}), frozenset({1}))
     reports = join_in_workers(pool, 3)
     errors = [r for r in reports if "error" in r]
@@ -70,16 +79,62 @@ def test_workers_claim_disjoint_slots_and_a_surplus_worker_fails_closed():
 
 def test_plan_skips_cores_held_by_other_jobs_but_not_by_its_own_workers():
     with claim({1}, command="another job"):
-        assert plan_pool().slots == (frozenset({0}),)
+        assert plan().slots == (frozenset({0}),)
     with claim({1}, owner=os.getpid()):
-        assert plan_pool().slots == (frozenset({0}), frozenset({1}))
+        assert plan().slots == (frozenset({0}), frozenset({1}))
 
 
 def test_shared_pool_workers_share_the_least_crowded_slot_with_a_warning():
+    pool = plan(3, policy="share")
     with pytest.warns(OversubscriptionWarning, match="3 workers asked for"):
-        pool = plan_pool(3, oversubscribe="share")
+        report_plan(pool)
     assert pool.shared and len(pool.slots) == 3
     reports = join_in_workers(pool, 3)
     assert sorted(len(r["warnings"]) for r in reports) == [0, 0, 1]
     assert "shares CPUs" in max(reports, key=lambda r: len(r["warnings"]))["warnings"][0]
     assert sorted(r["affinity"] for r in reports) in ([[0], [0], [1]], [[0], [1], [1]])
+
+
+def test_a_worker_still_waiting_for_its_slot_ends_with_its_pools_owner():
+    """The owner watch starts before the claim: a killed owner leaves no waiting orphan."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        pool = PoolPlan(slots=(frozenset({0}),), scope="", owner=owner.pid, claim_timeout=60.0)
+        with claim({0}, command="a job that holds CPU 0"):
+            worker = subprocess.Popen(
+                [sys.executable, "-c", JOIN, pickle.dumps(pool).hex()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(1.0)  # the worker is waiting for CPU 0 now
+            assert worker.poll() is None
+            started = time.monotonic()
+            owner.kill()
+            owner.wait()
+            assert worker.wait(timeout=10) == 70
+            assert time.monotonic() - started < 5
+            worker.stdout.close()
+            worker.stdin.close()
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_claim_that_fails_after_locking_releases_every_lock(monkeypatch):
+    """All or nothing: when applying the slot fails, the lease taken for it is released."""
+    import pinbackend.host.lifecycle as lifecycle
+    from pinbackend.host.leases import list_leases
+    from pinbackend.host.state import STATE
+
+    def broken_apply(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lifecycle, "apply_slot", broken_apply)
+    pool = PoolPlan(slots=(frozenset({0}),), scope="", owner=os.getpid(), claim_timeout=0.0)
+    with pytest.raises(OSError, match="No space left"):
+        lifecycle.join_pool(pool)
+    assert list_leases() == []
+    assert isinstance(STATE.claim_error, OSError)
+    lifecycle.release_slot(None)
+    assert STATE.claim_error is None and STATE.pool is None

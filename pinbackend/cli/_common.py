@@ -8,6 +8,7 @@ import sys
 from typing import NoReturn
 
 from ..core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
+from ..host.options import OptionsError, check_seconds
 
 
 class UsageError(Exception):
@@ -40,6 +41,20 @@ def check_cores_allowed(cores: frozenset[int], allowed: frozenset[int]) -> None:
             f"--cores {format_cpu_list(cores)}: CPUs {format_cpu_list(outside)} are not "
             f"allowed here; allowed CPUs: {format_cpu_list(allowed)}"
         )
+
+
+def seconds(text: str) -> float:
+    """argparse type for timeouts: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    try:
+        return check_seconds("the timeout", value)
+    except OptionsError:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds >= 0; got {text!r}"
+        ) from None
 
 
 def positive_int(text: str) -> int:

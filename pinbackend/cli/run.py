@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import time
 import warnings
 
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
-from ..core.planner import PlanError, plan_slots
-from ..core.sysfs import read_topology
-from ..host.leases import Lease, LeaseConflict, LeaseError, busy_cpus, claim
+from ..core.planner import PlanError
+from ..host.leases import Lease, LeaseError, claim
+from ..host.lifecycle import lease_slot
+from ..host.machine import read_topology
+from ..host.options import OptionsError, PinOptions
 from ..host.pinning import PinningError, pin_or_warn
 from ..host.slot import current_scope, slot_env
 from ._common import (
@@ -27,6 +28,7 @@ from ._common import (
     cpu_list,
     fail,
     positive_int,
+    seconds,
 )
 
 HELP = "run a command on a leased set of cores (held for the command's lifetime)"
@@ -58,7 +60,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="wait up to SECONDS for busy CPUs to become free before failing (default: 0)",
@@ -94,44 +96,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _lease(args: argparse.Namespace, command: str) -> Lease:
-    topology = read_topology()
-    scope = current_scope()
+    """The lifecycle's claim: exactly ``--cores``, or ``-n K`` cores it plans."""
     try:
+        options = PinOptions(reserve=args.reserve, claim_timeout=args.wait)
         if args.cores is not None:
-            check_cores_allowed(args.cores, topology.allowed)
+            check_cores_allowed(args.cores, read_topology().allowed)
             return claim(
-                args.cores, scope=scope, share=args.share, timeout=args.wait, command=command
+                args.cores,
+                scope=current_scope(),
+                share=args.share,
+                timeout=options.claim_timeout,
+                command=command,
             )
-        return _lease_planned(args, topology, scope, command)
-    except (UsageError, LeaseError, PlanError) as error:
+        return lease_slot(args.n_cores or 1, options, command=command, share=args.share)
+    except (UsageError, OptionsError, LeaseError, PlanError) as error:
         fail(str(error))
-
-
-def _lease_planned(args, topology, scope: str, command: str) -> Lease:
-    """Plan K free cores and claim them, re-planning when another job takes them first."""
-    size = args.n_cores or 1
-    deadline = time.monotonic() + args.wait
-    races = 0
-    while True:
-        busy = busy_cpus(scope)
-        try:
-            plan = plan_slots(topology, 1, cores_per_worker=size, reserve=args.reserve, busy=busy)
-        except PlanError:
-            if args.share:
-                plan = plan_slots(topology, 1, cores_per_worker=size, reserve=args.reserve)
-                return claim(plan.slots[0], scope=scope, share=True, command=command)
-            if time.monotonic() >= deadline:
-                raise PlanError(
-                    f"not enough free cores for {size} core(s): allowed "
-                    f"{format_cpu_list(topology.allowed)}, held by other leases "
-                    f"{format_cpu_list(busy) or 'none'}; use --wait, --share or fewer cores"
-                ) from None
-            time.sleep(0.1)
-            continue
-        try:
-            return claim(plan.slots[0], scope=scope, command=command)
-        except LeaseConflict:
-            # Another job took these cores between planning and claiming: plan again.
-            races += 1
-            if races > 100:
-                raise

@@ -4,16 +4,16 @@ Dask workers have no host-local index (``dask worker --nworkers N`` runs N of th
 process, nannies restart them with new pids), so a worker *claims* its slot: it plans this
 host's free cores into slots of its size and leases the first free one. The lease is a
 kernel lock that dies with the process, so a restarted or killed worker's cores are free
-for its successor without any cleanup. One worker per process: this module keeps the
-process's pinning state in a module global.
+for its successor without any cleanup. One worker per process: its pinning record is this
+process's :data:`~pinbackend.host.state.STATE`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -22,11 +22,12 @@ from .._docs import troubleshooting
 from .._platform import AffinityUnavailable
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
-from ..core.sysfs import read_topology
-from ..host.leases import Lease, LeaseConflict, LeaseError, busy_cpus, claim, list_leases
+from ..host.leases import Lease, LeaseError
+from ..host.lifecycle import lease_slot
+from ..host.machine import read_topology
 from ..host.pinning import PinningError, PinningUnavailableWarning, pin
-from ..host.pool import plan_pool
-from ..host.slot import AppliedSlot, apply_slot, current_scope, reset_current_slot
+from ..host.slot import AppliedSlot, apply_slot, reset_current_slot
+from ..host.state import STATE
 from ._executor import TaskThreadCaps
 from ._nanny import plan_mismatch
 from .options import PinOptions, slot_cores_for, task_thread_cap
@@ -42,8 +43,6 @@ __all__ = [
 # A child of distributed.worker: dask's logging config, `dask worker` output and
 # client.get_worker_logs() show these lines with the worker's own.
 logger = logging.getLogger("distributed.worker.pinbackend")
-
-_POLL_SECONDS = 0.1
 
 
 class PinRefused(RuntimeError):
@@ -81,12 +80,9 @@ class WorkerPin:
         }
 
 
-_state: WorkerPin | None = None
-
-
 def current_pin() -> WorkerPin | None:
     """This worker process's pinning (None where no pinbackend plugin or preload ran)."""
-    return _state
+    return STATE.worker_pin
 
 
 async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
@@ -97,20 +93,20 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
     options differ. Raises :class:`PinRefused` on failure with ``fail="closed"``; with
     ``fail="open"`` logs one warning and returns an unpinned :class:`WorkerPin`.
     """
-    global _state
-    if _state is not None:
-        if _state.options != options:
+    if STATE.worker_pin is not None:
+        previous = STATE.worker_pin
+        if previous.options != options:
             logger.warning(
                 "pinbackend: worker %s was already set up by %s (%s); the %s options (%s) "
                 "are ignored. See %s",
                 worker.address,
-                _state.source,
-                _state.options.describe(),
+                previous.source,
+                previous.options.describe(),
                 source,
                 options.describe(),
                 troubleshooting("dask-worker-set-up-twice"),
             )
-        return _state
+        return previous
     nthreads = worker.state.nthreads
     state = WorkerPin(source, options, nthreads, original_cpus=_platform.allowed_cpus())
     nanny_mismatch = None
@@ -167,7 +163,7 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
             nthreads,
             state.slot.threads,
         )
-    _state = state
+    STATE.worker_pin = state
     return state
 
 
@@ -191,11 +187,10 @@ def _abandon(state: WorkerPin) -> None:
 def unpin_worker(worker, source: str) -> None:
     """Undo what :func:`pin_worker` did for ``source``: release the lease, restore the
     threads' original CPUs and the executors. A no-op for another source's pinning."""
-    global _state
-    state = _state
+    state = STATE.worker_pin
     if state is None or state.source != source:
         return
-    _state = None
+    STATE.worker_pin = None
     if state.task_caps is not None:
         state.task_caps.uninstall()
     if state.slot is not None and state.slot.pinned and state.original_cpus:
@@ -233,39 +228,16 @@ def _refuse_shared_process(worker) -> None:
 
 
 async def _claim_slot(worker, options: PinOptions, nthreads: int) -> Lease:
-    """Plan this host's free cores into slots of this worker's size; lease the first free.
+    """The lifecycle's claim of one slot of this worker's size, off the event loop.
 
-    Retries until ``options.claim_timeout`` while other leases hold cores (a predecessor
+    Waits up to ``options.claim_timeout`` while other leases hold cores (a predecessor
     exiting, siblings starting at the same moment); an impossible plan fails at once.
     """
-    deadline = time.monotonic() + options.claim_timeout
+    cores = slot_cores_for(nthreads, read_topology(), options)
     command = f"dask worker {worker.address}"
-    cores, pool = None, None
-    while True:
-        try:
-            cores = slot_cores_for(nthreads, read_topology(), options)
-            pool = plan_pool(cores_per_worker=cores, reserve=options.reserve)
-            for slot in pool.slots:
-                try:
-                    return claim(slot, scope=pool.scope, command=command)
-                except LeaseConflict as conflict:
-                    error: Exception = conflict
-        except PlanError as failure:
-            error = failure
-            if not busy_cpus(current_scope()):
-                raise  # nothing to wait for: the plan itself is impossible
-        if time.monotonic() >= deadline:
-            holders = list_leases(pool.scope if pool else current_scope())
-            held = "; ".join(
-                f"CPUs {format_cpu_list(h.cores)} by pid {h.pid} ({h.command})" for h in holders
-            )
-            raise LeaseConflict(
-                f"no free slot of {cores} core(s) on this host after waiting "
-                f"{options.claim_timeout:g}s ({error}); held now: {held or 'nothing'}",
-                frozenset().union(*(h.cores for h in holders)),
-                holders,
-            )
-        await asyncio.sleep(_POLL_SECONDS)
+    return await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(lease_slot, cores, options, command=command)
+    )
 
 
 def _apply(lease: Lease, nthreads: int) -> tuple[AppliedSlot, str | None]:

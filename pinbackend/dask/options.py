@@ -1,18 +1,15 @@
-"""What a Dask worker's slot should look like: the options and the arithmetic. Pure.
+"""What a Dask worker's slot should look like: the arithmetic. Pure.
 
-Shared by :class:`~pinbackend.dask.PinPlugin`, :class:`~pinbackend.dask.PinNannyPlugin` and
-the ``--preload pinbackend`` command line, so all three validate and compute the same way.
-Nothing here imports distributed.
+The options are the package's one :class:`~pinbackend.host.options.PinOptions`, shared with
+the joblib backend and the runner. Nothing here imports distributed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from ..core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
 from ..core.topology import Topology
+from ..host.options import DEFAULT_CLAIM_TIMEOUT, FAIL_POLICIES, OptionsError, PinOptions
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
@@ -23,81 +20,8 @@ __all__ = [
     "task_thread_cap",
 ]
 
-#: ``"closed"``: a worker that cannot be pinned refuses to start (the default).
-#: ``"open"``: it logs one warning, runs unpinned and says so in the placement view.
-FAIL_POLICIES = ("closed", "open")
-
-#: Seconds a starting worker waits for a free slot: a restarted worker's predecessor may
-#: still be exiting, holding its lease until the kernel closes its files.
-DEFAULT_CLAIM_TIMEOUT = 30.0
-
-
-class PinOptionsError(ValueError):
-    """An option of the Dask integration has a value that is not allowed."""
-
-
-@dataclass(frozen=True)
-class PinOptions:
-    """How each worker on a host sizes and claims its slot.
-
-    ``cores_per_worker``: physical cores per worker; ``None`` gives each task thread one CPU
-    (see :func:`slot_cores_for`). ``reserve``: CPUs no worker may use (e.g. for the
-    scheduler). ``fail``: one of :data:`FAIL_POLICIES`. ``claim_timeout``: seconds to wait
-    for a free slot before failing.
-    """
-
-    cores_per_worker: int | None = None
-    reserve: frozenset[int] = field(default_factory=frozenset)
-    fail: str = "closed"
-    claim_timeout: float = DEFAULT_CLAIM_TIMEOUT
-
-    def __post_init__(self) -> None:
-        cores = self.cores_per_worker
-        if cores is not None and (not _is_int(cores) or cores < 1):
-            raise PinOptionsError(
-                f"cores_per_worker must be a positive integer or None (one CPU per task "
-                f"thread); got {cores!r}"
-            )
-        object.__setattr__(self, "reserve", _cpu_set("reserve", self.reserve))
-        if self.fail not in FAIL_POLICIES:
-            raise PinOptionsError(
-                f"fail must be one of {', '.join(map(repr, FAIL_POLICIES))}; got {self.fail!r}"
-            )
-        timeout = self.claim_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-            raise PinOptionsError(
-                f"claim_timeout must be a number of seconds >= 0; got {timeout!r}"
-            )
-        object.__setattr__(self, "claim_timeout", float(timeout))
-
-    def describe(self) -> str:
-        """One line for logs: the options as the command line spells them."""
-        cores = "auto" if self.cores_per_worker is None else self.cores_per_worker
-        reserve = format_cpu_list(self.reserve) or "none"
-        return (
-            f"cores-per-worker={cores}, reserve={reserve}, fail={self.fail}, "
-            f"claim-timeout={self.claim_timeout:g}"
-        )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _cpu_set(name: str, value: Iterable[int] | str) -> frozenset[int]:
-    if isinstance(value, str):
-        try:
-            return parse_cpu_list(value)
-        except CpuListError as error:
-            raise PinOptionsError(f"{name}: {error}") from None
-    cpus = frozenset(value)
-    bad = [c for c in cpus if not _is_int(c) or c < 0]
-    if bad:
-        raise PinOptionsError(
-            f"{name} must be CPU numbers (non-negative integers) or a list like '0-3,8'; "
-            f"got {sorted(bad, key=str)!r}"
-        )
-    return cpus
+#: The Dask spelling of the one options error (kept for compatibility).
+PinOptionsError = OptionsError
 
 
 def slot_cores_for(nthreads: int, topology: Topology, options: PinOptions) -> int:

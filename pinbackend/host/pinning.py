@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from .. import _platform
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
+from .state import STATE
 
 __all__ = ["PinningError", "PinningUnavailableWarning", "pin", "pin_or_warn"]
 
@@ -85,17 +86,12 @@ def _verify(cores: frozenset[int]) -> None:
             )
 
 
-_warned = False
-
-
 def pin_or_warn(cores: Iterable[int]) -> bool:
     """Pin like :func:`pin`; where affinity is unavailable, warn once and return False."""
-    global _warned
     try:
         pin(cores)
     except _platform.AffinityUnavailable as error:
-        if not _warned:
-            _warned = True
+        if STATE.warn_once("pinning-unavailable"):
             warnings.warn(
                 f"CPU pinning is unavailable here ({error}); pinbackend caps thread pools "
                 f"only, so workers may migrate between cores. See "

@@ -16,6 +16,7 @@ from .caps import cap_threads, thread_env
 from .leases import Lease
 from .nested import share_caps_with_nested_loky
 from .pinning import pin_or_warn
+from .state import STATE
 
 __all__ = [
     "SCOPE_ENV",
@@ -56,29 +57,25 @@ class AppliedSlot:
         }
 
 
-_current: AppliedSlot | None = None
-
-
 def current_slot() -> AppliedSlot | None:
     """The slot applied in this process, or None outside pinbackend's workers."""
-    return _current
+    return STATE.slot
 
 
 def reset_current_slot() -> None:
-    """Forget the applied slot (tests; a process that left its slot)."""
-    global _current
-    _current = None
+    """Forget the applied slot (a process that left its slot)."""
+    STATE.slot = None
 
 
 def in_slot() -> bool:
     """Whether this process runs inside a pinbackend slot (a pool worker or under ``run``)."""
-    return _current is not None or bool(os.environ.get(SCOPE_ENV))
+    return STATE.slot is not None or bool(os.environ.get(SCOPE_ENV))
 
 
 def current_scope() -> str:
     """Lease scope for claims made from this process ('' = the whole host)."""
-    if _current is not None and _current.lease_id:
-        return _current.lease_id
+    if STATE.slot is not None and STATE.slot.lease_id:
+        return STATE.slot.lease_id
     return os.environ.get(SCOPE_ENV, "")
 
 
@@ -113,7 +110,6 @@ def apply_slot(
     ``multiprocessing.Pool()`` and many libraries use to size themselves, and divides its caps
     among the workers of a nested ``loky`` pool. Never pass it in a user's own process.
     """
-    global _current
     cores = frozenset(cores)
     threads = len(cores) if threads is None else threads
     pinned = pin_or_warn(cores)
@@ -122,14 +118,14 @@ def apply_slot(
         os.environ.update(slot_env(cores, lease, threads))
         os.cpu_count = _fixed_cpu_count(len(cores))
         share_caps_with_nested_loky(threads)
-    _current = AppliedSlot(
+    STATE.slot = AppliedSlot(
         cores=cores,
         threads=threads,
         pinned=pinned,
         lease_id=lease.lease_id if lease is not None else None,
         caps=tuple(caps),
     )
-    return _current
+    return STATE.slot
 
 
 def _fixed_cpu_count(count: int):

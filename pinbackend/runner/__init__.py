@@ -68,7 +68,7 @@ def start_job(config: RunnerConfig, target: Target) -> None:
     if config.pin_main or config.threads is not None:
         view = survey(config)
         prepare_main_process(config, view.usable - view.strangers)
-    job = register_job(_command_line(), config.describe())
+    job = register_job(_command_line(), config.record())
     atexit.register(job.end)
     install(config)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from dataclasses import dataclass
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
-from ..core.sysfs import read_topology
 from ..core.topology import Topology
-from ..host.leases import LeaseInfo, list_leases
+from ..host import lifecycle
+from ..host.leases import LeaseInfo
 from ..host.pool import PoolPlan
-from ..host.slot import current_scope, current_slot
+from ..host.slot import current_slot
 from . import _warnings
 from ._config import RunnerConfig
 
@@ -244,33 +243,25 @@ def live_pool_cpus() -> frozenset[int]:
 
 
 def survey(config: RunnerConfig) -> JobCores:
-    """Read this host now: topology, leases in this process's scope, its live pools."""
-    scope = current_scope()
+    """Read this host now (the lifecycle's one survey) and add this process's live pools."""
+    view = lifecycle.survey()
     return job_cores(
-        read_topology(),
+        view.topology,
         config,
         nested=current_slot() is not None,
-        scope=scope,
-        leases=tuple(list_leases(scope)),
+        scope=view.scope,
+        leases=view.leases,
         own=live_pool_cpus(),
-        me=os.getpid(),
+        me=view.owner,
     )
 
 
 def _decide_and_report(view: JobCores, config: RunnerConfig, requested, what) -> PoolDecision:
-    # The planner warns when workers share slots; re-emit it at the user's line, with a link.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", OversubscriptionWarning)
-        decision = decide(view, config, requested, what)
-    for warning in caught:
-        if issubclass(warning.category, OversubscriptionWarning):
-            _warnings.warn(
-                OversubscriptionWarning, f"{what}: {warning.message}", "workers-share-core-sets"
-            )
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
+    # The planner states that workers share slots; say so at the user's line, with a link.
+    decision = decide(view, config, requested, what)
+    note = decision.plan.sharing_note() if decision.plan is not None else None
+    if note:
+        _warnings.warn(OversubscriptionWarning, f"{what}: {note}", "workers-share-core-sets")
     return decision
 
 
@@ -315,6 +306,7 @@ def plan_process_pool(
         shared=decision.plan.shared or decision.shared_with_others,
         threads=None,
         claim_timeout=config.claim_timeout,
+        requested=decision.plan.requested,
     )
 
 

@@ -1,4 +1,5 @@
-"""The runner's process-wide state: the active settings and the base class of every patch.
+"""The runner's settings in this process (kept in :mod:`pinbackend.host.state`), and the base
+class of every patch.
 
 Kept free of imports from the rest of the runner so that every patch module can use it.
 """
@@ -8,22 +9,20 @@ from __future__ import annotations
 import operator
 from typing import ClassVar
 
+from ..host.state import STATE
 from ._config import RunnerConfig
 
 __all__ = ["InitPatch", "Patch", "active_config", "pool_arguments_valid", "set_active_config"]
 
-_active: RunnerConfig | None = None
-
 
 def active_config() -> RunnerConfig | None:
     """The settings of the runner job this process belongs to, or None outside the runner."""
-    return _active
+    return STATE.runner_config
 
 
 def set_active_config(config: RunnerConfig | None) -> None:
     """Record (or clear) the runner settings; only :mod:`pinbackend.runner._install` calls it."""
-    global _active
-    _active = config
+    STATE.runner_config = config
 
 
 def pool_arguments_valid(size, initializer) -> bool:

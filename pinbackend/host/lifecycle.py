@@ -1,0 +1,299 @@
+"""The one slot lifecycle: survey, plan, claim, apply, release. Every entry point calls it.
+
+- **survey** (:func:`survey`): read the topology and the leases once per plan;
+- **plan** (:func:`plan_pool`): pure, on a survey (:func:`~pinbackend.core.planner.plan_slots`);
+- **claim** (:func:`join_pool`, :func:`lease_slot`): all or nothing, bounded by the claim
+  timeout, and watched for the pool owner's death from its first moment;
+- **apply** (:func:`pinbackend.host.slot.apply_slot`): pinning plus every cap;
+- **release** (:func:`release_slot`): on exit (the kernel drops the locks) and on demand.
+
+The joblib backend, the Dask plugin and preload, the runner and ``run`` only wire these
+steps into their frameworks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .. import _platform
+from .._docs import troubleshooting
+from ..core.cpuset import format_cpu_list
+from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
+from ..core.topology import Topology
+from .leases import (
+    Lease,
+    LeaseConflict,
+    LeaseInfo,
+    claim,
+    claim_first_free,
+    list_leases,
+)
+from .machine import read_topology
+from .options import PinOptions
+from .pool import PoolPlan
+from .slot import AppliedSlot, apply_slot, current_scope, reset_current_slot
+from .state import STATE
+
+__all__ = [
+    "Survey",
+    "join_pool",
+    "lease_slot",
+    "plan_pool",
+    "release_slot",
+    "report_plan",
+    "survey",
+]
+
+_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Survey:
+    """One reading of this host: its topology and the live leases of this process's scope.
+
+    ``owner`` is this process: leases of pools it planned (``LeaseInfo.owner``) are its own
+    workers, which a new plan reuses or replaces, never strangers.
+    """
+
+    topology: Topology
+    scope: str
+    owner: int
+    leases: tuple[LeaseInfo, ...]
+
+    @property
+    def held_by_others(self) -> frozenset[int]:
+        """CPUs held (not shared) by leases of other jobs or other processes' pools."""
+        return frozenset().union(
+            *(info.cores - info.shared for info in self.leases if info.owner != self.owner)
+        )
+
+    def free(self, reserve: Iterable[int] = ()) -> frozenset[int]:
+        """Allowed CPUs minus ``reserve`` minus those other jobs hold."""
+        return self.topology.allowed - frozenset(reserve) - self.held_by_others
+
+    def holders(self, cpus: Iterable[int]) -> str:
+        """Who holds ``cpus``, for messages: ``pid 12 (python job.py)``, or ``nobody``."""
+        cpus = frozenset(cpus)
+        found = [
+            f"CPUs {format_cpu_list(info.cores & cpus)} by "
+            + (f"pid {info.pid} ({info.command})" if info.pid else "an unknown process")
+            for info in self.leases
+            if info.cores & cpus and info.owner != self.owner
+        ]
+        return "; ".join(found) or "nobody"
+
+
+def survey() -> Survey:
+    """Read this host once: topology (live affinity) and the leases in this process's scope."""
+    scope = current_scope()
+    return Survey(
+        topology=read_topology(),
+        scope=scope,
+        owner=os.getpid(),
+        leases=tuple(list_leases(scope)),
+    )
+
+
+def plan_pool(
+    view: Survey,
+    n_workers: int | None,
+    options: PinOptions,
+    *,
+    policy: str,
+    threads: int | None = None,
+) -> PoolPlan:
+    """Plan a pool of ``n_workers`` on the free cores of ``view`` (pure).
+
+    ``policy`` is one of the planner's (``"error"``, ``"clamp"``, ``"share"``); the facts it
+    produced (sharing) are reported by :func:`report_plan`, not here.
+    """
+    plan = plan_slots(
+        view.topology,
+        n_workers,
+        cores_per_worker=options.cores_per_worker,
+        reserve=options.reserve,
+        busy=view.held_by_others,
+        oversubscribe=policy,
+    )
+    return PoolPlan(
+        slots=plan.slots,
+        scope=view.scope,
+        owner=view.owner,
+        shared=plan.shared,
+        threads=threads,
+        claim_timeout=options.claim_timeout,
+        requested=plan.requested,
+    )
+
+
+def report_plan(plan: Plan | PoolPlan, what: str = "") -> None:
+    """Warn where the user can see it about what a plan had to do (workers sharing cores)."""
+    note = Plan(plan.slots, frozenset().union(*plan.slots), plan.shared, plan.requested)
+    message = note.sharing_note()
+    if message:
+        warnings.warn(
+            f"{what + ': ' if what else ''}{message}. See "
+            f"{troubleshooting('workers-share-core-sets')}",
+            OversubscriptionWarning,
+            stacklevel=3,
+        )
+
+
+def join_pool(pool: PoolPlan) -> AppliedSlot:
+    """In a new pool worker: claim a free slot of ``pool`` and apply it; record the outcome.
+
+    The owner watch starts first, so a worker still waiting for a slot ends with its pool's
+    owner. The claim is all or nothing and bounded by ``pool.claim_timeout``; on failure
+    the error is kept in :data:`~pinbackend.host.state.STATE` (so that the worker's tasks
+    can raise it in the caller) and raised.
+    """
+    _exit_with_owner(pool.owner)
+    STATE.pool = pool
+    try:
+        lease = _claim_pool_slot(pool)
+        threads = len(lease.cores) if pool.threads is None else min(pool.threads, len(lease.cores))
+        try:
+            applied = apply_slot(lease.cores, lease=lease, threads=threads, own_process=True)
+        except BaseException:
+            lease.release()
+            raise
+    except Exception as error:
+        STATE.claim_error = error
+        raise
+    STATE.claim_error = None
+    return applied
+
+
+def _claim_pool_slot(pool: PoolPlan) -> Lease:
+    distinct = list(dict.fromkeys(pool.slots))
+    if not pool.shared:
+        return claim_first_free(
+            distinct, scope=pool.scope, timeout=pool.claim_timeout, owner=pool.owner
+        )
+    try:
+        return claim_first_free(distinct, scope=pool.scope, owner=pool.owner)
+    except LeaseConflict:
+        pass  # every slot is taken: share the least crowded one
+    holders = Counter(info.cores for info in list_leases(pool.scope))
+    # Shared leases hold no lock, so workers cannot see each other's choice: break ties by
+    # pid so that workers started together spread over the slots instead of piling up.
+    least = min(
+        distinct,
+        key=lambda cores: (holders[cores], (distinct.index(cores) - os.getpid()) % len(distinct)),
+    )
+    if STATE.warn_once("worker-shares-cores"):
+        warnings.warn(
+            f"worker {os.getpid()} shares CPUs {format_cpu_list(least)} with another worker "
+            f"(oversubscribe='share'). See {troubleshooting('workers-share-core-sets')}",
+            OversubscriptionWarning,
+            stacklevel=3,
+        )
+    return claim(least, scope=pool.scope, share=True, owner=pool.owner)
+
+
+_WATCH_LOCK = threading.Lock()
+
+
+def _exit_with_owner(owner: int) -> None:
+    """End this worker when the process that planned its pool dies (SIGKILL included).
+
+    Pool workers blocked on their task queue (or on a claim) never notice a killed parent
+    (loky's queue pipes stay open in every worker), and would keep or wait for leases:
+    watch the owner instead. One watch per process.
+    """
+    if owner == os.getpid():
+        return
+    with _WATCH_LOCK:
+        if STATE.watched_owner == owner:
+            return
+        STATE.watched_owner = owner
+
+    def watch() -> None:
+        _platform.wait_for_exit(owner)
+        os._exit(70)  # EX_SOFTWARE: our pool's owner is gone
+
+    threading.Thread(target=watch, name="pinbackend-owner-watch", daemon=True).start()
+
+
+def lease_slot(
+    cores: int,
+    options: PinOptions,
+    *,
+    command: str,
+    share: bool = False,
+    scope: str | None = None,
+) -> Lease:
+    """Plan ``cores`` free physical cores of this host and claim them as one slot.
+
+    For a process that pins itself (``run -n``, a Dask worker). Waits up to
+    ``options.claim_timeout`` while other jobs hold the cores, re-planning when another
+    process takes the planned ones first; an impossible plan (more cores than the host
+    has) fails at once. With ``share``, busy cores are shared instead of waited for.
+    """
+    scope = current_scope() if scope is None else scope
+    deadline = time.monotonic() + options.claim_timeout
+    while True:
+        view = survey() if scope == current_scope() else _survey_scope(scope)
+        try:
+            plan = plan_slots(
+                view.topology,
+                1,
+                cores_per_worker=cores,
+                reserve=options.reserve,
+                busy=view.held_by_others,
+            )
+        except PlanError as error:
+            _refuse_impossible(view, cores, options, error)
+            if share:
+                plan = plan_slots(view.topology, 1, cores_per_worker=cores, reserve=options.reserve)
+                return claim(plan.slots[0], scope=scope, share=True, command=command)
+            if time.monotonic() >= deadline:
+                raise LeaseConflict(
+                    f"no {cores} free physical core(s) after waiting "
+                    f"{options.claim_timeout:g}s: allowed CPUs "
+                    f"{format_cpu_list(view.topology.allowed)}, held by "
+                    f"{view.holders(view.held_by_others)}; raise the claim timeout, share, "
+                    f"or wait for those jobs",
+                    view.held_by_others,
+                    view.leases,
+                ) from None
+            time.sleep(_POLL_SECONDS)
+            continue
+        try:
+            return claim(plan.slots[0], scope=scope, command=command)
+        except LeaseConflict:
+            continue  # another job took these cores between planning and claiming
+
+
+def _survey_scope(scope: str) -> Survey:
+    return Survey(read_topology(), scope, os.getpid(), tuple(list_leases(scope)))
+
+
+def _refuse_impossible(view: Survey, cores: int, options: PinOptions, error: PlanError) -> None:
+    """Raise ``error`` when waiting cannot help: the slot could never fit this host."""
+    topology = view.topology
+    if options.reserve - topology.online:
+        raise error
+    room = topology.count_cores(topology.allowed - options.reserve)
+    if cores > room:
+        raise PlanError(
+            f"a slot of {cores} physical core(s) cannot fit: this process may use "
+            f"{room} (CPUs {format_cpu_list(topology.allowed - options.reserve)}"
+            + (f", reserved {format_cpu_list(options.reserve)}" if options.reserve else "")
+            + f"); ask for at most {room} core(s)"
+        ) from None
+
+
+def release_slot(lease: Lease | None) -> None:
+    """Release ``lease`` (idempotent) and forget this process's slot and pool."""
+    reset_current_slot()
+    STATE.pool = None
+    STATE.claim_error = None
+    if lease is not None:
+        lease.release()
