@@ -11,6 +11,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -203,12 +204,23 @@ def test_registry_refuses_a_planted_symlink_lock_file(lease_registry, tmp_path):
     with pytest.raises(RegistryError, match=r"refusing lease file .*cpu-0\.lock"):
         claim({0})
     assert target.read_text() == "do not touch"
+    assert_refused_path_reads_as_busy(lease_registry / "cpu-0.lock", 0)
+
+
+def assert_refused_path_reads_as_busy(path, cpu):
+    """A lock path no claim can use counts as held by an unknown process (fail closed)."""
+    (info,) = list_leases()
+    assert (info.pid, info.cores, info.command) == (None, {cpu}, "(unreadable record)")
+    assert busy_cpus() == {cpu}
+    path.unlink()
+    assert list_leases() == []
 
 
 def test_registry_refuses_a_lock_that_is_not_a_regular_file(lease_registry):
     os.mkfifo(lease_registry / "cpu-1.lock", 0o600)
     with pytest.raises(RegistryError, match="not a private regular file"):
         claim({1})
+    assert_refused_path_reads_as_busy(lease_registry / "cpu-1.lock", 1)
 
 
 def test_a_held_lock_with_a_corrupt_record_fails_closed(lease_registry):
@@ -232,16 +244,35 @@ def test_shared_claim_records_the_busy_cpus():
         assert busy_cpus() == {0, 1}
 
 
-def test_registry_is_under_xdg_runtime_dir_else_a_private_temp_dir(tmp_path, monkeypatch):
-    monkeypatch.delenv(REGISTRY_ENV)
+def test_registry_is_one_folder_per_user_not_under_session_dirs(tmp_path, monkeypatch):
+    # XDG_RUNTIME_DIR and TMPDIR differ between sessions of one user: they must not matter.
+    expected = Path(f"/tmp/pinbackend-{os.getuid()}")
+    existed = expected.exists()
     runtime = tmp_path / "run-user"
     runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    assert registry_dir() == runtime / "pinbackend"
-    assert stat.S_IMODE(os.stat(runtime / "pinbackend").st_mode) == 0o700
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert registry_dir() == tmp_path / f"pinbackend-{os.getuid()}"
+    try:
+        with monkeypatch.context() as patch:
+            patch.delenv(REGISTRY_ENV)
+            patch.setenv("XDG_RUNTIME_DIR", str(runtime))
+            patch.setenv("TMPDIR", str(tmp_path))
+            patch.setattr(tempfile, "tempdir", str(tmp_path))
+            assert registry_dir() == expected
+            assert stat.S_IMODE(os.stat(expected).st_mode) == 0o700
+            assert not (runtime / "pinbackend").exists()
+    finally:
+        if not existed:
+            expected.rmdir()
+
+
+def test_registry_variable_wins_and_must_be_absolute(tmp_path, monkeypatch):
+    chosen = tmp_path / "chosen"
+    with monkeypatch.context() as patch:
+        patch.setenv(REGISTRY_ENV, str(chosen))
+        assert registry_dir() == chosen
+        assert stat.S_IMODE(os.stat(chosen).st_mode) == 0o700
+        patch.setenv(REGISTRY_ENV, "leases")
+        with pytest.raises(RegistryError, match=r"PINBACKEND_RUNTIME_DIR='leases' is relative"):
+            registry_dir()
 
 
 def test_registry_refuses_a_hard_linked_lock_file(lease_registry, tmp_path):
@@ -251,3 +282,4 @@ def test_registry_refuses_a_hard_linked_lock_file(lease_registry, tmp_path):
     os.link(elsewhere, lease_registry / "cpu-0.lock")
     with pytest.raises(RegistryError, match=r"cpu-0\.lock: not a private regular file .*2 links"):
         claim({0})
+    assert_refused_path_reads_as_busy(lease_registry / "cpu-0.lock", 0)

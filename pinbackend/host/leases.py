@@ -1,21 +1,27 @@
 """Host-local core leases: which process holds which CPUs, without a central server.
 
-A lease on a CPU is an exclusive ``flock`` on that CPU's lock file in a per-user runtime
+A lease on a CPU is an exclusive ``flock`` on that CPU's lock file in a per-user registry
 directory. The kernel drops the lock when the holder dies (SIGKILL included), so a crashed
 worker's cores are free at once. Every process on the host (workers of one pool, several
 ``dask worker`` runs, separate jobs) claims through the same files, so each holds a
 different set of CPUs. A nested pool claims inside its parent lease's *scope* (a
 sub-directory), subdividing the parent's cores instead of competing for them.
+
+Whatever goes wrong fails closed with one line that names the cause and the remedy: a claim
+that cannot finish holds nothing, and a lock file whose record cannot be trusted counts as
+held by an unknown process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import os
-import shutil
+import re
 import stat
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import _platform
+from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 
 __all__ = [
@@ -41,10 +48,36 @@ __all__ = [
     "registry_dir",
 ]
 
-#: Environment variable that overrides where the lease files live.
+#: Environment variable that overrides where the lease files live (an absolute path).
 REGISTRY_ENV = "PINBACKEND_RUNTIME_DIR"
 _POLL_SECONDS = 0.05
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | _platform.SAFE_OPEN_FLAGS
+#: Where the registry lives when the variable is unset: one fixed folder per user. Session
+#: variables (``XDG_RUNTIME_DIR``, ``TMPDIR``) differ between an ssh login, a cron job and a
+#: batch job of one user; a registry that followed them would split the host into registries
+#: that cannot see each other's locks, and two jobs would both get CPU 0.
+_DEFAULT_PARENT = Path("/tmp")
+#: Bounds on what a record read back from a lock or job file may be. A record holds whatever
+#: the process that wrote it put there (another version, a bug, something hostile): readers
+#: check every field instead of trusting it, and never parse more than this.
+RECORD_LIMIT = 1 << 20
+_CPU_LIMIT = 1 << 16
+_PID_LIMIT = (1 << 31) - 1
+_COMMAND_LIMIT = 8192
+_LEASE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_LOCK_NAME = re.compile(r"cpu-(0|[1-9][0-9]{0,4})\.lock")
+#: How often a claim retries a lock file that the scope collector unlinked under it.
+_RELOCK_ATTEMPTS = 10
+#: ``open()`` failures that mean "this path is not a lock file we made": a symlink (ELOOP on
+#: Linux, EMLINK on the BSDs with O_NOFOLLOW), a FIFO or socket, a directory.
+_PLANTED_ERRNOS = frozenset({errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR, errno.ENOTDIR})
+_REMEDIES = {
+    getattr(errno, "EDQUOT", None): "your disk quota is used up: free space",
+    errno.ENOSPC: "the file system is full: free space on it",
+    errno.EROFS: "the file system is read-only: make it writable",
+    errno.EACCES: "make it writable by you (check its owner and mode)",
+    errno.EPERM: "make it writable by you (check its owner, mode and attributes)",
+}
 
 
 class LeaseError(RuntimeError):
@@ -62,6 +95,10 @@ class LeaseConflict(LeaseError):
         super().__init__(message)
         self.busy = busy
         self.holders = tuple(holders)
+
+    def __reduce__(self):
+        # A pool worker's claim error travels to the caller pickled: keep every field.
+        return type(self), (str(self), self.busy, self.holders)
 
 
 @dataclass(frozen=True)
@@ -91,37 +128,62 @@ class LeaseInfo:
         }
 
 
+def registry_failure(action: str, path: Path | str, error: OSError) -> RegistryError:
+    """One line for an OS error in the registry: what failed where, why, and what to do."""
+    remedy = _REMEDIES.get(error.errno, "fix that")
+    return RegistryError(
+        f"cannot {action} {path}: {error.strerror or error}; {remedy}, or set {REGISTRY_ENV} "
+        f"to a private directory elsewhere. See {troubleshooting('lease-registry-unusable')}"
+    )
+
+
 def registry_dir() -> Path:
     """Return the checked per-user lease directory, creating it (mode 0700) when missing.
 
-    ``$PINBACKEND_RUNTIME_DIR`` if set, else ``$XDG_RUNTIME_DIR/pinbackend``, else
-    ``<tempdir>/pinbackend-<uid>``. It must be a real directory owned by us with no access
-    for group or others; anything else raises :class:`RegistryError`.
+    ``$PINBACKEND_RUNTIME_DIR`` if set (it must be absolute), else ``/tmp/pinbackend-<uid>``:
+    the same folder for every process of a user, whatever its session's environment. It must
+    be a real directory owned by us with no access for group or others; anything else raises
+    :class:`RegistryError`.
     """
     if not _platform.CAN_LOCK_FILES:
         raise RegistryError(f"core leases need flock(), which {sys.platform} does not have")
     override = os.environ.get(REGISTRY_ENV)
     if override:
         path = Path(override)
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "pinbackend"
+        if not path.is_absolute():
+            # A relative path names a different folder in every working directory.
+            raise RegistryError(
+                f"{REGISTRY_ENV}={override!r} is relative; it must be an absolute path "
+                f"(e.g. /tmp/pinbackend-{os.getuid()}), the same for every process"
+            )
     else:
-        path = Path(tempfile.gettempdir()) / f"pinbackend-{os.getuid()}"
+        path = _DEFAULT_PARENT / f"pinbackend-{os.getuid()}"
     _ensure_private_dir(path)
     return path
 
 
 def _ensure_private_dir(path: Path) -> None:
+    for _ in range(_RELOCK_ATTEMPTS):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise registry_failure("create the lease directory", path, error) from None
+        if _check_private_dir(path):
+            return
+        # A scope folder the collector removed between our mkdir and our look: make it again.
+    raise RegistryError(f"the lease directory {path} keeps disappearing; is something removing it?")
+
+
+def _check_private_dir(path: Path) -> bool:
+    """Check that ``path`` is a private directory of ours; False if it does not exist."""
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
     except OSError as error:
-        raise RegistryError(
-            f"cannot create the lease directory {path}: {error.strerror}; set "
-            f"{REGISTRY_ENV} to a writable private directory"
-        ) from None
-    info = os.lstat(path)
+        raise registry_failure("read the lease directory", path, error) from None
     problem = None
     if stat.S_ISLNK(info.st_mode):
         problem = "is a symbolic link"
@@ -136,29 +198,56 @@ def _ensure_private_dir(path: Path) -> None:
             f"refusing to use lease directory {path}: it {problem}. Remove it, fix it "
             f"(chmod 700), or set {REGISTRY_ENV} to a private directory of yours"
         )
+    return True
 
 
-def _scope_dir(scope: str) -> Path:
+def _scope_dir(scope: str, *, create: bool = True) -> Path | None:
+    """The folder of a scope (the registry itself for ``""``); None if missing and not created."""
     base = registry_dir()
     if not scope:
         return base
+    if not _LEASE_ID.fullmatch(scope):
+        # Scopes come from PINBACKEND_SCOPE: never let one name a path outside the registry.
+        raise LeaseError(
+            f"lease scope {scope!r} is not a lease id (letters, digits, '-', '_'); "
+            f"unset PINBACKEND_SCOPE or set it to the id of a live lease"
+        )
     path = base / f"scope-{scope}"
-    _ensure_private_dir(path)
+    if create:
+        _ensure_private_dir(path)
+    elif not _check_private_dir(path):
+        return None
     return path
 
 
-def _open_lock(directory: Path, cpu: int) -> int:
-    """Open (creating) one CPU's lock file safely: no symlinks, regular file, ours, one link."""
+def _is_lock_file(info: os.stat_result) -> bool:
+    """A lock file we made: a regular file of ours that no other name aliases."""
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_nlink == 1
+
+
+def _open_lock(directory: Path, cpu: int) -> int | None:
+    """Open (creating) one CPU's lock file safely: no symlinks, regular file, ours, one link.
+
+    None when the scope collector removed the file or its folder meanwhile: try again.
+    """
     path = directory / f"cpu-{cpu}.lock"
     try:
         fd = os.open(path, _OPEN_FLAGS, 0o600)
+    except FileNotFoundError:
+        _ensure_private_dir(directory)
+        return None
     except OSError as error:
+        if error.errno not in _PLANTED_ERRNOS:
+            raise registry_failure("open lease file", path, error) from None
         raise RegistryError(
             f"refusing lease file {path}: {error.strerror} (a symbolic link or something that "
             f"is not a regular file was planted there?); remove it or set {REGISTRY_ENV}"
         ) from None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+    if info.st_nlink == 0:
+        os.close(fd)
+        return None
+    if not _is_lock_file(info):
         os.close(fd)
         raise RegistryError(
             f"refusing lease file {path}: not a private regular file of yours "
@@ -167,26 +256,122 @@ def _open_lock(directory: Path, cpu: int) -> int:
     return fd
 
 
-def _read_record(fd: int, cpu: int, scope: str) -> LeaseInfo:
-    for _ in range(3):
-        raw = os.pread(fd, 65536, 0)
+def _lock_one(directory: Path, cpu: int) -> int | None:
+    """Lock one CPU's file: its open descriptor, or None while another lease holds it."""
+    for _ in range(_RELOCK_ATTEMPTS):
+        fd = _open_lock(directory, cpu)
+        if fd is None:
+            continue
         try:
-            data = json.loads(raw)
-            return LeaseInfo(
-                lease_id=str(data["lease_id"]),
-                pid=int(data["pid"]),
-                cores=frozenset(int(c) for c in data["cores"]),
-                command=str(data["command"]),
-                since=float(data["since"]),
-                scope=scope,
-                shared=frozenset(int(c) for c in data.get("shared", ())),
-                owner=data.get("owner"),
-            )
-        except (ValueError, KeyError, TypeError):
-            time.sleep(0.01)  # the holder may be writing its record right now
+            if not _platform.lock_exclusive(fd):
+                os.close(fd)
+                return None
+            if os.fstat(fd).st_nlink > 0:
+                return fd
+        except OSError as error:
+            os.close(fd)
+            raise registry_failure("lock", directory / f"cpu-{cpu}.lock", error) from None
+        # The scope collector unlinked the file between our open() and our flock(): a lock
+        # on it would guard nothing, so lock the file now at that path instead.
+        os.close(fd)
+    return None  # fail closed: count the CPU as busy
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a record may hold")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def parse_record(raw: bytes) -> dict | None:
+    """Parse a JSON object another process wrote (maybe hostile); None if it is anything else.
+
+    Infinity, NaN and out-of-range floats are refused (``int(inf)`` raises OverflowError),
+    integers of thousands of digits raise ValueError, and deep nesting (``[[[[...``) raises
+    RecursionError: all mean "unreadable", none escapes.
+    """
+    if len(raw) > RECORD_LIMIT:
+        return None
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_pid(value: object) -> bool:
+    """Whether a record's value can be a process id (an int, not a bool, in pid_t's range)."""
+    return type(value) is int and 0 < value <= _PID_LIMIT
+
+
+def is_timestamp(value: object) -> bool:
+    """Whether a record's value can be a time in seconds since the epoch."""
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
+def _is_cpu_list(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) <= _CPU_LIMIT
+        and all(type(cpu) is int and 0 <= cpu < _CPU_LIMIT for cpu in value)
+    )
+
+
+def _lease_from_record(data: dict, cpu: int, scope: str) -> LeaseInfo | None:
+    """The lease a record describes, or None if a field is missing, odd or out of range."""
+    cores, shared = data.get("cores"), data.get("shared", [])
+    owner = data.get("owner")
+    valid = (
+        isinstance(data.get("lease_id"), str)
+        and _LEASE_ID.fullmatch(data["lease_id"])
+        and is_pid(data.get("pid"))
+        and _is_cpu_list(cores)
+        and cpu in cores  # a record in CPU 2's file that does not claim CPU 2 is not ours
+        and _is_cpu_list(shared)
+        and set(shared) <= set(cores)
+        and isinstance(data.get("command"), str)
+        and is_timestamp(data.get("since"))
+        and (owner is None or is_pid(owner))
+    )
+    if not valid:
+        return None
+    return LeaseInfo(
+        lease_id=data["lease_id"],
+        pid=data["pid"],
+        cores=frozenset(cores),
+        command=data["command"],
+        since=float(data["since"]),
+        scope=scope,
+        shared=frozenset(shared),
+        owner=owner,
+    )
+
+
+def _unknown_holder(cpu: int, scope: str) -> LeaseInfo:
     return LeaseInfo(
         f"unknown-cpu-{cpu}", None, frozenset({cpu}), "(unreadable record)", None, scope
     )
+
+
+def _read_record(fd: int, cpu: int, scope: str) -> LeaseInfo:
+    """The lease recorded in a held lock file; an unknown holder if it cannot be trusted."""
+    for attempt in range(3):
+        if attempt:
+            time.sleep(0.01)  # the holder may be writing its record right now
+        info = None
+        # One byte more than the limit allows, so that a larger record is seen as such.
+        size = min(os.fstat(fd).st_size, RECORD_LIMIT) + 1
+        data = parse_record(os.pread(fd, size, 0))
+        if data is not None:
+            info = _lease_from_record(data, cpu, scope)
+        if info is not None:
+            return info
+    return _unknown_holder(cpu, scope)
 
 
 @dataclass(eq=False)
@@ -222,7 +407,7 @@ class Lease:
             fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
-        _remove_idle_scope(self.lease_id)
+        _remove_idle_scope(self.info)
 
     def __enter__(self) -> Lease:
         return self
@@ -275,6 +460,7 @@ def claim(
     busy CPUs are used without holding them (the lease records them as shared) and the
     caller is expected to warn. ``owner`` is the pid of the process that planned the pool
     this lease belongs to (a pool's own workers do not count as busy when it plans again).
+    All or nothing: a claim that fails holds none of the CPUs.
     """
     cores = _lease_set(cores)
     directory = _scope_dir(scope)
@@ -288,7 +474,9 @@ def claim(
     if busy and not share:
         _close_all(fds)
         raise _conflict(directory, busy, scope)
-    return _hold(cores, fds, scope=scope, shared=busy, command=command, owner=owner)
+    lease = _hold(cores, fds, directory, scope=scope, shared=busy, command=command, owner=owner)
+    _collect_after_claim(scope)
+    return lease
 
 
 def claim_first_free(
@@ -309,7 +497,11 @@ def claim_first_free(
         for cores in candidates:
             fds, busy = _try_lock_all(directory, cores)
             if not busy:
-                return _hold(cores, fds, scope=scope, shared=busy, command=None, owner=owner)
+                lease = _hold(
+                    cores, fds, directory, scope=scope, shared=busy, command=None, owner=owner
+                )
+                _collect_after_claim(scope)
+                return lease
             _close_all(fds)
         if time.monotonic() >= deadline:
             # Who holds what is read once, for the message, not on every poll.
@@ -327,6 +519,12 @@ def _lease_set(cores: Iterable[int]) -> frozenset[int]:
     cores = frozenset(cores)
     if not cores:
         raise LeaseError("cannot lease an empty set of CPUs; name at least one CPU")
+    odd = {cpu for cpu in cores if not (isinstance(cpu, int) and 0 <= cpu < _CPU_LIMIT)}
+    if odd:
+        raise LeaseError(
+            f"cannot lease CPUs {sorted(odd, key=str)}: CPU ids are integers from 0 to "
+            f"{_CPU_LIMIT - 1}"
+        )
     return cores
 
 
@@ -353,31 +551,50 @@ def _describe_holder(holder: LeaseInfo) -> str:
 def _hold(
     cores: frozenset[int],
     fds: dict[int, int],
+    directory: Path,
     *,
     scope: str,
     shared: frozenset[int],
     command: str | None,
     owner: int | None,
 ) -> Lease:
-    """Record the lease in every lock file it holds and keep it in this process's table."""
+    """Record the lease in every lock file it holds and keep it in this process's table.
+
+    A record that cannot be written (disk full, read-only) releases every lock taken so far:
+    a claim holds all its CPUs or none.
+    """
     info = LeaseInfo(
         lease_id=uuid.uuid4().hex[:12],
         pid=os.getpid(),
         cores=cores,
-        command=command if command is not None else _own_command(),
+        command=(command if command is not None else _own_command())[:_COMMAND_LIMIT],
         since=time.time(),
         scope=scope,
         shared=shared,
         owner=owner,
     )
     record = json.dumps(info.to_dict()).encode()
-    for fd in fds.values():
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
+    try:
+        for cpu, fd in fds.items():
+            try:
+                _write_record(fd, record)
+            except OSError as error:
+                path = directory / f"cpu-{cpu}.lock"
+                raise registry_failure("write the lease record into", path, error) from None
+    except BaseException:
+        _close_all(fds)
+        raise
     lease = Lease(info, fds)
     with _TABLE_LOCK:
         _HELD[info.lease_id] = lease
     return lease
+
+
+def _write_record(fd: int, record: bytes) -> None:
+    os.ftruncate(fd, 0)
+    if os.pwrite(fd, record, 0) != len(record):
+        # A short write on a nearly full disk: the record would read back as corrupt.
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _try_lock_all(directory: Path, cores: frozenset[int]) -> tuple[dict[int, int], frozenset]:
@@ -385,20 +602,19 @@ def _try_lock_all(directory: Path, cores: frozenset[int]) -> tuple[dict[int, int
     busy = set()
     try:
         for cpu in sorted(cores):
-            fd = _open_lock(directory, cpu)
-            if _platform.lock_exclusive(fd):
-                fds[cpu] = fd
-            else:
-                os.close(fd)
+            fd = _lock_one(directory, cpu)
+            if fd is None:
                 busy.add(cpu)
+            else:
+                fds[cpu] = fd
     except BaseException:
         _close_all(fds)
         raise
     return fds, frozenset(busy)
 
 
-def _close_all(fds: dict[int, int]) -> None:
-    for fd in fds.values():
+def _close_all(fds: dict[int, int] | list[int]) -> None:
+    for fd in fds.values() if isinstance(fds, dict) else fds:
         os.close(fd)
 
 
@@ -406,20 +622,40 @@ def _own_command() -> str:
     return " ".join(sys.argv) or sys.executable
 
 
+def _holder_of(directory: Path, cpu: int, scope: str) -> LeaseInfo | None:
+    """Who holds one CPU's lock: None if nobody; an unknown holder if nobody can be trusted.
+
+    Fails closed: a path no claim could lock (a symlink, FIFO, directory, another user's or a
+    hard-linked file) and a held lock with a record that does not check out both make the
+    CPU busy, never free.
+    """
+    try:
+        fd = os.open(directory / f"cpu-{cpu}.lock", os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _unknown_holder(cpu, scope)
+    try:
+        info = os.fstat(fd)
+        if info.st_nlink == 0:
+            return None  # the scope collector removed it after we opened it
+        if not _is_lock_file(info):
+            return _unknown_holder(cpu, scope)
+        if not _platform.probe_lock(fd):
+            return None
+        return _read_record(fd, cpu, scope)
+    except OSError:
+        return _unknown_holder(cpu, scope)
+    finally:
+        os.close(fd)
+
+
 def _holders(directory: Path, cpus: Iterable[int], scope: str) -> list[LeaseInfo]:
     found: dict[str, LeaseInfo] = {}
     for cpu in sorted(cpus):
-        path = directory / f"cpu-{cpu}.lock"
-        try:
-            fd = os.open(path, os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
-        except OSError:
-            continue
-        try:
-            if _platform.probe_lock(fd):
-                info = _read_record(fd, cpu, scope)
-                found.setdefault(info.lease_id, info)
-        finally:
-            os.close(fd)
+        info = _holder_of(directory, cpu, scope)
+        if info is not None:
+            found.setdefault(info.lease_id, info)
     return list(found.values())
 
 
@@ -427,25 +663,42 @@ def list_leases(scope: str | None = "") -> list[LeaseInfo]:
     """Return the live leases in a scope, oldest first.
 
     ``""`` is the host scope (top-level leases); a lease id is the scope of the pools nested
-    inside that lease; ``None`` lists every scope.
+    inside that lease; ``None`` lists every scope, and removes the scope folders of leases
+    that ended without :meth:`Lease.release` (killed, or handed to a program by ``exec``).
     """
-    if scope is None:
-        scopes = [""] + [
-            entry.name.removeprefix("scope-")
-            for entry in os.scandir(registry_dir())
-            if entry.name.startswith("scope-") and entry.is_dir(follow_symlinks=False)
-        ]
-        return [info for name in scopes for info in list_leases(name)]
-    directory = _scope_dir(scope)
-    cpus = []
-    for entry in os.listdir(directory):
-        if entry.startswith("cpu-") and entry.endswith(".lock"):
-            try:
-                cpus.append(int(entry[4:-5]))
-            except ValueError:
-                continue
-    leases = _holders(directory, cpus, scope)
+    if scope is not None:
+        return _leases_in(scope)
+    # Folders first, leases second: a parent lease held when its folder was listed is then
+    # among the leases read (see _remove_stale_scopes).
+    names = _scope_names()
+    leases = [info for name in ["", *names] for info in _leases_in(name)]
+    _remove_stale_scopes(names, leases)
+    return leases
+
+
+def _leases_in(scope: str) -> list[LeaseInfo]:
+    directory = _scope_dir(scope, create=False)
+    try:
+        entries = os.listdir(directory) if directory is not None else []
+    except FileNotFoundError:
+        entries = []  # collected meanwhile
+    except OSError as error:
+        raise registry_failure("list the lease directory", directory, error) from None
+    cpus = [int(match[1]) for match in map(_LOCK_NAME.fullmatch, entries) if match]
+    leases = _holders(directory, cpus, scope) if cpus else []
     return sorted(leases, key=lambda info: (info.since or 0.0, info.lease_id))
+
+
+def _scope_names() -> list[str]:
+    """The lease ids that have a scope folder in the registry."""
+    with os.scandir(registry_dir()) as entries:
+        return sorted(
+            entry.name.removeprefix("scope-")
+            for entry in entries
+            if entry.name.startswith("scope-")
+            and _LEASE_ID.fullmatch(entry.name.removeprefix("scope-"))
+            and entry.is_dir(follow_symlinks=False)
+        )
 
 
 def busy_cpus(scope: str = "", *, ignore_owner: int | None = None) -> frozenset[int]:
@@ -463,12 +716,75 @@ def busy_cpus(scope: str = "", *, ignore_owner: int | None = None) -> frozenset[
     )
 
 
-def _remove_idle_scope(lease_id: str) -> None:
+# Scope folders. A nested pool's folder is live while its parent lease is held. One that
+# outlived its parent (the parent was killed, or ended with the program it handed its
+# descriptors to) is removed by the next process that lists every scope or claims at the top.
+
+
+def _remove_stale_scopes(names: Iterable[str], leases: Iterable[LeaseInfo]) -> None:
+    """Remove the scope folders in ``names`` whose parent lease is not among ``leases``.
+
+    Lease ids are never reused, so a parent found free stays free; nested leases that an
+    orphan still holds keep their folder (see :func:`_remove_scope_folder`).
+    """
+    held = {info.lease_id for info in leases}
+    for name in names:
+        if name not in held:
+            _remove_scope_folder(name)
+
+
+def _collect_after_claim(scope: str) -> None:
+    """After a top-level claim: collect stale scope folders, if there are any (best effort)."""
+    if scope:
+        return
+    with contextlib.suppress(LeaseError, OSError):
+        names = _scope_names()
+        if names:
+            leases = [info for name in ["", *names] for info in _leases_in(name)]
+            _remove_stale_scopes(names, leases)
+
+
+def _remove_idle_scope(info: LeaseInfo) -> None:
+    """After a release: remove the lease's scope folder unless the lease lives on elsewhere.
+
+    A descriptor passed to a child keeps the lock (and the child's nested pools) alive.
+    """
+    with contextlib.suppress(LeaseError, OSError):
+        if not os.path.lexists(registry_dir() / f"scope-{info.lease_id}"):
+            return
+        directory = _scope_dir(info.scope, create=False)
+        held = info.cores - info.shared
+        if directory is not None and held:
+            holder = _holder_of(directory, min(held), info.scope)
+            if holder is not None and holder.lease_id == info.lease_id:
+                return
+        _remove_scope_folder(info.lease_id)
+
+
+def _remove_scope_folder(lease_id: str) -> None:
+    """Remove a scope folder whose leases are all free; leave it if anything is in the way.
+
+    Its lock files are unlinked only while we hold every one of their locks. A claim that
+    opened one before the unlink finds it locked (busy: it tries again) or, once we let go,
+    unlinked (:func:`_lock_one` then opens the new file at that path): nobody ends up holding
+    a lock file that is no longer in the registry.
+    """
+    fds: list[int] = []
     try:
-        path = registry_dir() / f"scope-{lease_id}"
-    except RegistryError:
-        return
-    if not path.is_dir() or path.is_symlink():
-        return
-    if not list_leases(lease_id):
-        shutil.rmtree(path, ignore_errors=True)
+        folder = registry_dir() / f"scope-{lease_id}"
+        if not _check_private_dir(folder):
+            return
+        names = os.listdir(folder)
+        for name in names:
+            if not _LOCK_NAME.fullmatch(name):
+                return  # not something we made: leave the folder alone
+            fds.append(os.open(folder / name, os.O_RDWR | _platform.SAFE_OPEN_FLAGS))
+            if not _is_lock_file(os.fstat(fds[-1])) or not _platform.lock_exclusive(fds[-1]):
+                return  # held by a live (orphaned) nested lease, or not a lock file
+        for name in names:
+            os.unlink(folder / name)
+        os.rmdir(folder)  # fails, harmlessly, if a claim created a file meanwhile
+    except (LeaseError, OSError):
+        return  # changed or removed meanwhile: a later pass tries again
+    finally:
+        _close_all(fds)
