@@ -19,11 +19,13 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 from _helpers import pinbackend_cli
 
 from pinbackend.cli import status
-from pinbackend.host import leases
+from pinbackend.host import jobs, leases
+from pinbackend.host.jobs import list_jobs, register_job
 from pinbackend.host.leases import (
     REGISTRY_ENV,
     LeaseConflict,
@@ -285,6 +287,145 @@ def test_a_lock_path_that_is_no_lock_file_reads_as_an_unknown_holder(
                 assert_unknown_holder_of_cpu(3, capsys)
     finally:
         path.rmdir() if kind == "directory" else path.unlink()
+
+
+# --- 4: job records -------------------------------------------------------------------------
+
+
+def write_job(directory: Path, pid: int, **changes) -> Path:
+    data = {"pid": pid, "command": "job", "since": 1.0, "options": {}, "create_time": 1.0}
+    path = directory / f"job-{pid}.json"
+    path.write_text(json.dumps({**data, **changes}))
+    return path
+
+
+def job_record(**raw_fields: bytes) -> bytes:
+    """A record of a live job (this process), with some fields replaced by raw JSON text."""
+    fields = {
+        "pid": str(os.getpid()).encode(),
+        "command": b'"job"',
+        "since": b"1.0",
+        "options": b'{"processes": 2}',
+        "create_time": repr(psutil.Process().create_time()).encode(),
+        **raw_fields,
+    }
+    return b"{" + b", ".join(b'"%s": %s' % (k.encode(), v) for k, v in fields.items()) + b"}"
+
+
+HOSTILE_JOBS = {
+    "pid Infinity": {"pid": b"Infinity"},
+    "pid 10**30": {"pid": b"1" + b"0" * 30},
+    "pid true": {"pid": b"true"},
+    "create_time NaN": {"create_time": b"NaN"},
+    "create_time 1e400": {"create_time": b"1e400"},
+    "since as text": {"since": b'"yesterday"'},
+    "command not text": {"command": b"[1]"},
+    "deeply nested options": {"options": b"[" * 100_000 + b"]" * 100_000},
+    "options nested": {"options": b'{"a": ' + b"[" * 500 + b"]" * 500 + b"}"},
+    "options with Infinity": {"options": b'{"a": Infinity}'},
+    "options a string": {"options": b'"ab"'},
+}
+
+
+def test_a_valid_job_record_of_a_live_process_is_listed(lease_registry, capsys):
+    # The control for the hostile variants below: the same record, unspoiled, is listed.
+    (lease_registry / f"job-{os.getpid()}.json").write_bytes(job_record())
+    (job,) = list_jobs()
+    assert (job.pid, job.options) == (os.getpid(), {"processes": 2})
+    as_json, _ = status_of_this_registry(capsys)
+    assert [job["pid"] for job in as_json["jobs"]] == [os.getpid()]
+
+
+@pytest.mark.parametrize("fields", HOSTILE_JOBS.values(), ids=HOSTILE_JOBS.keys())
+def test_a_hostile_job_record_is_ignored(fields, lease_registry, capsys):
+    path = lease_registry / f"job-{os.getpid()}.json"
+    path.write_bytes(job_record(**fields))
+    assert list_jobs() == []
+    as_json, _ = status_of_this_registry(capsys)
+    assert as_json["jobs"] == []
+    assert path.exists()  # not known to be stale: left alone
+
+
+def test_status_on_the_command_line_survives_a_hostile_job_record(lease_registry):
+    (lease_registry / f"job-{os.getpid()}.json").write_bytes(job_record(pid=b"Infinity"))
+    for args in (("status",), ("status", "--json")):
+        result = pinbackend_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+def test_register_job_on_an_unwritable_registry_raises_one_line(disk, tiny_registry):
+    registry = tiny_registry("size=16k")
+    if disk == "full":
+        fill(registry)
+        expected = "No space left on device"
+    else:
+        remount_read_only(registry)
+        expected = "Read-only file system"
+    with pytest.raises(RegistryError, match=expected) as error:
+        register_job("python -m pinbackend job.py", {"processes": 2})
+    assert_one_line_without_blaming_a_symlink(error.value)
+    assert sorted(p.name for p in registry.iterdir()) == (["filler"] if disk == "full" else [])
+
+
+# --- 5a: job records of killed jobs ---------------------------------------------------------
+
+JOB = textwrap.dedent(
+    """
+    import sys
+    from pinbackend.host.jobs import register_job
+    register_job("job-under-test", {})
+    print("registered", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_record_of_a_killed_job_is_removed_by_the_next_reader(how, lease_registry):
+    with subprocess.Popen(
+        [sys.executable, "-c", JOB], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as job:
+        assert job.stdout.readline().strip() == "registered"
+        assert [info.pid for info in list_jobs()] == [job.pid]
+        job.send_signal(how)
+        job.wait()
+    assert (lease_registry / f"job-{job.pid}.json").exists()  # nobody cleaned up at exit
+    assert list_jobs() == []
+    assert not (lease_registry / f"job-{job.pid}.json").exists()
+
+
+def test_register_job_removes_the_records_of_dead_and_reused_pids(lease_registry):
+    dead = write_job(lease_registry, 2**22 + 7)  # above any pid_max: never a live process
+    reused = write_job(lease_registry, os.getppid(), create_time=12.0)  # same pid, other start
+    job = register_job("python -m pinbackend job.py", {})
+    try:
+        assert not dead.exists() and not reused.exists()
+        assert [info.pid for info in list_jobs()] == [os.getpid()]
+    finally:
+        job.end()
+
+
+def test_a_stale_record_replaced_meanwhile_is_kept(lease_registry, monkeypatch):
+    # A reader finds job-<pid>.json stale; before it removes the file, the process that now
+    # has that pid registers itself: the new record must survive.
+    pid = os.getpid()
+    path = write_job(lease_registry, pid, create_time=12.0)
+    real_alive = jobs._alive
+
+    def alive_then_replaced(info):
+        result = real_alive(info)
+        if info.create_time == 12.0:
+            fresh = lease_registry / "fresh"
+            fresh.write_text(json.dumps({**json.loads(path.read_text()), "command": "fresh"}))
+            os.replace(fresh, path)
+        return result
+
+    monkeypatch.setattr(jobs, "_alive", alive_then_replaced)
+    list_jobs()
+    assert json.loads(path.read_text())["command"] == "fresh"
+    path.unlink()
 
 
 # --- 5b: scope folders of leases that ended without release() -------------------------------
