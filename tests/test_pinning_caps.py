@@ -6,7 +6,14 @@ import importlib.util
 import os
 
 import pytest
-from _helpers import FORBID_AFFINITY, blas_threads, last_json, needs_seccomp, run_python
+from _helpers import (
+    FORBID_AFFINITY,
+    blas_threads,
+    last_json,
+    needs_seccomp,
+    pinbackend_cli,
+    run_python,
+)
 
 from pinbackend.host.caps import THREAD_ENV_VARS, thread_env
 from pinbackend.host.pinning import PinningError, pin
@@ -175,3 +182,47 @@ def test_tbb_is_capped_by_global_control_and_by_the_mask():
     assert "tbb" in result["applied"]
     assert result["limit"] == 1
     assert result["arena"] == 1
+
+
+def test_cap_registry_takes_new_controllers_and_reports_what_it_set():
+    code = """
+    import json
+    import numpy
+    from pinbackend.host.caps import CapController, cap_threads, register, report_caps
+
+    class Recorder(CapController):
+        name = "recorder"
+        size = None
+        def available(self):
+            return True
+        def apply(self, n_threads):
+            type(self).size = n_threads
+        def report(self):
+            return {"recorder": type(self).size}
+
+    register(Recorder())
+    register(Recorder())  # once only
+    before = report_caps()
+    applied = cap_threads(1)
+    print(json.dumps({"before": before, "applied": applied, "after": report_caps()}))
+    """
+    data = last_json(run_python(code).stdout)
+    assert data["applied"].count("recorder") == 1 and "threadpoolctl" in data["applied"]
+    assert data["before"]["recorder"] is None
+    assert data["after"]["recorder"] == 1 and data["after"]["blas"] == 1
+    with pytest.raises(TypeError, match="needs a CapController instance"):
+        from pinbackend.host.caps import register
+
+        register(object())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tbb") is None, reason="tbb4py not installed")
+def test_the_runner_caps_tbb_in_the_main_process_through_the_registry(tmp_path):
+    script = tmp_path / "late_tbb.py"
+    script.write_text(
+        "import json, tbb\n"
+        "limit = tbb.global_control.active_value(tbb.global_control.max_allowed_parallelism)\n"
+        "print(json.dumps({'tbb': limit}))\n"
+    )
+    result = pinbackend_cli("-t", "1", str(script), check=True)
+    assert last_json(result.stdout) == {"tbb": 1}

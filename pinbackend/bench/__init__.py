@@ -9,7 +9,7 @@ The pieces, one module per reason to change:
 * :mod:`.measure` and :mod:`._child`: one measurement in its own process, with a timeout;
 * :mod:`.procstat`: the kernel's counters (noise, migrations, preemptions);
 * :mod:`.suite`: the interleaved rounds; :mod:`.report`, :mod:`.targets`, :mod:`.chart`:
-  the table, the JSON, the checks of the issue's targets and the PNG chart.
+  the table, the JSON, the checks of the targets and the PNG chart.
 
 Importing this package imports neither scikit-learn nor Dask (joblib itself loads numpy).
 """

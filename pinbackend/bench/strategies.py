@@ -76,7 +76,7 @@ class Strategy:
         """The command line that starts a measurement of this strategy.
 
         The hook for strategies that must start the measurement under a launcher (the script
-        runner of issue 6 would return ``[python, "-m", "pinbackend", <runner options>,
+        runner would return ``[python, "-m", "pinbackend", <runner options>,
         "-m", "pinbackend.bench._child"]``).
         """
         return [python, "-m", "pinbackend.bench._child"]

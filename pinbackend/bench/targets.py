@@ -1,4 +1,4 @@
-"""The targets of issue 7, checked on a result document (``bench --check``).
+"""The benchmark targets, checked on a result document (``bench --check``).
 
 Every check works on medians of paired measurements (the two strategies' runs of the same
 round) and says ``pass``, ``fail``, ``n/a`` (a strategy or workload was not measured, or is
@@ -111,7 +111,7 @@ class _Checker:
 
 
 def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
-    """Check every target of the issue on ``doc`` (with ``summary`` from :func:`summarize`)."""
+    """Check every benchmark target on ``doc`` (with ``summary`` from :func:`summarize`)."""
     check = _Checker(doc, summary)
     n_jobs = doc["config"]["n_jobs"]
 
@@ -183,7 +183,7 @@ def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
 
 
 def _daemon(check: _Checker) -> None:
-    """Not a target of the issue, but its point: the pinned job leaves the daemon alone."""
+    """Not a target, but the point of it all: the pinned job leaves the daemon alone."""
     key, target = "daemon-left-alone", "Daemon (extra check): keeps >= 90% of its rate"
     if not check.comparable(key, target, "daemon", "pinned", "none"):
         return
@@ -246,7 +246,7 @@ def _pool_start(check: _Checker) -> None:
 
 def format_targets(results: list[TargetResult]) -> str:
     """One line per target: PASS/FAIL/N/A/INFO, the target, the numbers."""
-    lines = ["targets (issue 7):"]
+    lines = ["targets:"]
     for result in results:
         mark = result.status.upper()
         noisy = " [noisy runs: weak verdict]" if result.noisy else ""

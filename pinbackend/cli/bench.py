@@ -118,7 +118,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="check the issue's targets; exit status 1 if one fails",
+        help="check the benchmark's targets; exit status 1 if one fails",
     )
     parser.add_argument(
         "--plugin",

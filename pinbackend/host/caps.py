@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from typing import ClassVar
 
-__all__ = ["THREAD_ENV_VARS", "cap_threads", "thread_env"]
+__all__ = [
+    "THREAD_ENV_VARS",
+    "CapController",
+    "cap_openmp_in_this_thread",
+    "cap_threads",
+    "register",
+    "report_caps",
+    "thread_env",
+]
 
 #: Variables read when a library loads; OpenMP's is also read by each new thread's ICVs.
 THREAD_ENV_VARS = (
@@ -41,19 +50,39 @@ def thread_env(n_threads: int) -> dict[str, str]:
     return {**dict.fromkeys(THREAD_ENV_VARS, value), "PYTHON_CPU_COUNT": value}
 
 
-class _Cap:
-    """One kind of thread pool that can be capped at run time."""
+# threadpoolctl is not thread-safe (threadpoolctl#205): every call goes through this lock.
+_THREADPOOLCTL_LOCK = threading.RLock()
+
+
+class CapController:
+    """One kind of thread pool that can be capped at run time and report its size.
+
+    Subclasses set ``name`` and implement :meth:`available`, :meth:`apply` and
+    :meth:`report`; :func:`register` adds one to the registry every cap goes through.
+    """
 
     name: ClassVar[str]
 
     def available(self) -> bool:
+        """Whether this kind of pool is loaded (or loadable) in this process."""
         raise NotImplementedError
 
     def apply(self, n_threads: int) -> None:
+        """Cap the pool to ``n_threads`` for this process, from now on."""
+        raise NotImplementedError
+
+    def report(self) -> dict[str, int]:
+        """The pool sizes in force now, by pool kind (empty when not loaded)."""
         raise NotImplementedError
 
 
-class _ThreadpoolctlCap(_Cap):
+def _ready(module: str, attribute: str) -> bool:
+    """Whether ``module`` is imported far enough to have ``attribute`` (a cap may run while
+    the module itself is still importing its extension)."""
+    return hasattr(sys.modules.get(module), attribute)
+
+
+class _ThreadpoolctlCap(CapController):
     """BLAS (OpenBLAS, MKL, BLIS, FlexiBLAS) and OpenMP runtimes, through threadpoolctl."""
 
     name = "threadpoolctl"
@@ -65,17 +94,31 @@ class _ThreadpoolctlCap(_Cap):
         from threadpoolctl import threadpool_limits
 
         # Applies now, for good; OpenMP's limit is per calling thread (see docs).
-        threadpool_limits(limits=n_threads)
+        with _THREADPOOLCTL_LOCK:
+            threadpool_limits(limits=n_threads)
+
+    def report(self) -> dict[str, int]:
+        from threadpoolctl import threadpool_info
+
+        with _THREADPOOLCTL_LOCK:
+            pools = threadpool_info()
+        sizes: dict[str, int] = {}
+        for pool in pools:
+            api = pool["user_api"]
+            sizes[api] = max(sizes.get(api, 0), pool["num_threads"])
+        return sizes
 
 
-class _TbbCap(_Cap):
+class _TbbCap(CapController):
     """TBB through tbb4py's ``global_control`` (threadpoolctl does not cover TBB)."""
 
     name = "tbb"
     _control = None
 
     def available(self) -> bool:
-        return "tbb" in sys.modules or importlib.util.find_spec("tbb") is not None
+        if "tbb" in sys.modules:
+            return _ready("tbb", "global_control")
+        return importlib.util.find_spec("tbb") is not None
 
     def apply(self, n_threads: int) -> None:
         import tbb
@@ -85,36 +128,70 @@ class _TbbCap(_Cap):
             tbb.global_control.max_allowed_parallelism, n_threads
         )
 
+    def report(self) -> dict[str, int]:
+        if not _ready("tbb", "global_control"):
+            return {}
+        import tbb
 
-class _NumbaCap(_Cap):
+        return {"tbb": tbb.global_control.active_value(tbb.global_control.max_allowed_parallelism)}
+
+
+class _NumbaCap(CapController):
     """numba's own thread pool, when numba is already imported."""
 
     name = "numba"
 
     def available(self) -> bool:
-        return "numba" in sys.modules
+        return _ready("numba", "set_num_threads")
 
     def apply(self, n_threads: int) -> None:
         import numba
 
         numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
 
+    def report(self) -> dict[str, int]:
+        if not _ready("numba", "get_num_threads"):
+            return {}
+        import numba
 
-class _NumexprCap(_Cap):
+        return {"numba": numba.get_num_threads()}
+
+
+class _NumexprCap(CapController):
     """numexpr's thread pool, when numexpr is already imported."""
 
     name = "numexpr"
 
     def available(self) -> bool:
-        return "numexpr" in sys.modules
+        return _ready("numexpr", "set_num_threads")
 
     def apply(self, n_threads: int) -> None:
         import numexpr
 
         numexpr.set_num_threads(n_threads)
 
+    def report(self) -> dict[str, int]:
+        if not self.available():
+            return {}
+        import numexpr
 
-CAPS: list[_Cap] = [_ThreadpoolctlCap(), _TbbCap(), _NumbaCap(), _NumexprCap()]
+        # set_num_threads returns the previous value: set it back at once to read it.
+        current = numexpr.set_num_threads(1)
+        numexpr.set_num_threads(current)
+        return {"numexpr": current}
+
+
+CAPS: list[CapController] = [_ThreadpoolctlCap(), _TbbCap(), _NumbaCap(), _NumexprCap()]
+
+
+def register(controller: CapController) -> None:
+    """Add a cap controller: every slot applied from now on caps its pool too."""
+    if not isinstance(controller, CapController):
+        raise TypeError(
+            f"register() needs a CapController instance; got {type(controller).__name__}"
+        )
+    if all(type(existing) is not type(controller) for existing in CAPS):
+        CAPS.append(controller)
 
 
 def cap_threads(n_threads: int) -> list[str]:
@@ -126,3 +203,21 @@ def cap_threads(n_threads: int) -> list[str]:
             cap.apply(n_threads)
             applied.append(cap.name)
     return applied
+
+
+def cap_openmp_in_this_thread(n_threads: int) -> None:
+    """Cap the OpenMP teams the calling thread starts (OpenMP limits are per thread)."""
+    from threadpoolctl import threadpool_limits
+
+    _check_threads(n_threads)
+    with _THREADPOOLCTL_LOCK:
+        threadpool_limits(limits=n_threads, user_api="openmp")
+
+
+def report_caps() -> dict[str, int]:
+    """The size of every capped pool kind loaded in this process (``{"blas": 2, ...}``)."""
+    sizes: dict[str, int] = {}
+    for cap in CAPS:
+        if cap.available():
+            sizes.update(cap.report())
+    return sizes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import sys
 import threading
 
 from .. import _platform
@@ -34,7 +35,10 @@ _POOL_LIBRARY_PREFIXES = (
     "libomp",
     "libiomp",
     "vcomp",
+    "libtbb",
 )
+# Python-level pools that host.caps also caps, noticed when their modules appear.
+_POOL_MODULES = ("numba", "numexpr", "tbb")
 
 
 class LibraryWatch:
@@ -45,20 +49,26 @@ class LibraryWatch:
     def __init__(self, threads: int):
         self.threads = threads
         self._seen = _platform.loaded_libraries() or frozenset()
+        self._modules = self._pool_modules()
         self._lock = threading.Lock()
         self._original = None
 
+    @staticmethod
+    def _pool_modules() -> frozenset[str]:
+        return frozenset(name for name in _POOL_MODULES if name in sys.modules)
+
     def check(self) -> None:
-        """Cap again if a library threadpoolctl knows has loaded since the last check."""
+        """Cap again (every kind :mod:`pinbackend.host.caps` knows) if a thread-pool library
+        or module has loaded since the last check."""
         loaded = _platform.loaded_libraries()
+        modules = self._pool_modules()
         with self._lock:
-            if loaded is not None:
+            new_modules, self._modules = modules - self._modules, modules
+            if loaded is not None and not new_modules:
                 new, self._seen = loaded - self._seen, loaded
                 if not any(os.path.basename(p).startswith(_POOL_LIBRARY_PREFIXES) for p in new):
                     return
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=self.threads)
+        cap_threads(self.threads)
 
     def install(self) -> None:
         """Hook extension-module creation (where their shared libraries get loaded)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..host.caps import cap_openmp_in_this_thread
 from ..host.lifecycle import join_pool
 from ..host.pool import PoolPlan
 from ._claim_errors import ClaimErrors
@@ -52,8 +53,6 @@ def start_pool_thread(openmp_threads: int, initializer: Callable | None, initarg
     OpenMP's thread count is a per-thread setting (a new thread starts from the process
     default), so each pool thread caps its own.
     """
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=openmp_threads, user_api="openmp")
+    cap_openmp_in_this_thread(openmp_threads)
     if initializer is not None:
         initializer(*initargs)
