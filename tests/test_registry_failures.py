@@ -289,6 +289,14 @@ def test_a_lock_path_that_is_no_lock_file_reads_as_an_unknown_holder(
         path.rmdir() if kind == "directory" else path.unlink()
 
 
+def test_status_shows_a_hostile_command_without_its_control_characters(lease_registry, capsys):
+    content = record(command="evil\x1b]0;pwned\x07\nsecond line", pid=os.getpid())
+    with held_by_a_stranger(lease_registry / "cpu-2.lock", content):
+        _, text = status_of_this_registry(capsys)
+    assert "\x1b" not in text and "\x07" not in text and "second line" in text
+    assert len([line for line in text.splitlines() if "evil" in line]) == 1
+
+
 # --- 4: job records -------------------------------------------------------------------------
 
 

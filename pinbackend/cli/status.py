@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print("runner jobs:")
         print(f"{'pid':>8}  {'age':>8}  command")
         for job in jobs:
-            print(f"{job.pid:>8}  {now - job.since:>7.0f}s  {job.command}")
+            print(f"{job.pid:>8}  {now - job.since:>7.0f}s  {_printable(job.command)}")
     if not leases:
         print("no leases held")
         return 0
@@ -64,6 +64,15 @@ def run(args: argparse.Namespace) -> int:
         job = owners[info.lease_id]
         print(
             f"{info.pid if info.pid is not None else '?':>8}  {cores:<12} {age:>8}  "
-            f"{info.scope or '-':<12}  {job.pid if job else '-':>8}  {info.command}"
+            f"{info.scope or '-':<12}  {job.pid if job else '-':>8}  {_printable(info.command)}"
         )
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``).
+
+    A command comes from a record any process of this user can write: printed raw, escape
+    sequences could retitle or clear the terminal, and a newline could forge a table row.
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
