@@ -3,14 +3,18 @@
 Both ``__init__`` methods are wrapped in place (see :mod:`._mp_pool` for why). Worker
 processes of an executor start lazily and are replaced when ``max_tasks_per_child`` is
 reached; each runs the chained initializer and claims a free slot of the executor's plan.
+A worker that cannot claim one breaks the executor, and the pending futures raise its
+error (:mod:`._claim_errors`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import functools
 import multiprocessing
 
+from ._claim_errors import ClaimErrors, watch_executor, wrap_terminate_broken
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
 from ._plan import plan_process_pool, thread_pool_size, track_pool
@@ -36,19 +40,21 @@ def _wrap_process(original):
             return original(self, max_workers, mp_context, initializer, initargs, **kwargs)
         what = f"{type(self).__name__}(max_workers={max_workers!r})"
         plan = plan_process_pool(config, max_workers, what, release_stray=release_idle_workers)
-        # Without a context and with max_tasks_per_child, the executor picks 'spawn' itself.
-        if mp_context is None and kwargs.get("max_tasks_per_child") is None:
-            mp_context = multiprocessing.get_context()
-        if mp_context is not None:
-            mp_context = safe_context(mp_context, plan.slots, what)
+        if mp_context is None:
+            # The executor's own choice, made here: the claim-error queue needs the context.
+            with_spawn = kwargs.get("max_tasks_per_child") is not None
+            mp_context = multiprocessing.get_context("spawn" if with_spawn else None)
+        mp_context = safe_context(mp_context, plan.slots, what)
+        claim_errors = ClaimErrors(mp_context)
         original(
             self,
             plan.n_workers,
             mp_context,
             start_process_worker,
-            (plan, config, initializer, initargs),
+            (plan, config, initializer, initargs, claim_errors),
             **kwargs,
         )
+        watch_executor(self, claim_errors)
         track_pool(self, plan, _executor_alive)
 
     return __init__
@@ -68,11 +74,29 @@ def _wrap_thread(original):
 
 
 class ProcessPoolExecutorPatch(InitPatch):
-    """Process executors: planned slots claimed by each (lazily started) worker."""
+    """Process executors: planned slots claimed by each (lazily started) worker.
+
+    Also wraps the manager thread's ``terminate_broken``, so that a worker's claim error
+    reaches the pending futures as itself (it acts on runner executors only).
+    """
 
     name = "concurrent.futures.ProcessPoolExecutor"
     target = concurrent.futures.ProcessPoolExecutor
     wrapper = staticmethod(_wrap_process)
+    manager = concurrent.futures.process._ExecutorManagerThread
+
+    def install(self) -> None:
+        """Wrap ``__init__`` and ``terminate_broken`` (idempotent)."""
+        if self._original is None:
+            self._terminate_broken = self.manager.terminate_broken
+            self.manager.terminate_broken = wrap_terminate_broken(self._terminate_broken)
+        super().install()
+
+    def uninstall(self) -> None:
+        """Restore both originals."""
+        if self._original is not None:
+            self.manager.terminate_broken = self._terminate_broken
+        super().uninstall()
 
 
 class ThreadPoolExecutorPatch(InitPatch):

@@ -2,7 +2,9 @@
 
 ``Pool.__init__`` is wrapped in place: every way of making a pool (``multiprocessing.Pool()``,
 ``get_context(...).Pool()``, ``pool.Pool(...)``, subclasses such as joblib's ``MemmappingPool``,
-and ``ThreadPool``, whose ``__init__`` calls ``Pool.__init__``) goes through it.
+and ``ThreadPool``, whose ``__init__`` calls ``Pool.__init__``) goes through it. A process
+pool also gets its own ``Process`` factory, which stops it when a worker cannot claim its
+slot (:mod:`._claim_errors`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import functools
 import multiprocessing
 import multiprocessing.pool as mp_pool
 
+from ._claim_errors import ClaimErrors, guard_process_factory
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
 from ._plan import plan_process_pool, thread_pool_size, track_pool
@@ -50,11 +53,14 @@ def _wrap(original):
         self._state = mp_pool.INIT
         plan = plan_process_pool(config, processes, what, release_stray=release_idle_workers)
         context = safe_context(context or multiprocessing.get_context(), plan.slots, what)
+        # A worker that cannot claim its slot must stop the pool, not be replaced forever.
+        claim_errors = ClaimErrors(context)
+        self.Process = guard_process_factory(self.Process, claim_errors)
         original(
             self,
             plan.n_workers,
             start_process_worker,
-            (plan, config, initializer, initargs),
+            (plan, config, initializer, initargs, claim_errors),
             maxtasksperchild,
             context,
         )
