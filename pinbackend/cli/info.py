@@ -1,4 +1,4 @@
-"""``pinbackend info``: the machine, the allowed CPUs, the quota and the thread pools."""
+"""``pinbackend info``: the machine, the allowed CPUs, the CPU budget and the thread pools."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import sys
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.topology import TopologyError
+from ..host.budget import read_budget
 from ..host.leases import LeaseError, list_leases
 from ..host.machine import read_topology
 from ._common import add_json_option, add_root_option, fail, print_json
-from .render import describe_topology
+from .render import budget_cores, describe_budget, describe_topology
 
-HELP = "show the topology, allowed CPUs, CPU quota and BLAS/OpenMP thread pools"
+HELP = "show the topology, allowed CPUs, CPU budget and BLAS/OpenMP thread pools"
 DEFAULT_IMPORTS = "numpy"
 
 
@@ -24,8 +25,11 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "info",
         help=HELP,
-        description=HELP + ". Thread pools are those threadpoolctl sees after importing "
-        "the modules named by --import (libraries load native pools only when imported).",
+        description=HELP + ". The CPU budget is the smallest of the affinity mask, the "
+        "cgroup cpuset, the cgroup CPU quotas (own cgroup and ancestors), PYTHON_CPU_COUNT "
+        "and PINBACKEND_CPU_COUNT; for --root, of the snapshot's files only. Thread pools "
+        "are those threadpoolctl sees after importing the modules named by --import "
+        "(libraries load native pools only when imported).",
     )
     add_root_option(parser)
     add_json_option(parser)
@@ -68,16 +72,19 @@ def run(args: argparse.Namespace) -> int:
         topology = read_topology(args.root)
     except TopologyError as error:
         fail(str(error))
+    budget = read_budget(args.root, topology=topology)
     live = topology.source == "live"
     pools = thread_pools(args.modules) if live else []
     leases = _leases() if live else []
     if args.json:
         data = topology.to_dict()
+        data["budget"] = {**budget.to_dict(), "cores": budget_cores(topology, budget)}
         data["thread_pools"] = pools
         data["leases"] = [info.to_dict() for info in leases]
         print_json(data)
         return 0
     print(describe_topology(topology))
+    print(describe_budget(topology, budget))
     if live:
         print("core leases on this host:" if leases else "core leases: none")
         for info in leases:

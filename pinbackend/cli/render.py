@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping, Sequence
 
+from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.topology import Topology
 
@@ -24,8 +25,7 @@ def describe_topology(topology: Topology) -> str:
         f"  online CPUs:  {format_cpu_list(topology.online)} ({len(topology.online)})",
         f"  allowed CPUs: {format_cpu_list(topology.allowed)} ({len(topology.allowed)}), "
         f"{len(view.cores)} physical cores",
-        "  CPU quota:    "
-        + ("none" if topology.cpu_quota is None else f"{topology.cpu_quota:g} cores (cgroup)"),
+        "  CPU quota:    " + _quota(topology.cpu_quota),
     ]
     for package_id, package in view.packages.items():
         lines.append(f"  package {package_id}: CPUs {format_cpu_list(package)}")
@@ -49,6 +49,33 @@ def describe_topology(topology: Topology) -> str:
     return "\n".join(lines)
 
 
+def budget_cores(topology: Topology, budget: Budget) -> int:
+    """Physical cores of the allowed CPUs that a plan within ``budget`` uses."""
+    return topology.count_cores(cores_within(topology, topology.allowed, budget.cpus))
+
+
+def describe_budget(topology: Topology, budget: Budget) -> str:
+    """The CPU budget and each limit: its kind, value and where it came from."""
+    cores = budget_cores(topology, budget)
+    lines = [
+        f"CPU budget: {budget.cpus} CPU{'s' * (budget.cpus != 1)}, "
+        f"{cores} physical core{'s' * (cores != 1)} (the smallest of these limits):"
+    ]
+    binding = budget.binding
+    for limit in budget.limits:
+        mark = "  <- binds" if limit in binding and len(binding) < len(budget.limits) else ""
+        unit = "CPU " if limit.value == 1 else "CPUs"
+        lines.append(f"  {limit.kind:<9} {limit.value:>7g} {unit}  {limit.source}{mark}")
+    lines.extend(f"  note: {note}" for note in budget.notes if note not in topology.notes)
+    return "\n".join(lines)
+
+
+def _quota(quota: float | None) -> str:
+    if quota is None:
+        return "none"
+    return f"{quota:g} CPU{'s' * (quota != 1)} (cgroup; see the CPU budget)"
+
+
 def _kind_names(count: int) -> list[str]:
     if count == 2:
         return ["efficiency (E)", "performance (P)"]
@@ -56,7 +83,12 @@ def _kind_names(count: int) -> list[str]:
 
 
 #: What each mark character in a core map means.
-MARK_MEANINGS = {"r": "reserved", "x": "held by another job", "-": "outside --cores"}
+MARK_MEANINGS = {
+    "r": "reserved",
+    "x": "held by another job",
+    "-": "outside --cores",
+    "b": "outside the CPU budget",
+}
 
 
 def describe_plan(
