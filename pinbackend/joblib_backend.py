@@ -14,11 +14,17 @@ from joblib._parallel_backends import FallbackToBackend, LokyBackend, Sequential
 from joblib.executor import get_memmapping_executor
 
 from .core.cpuset import format_cpu_list
-from .host.lifecycle import Survey, join_pool, plan_pool, report_plan, survey
+from .host.lifecycle import (
+    job_view,
+    join_pool,
+    pool_from,
+    report_decision,
+    size_pool,
+    task_in_slot,
+)
 from .host.options import DEFAULT_CLAIM_TIMEOUT, PinOptions, check_count, reject_unknown
 from .host.pool import PoolPlan
 from .host.slot import in_slot
-from .host.state import STATE
 
 __all__ = ["PinnedBackend", "shutdown_workers"]
 
@@ -46,20 +52,18 @@ def _start_worker(pool: PoolPlan) -> None:
     """loky initializer: claim a slot of ``pool``, pin every thread and cap every pool.
 
     A failed claim does not end the worker (loky would report a crash and hide why): it is
-    kept, and the worker's tasks raise it in the caller (:class:`_InSlot`).
+    kept, and the worker's tasks raise it in the caller
+    (:func:`~pinbackend.host.lifecycle.task_in_slot`). The worker gives its lease back
+    while idle, so that other jobs can have its cores.
     """
     try:
-        join_pool(pool)
+        join_pool(pool, yield_when_idle=True)
     except Exception:
         pass  # kept in STATE.claim_error by join_pool
 
 
 class _InSlot:
-    """A task that runs only in a worker that holds its slot; else it raises why not.
-
-    Before giving up, a worker whose claim failed tries once more without waiting: the
-    cores it waited for may be free by now (loky reuses workers across calls).
-    """
+    """A task that runs holding its worker's slot, or raises why the worker has none."""
 
     __slots__ = ("func",)
 
@@ -67,19 +71,7 @@ class _InSlot:
         self.func = func
 
     def __call__(self):
-        if STATE.claim_error is not None and STATE.pool is not None:
-            error = STATE.claim_error
-            try:
-                join_pool(_without_wait(STATE.pool))
-            except Exception:
-                raise error from None
-        return self.func()
-
-
-def _without_wait(pool: PoolPlan) -> PoolPlan:
-    from dataclasses import replace
-
-    return replace(pool, claim_timeout=0.0)
+        return task_in_slot(self.func)
 
 
 class PinnedBackend(LokyBackend):
@@ -89,15 +81,18 @@ class PinnedBackend(LokyBackend):
     arguments), those of :class:`~pinbackend.host.options.PinOptions`:
     ``cores_per_worker`` (physical cores per worker; default: share all free cores),
     ``reserve`` (CPUs never used, a list or a string like ``"0,8-9"``), ``oversubscribe``
-    (what to do with more workers than free cores: ``"error"``, ``"clamp"`` to run as many as
-    fit, or ``"share"`` core sets with a warning; the default is ``"error"`` in your program
-    and ``"clamp"`` inside pinned workers, so nested calls never exceed their worker's cores),
-    ``claim_timeout`` (seconds a new worker waits for a free slot). An unknown keyword raises
+    (what to do with more workers than free cores: ``"clamp"``, the default, runs as many as
+    fit with one warning per process, and waits up to the claim timeout when none is free;
+    ``"error"`` refuses at once; ``"share"`` shares core sets with a warning; ``"wait"``
+    waits, without a time limit, until every worker fits; inside pinned workers it is always
+    ``"clamp"``, so nested calls never exceed their worker's cores), ``claim_timeout``
+    (seconds a worker, or a pool on a busy host, waits for cores). An unknown keyword raises
     ``TypeError`` naming the closest valid one.
     """
 
-    #: ``parallel_config(backend="pinned")`` without ``n_jobs`` uses every free core.
-    default_n_jobs = -1
+    #: As with loky: ``n_jobs=None`` runs inline unless the enclosing ``parallel_config`` or
+    #: ``parallel_backend`` gives ``n_jobs``.
+    default_n_jobs = 1
     supports_inner_max_num_threads = True
     supports_retrieve_callback = True
 
@@ -121,7 +116,7 @@ class PinnedBackend(LokyBackend):
         self.options = PinOptions(
             cores_per_worker=cores_per_worker,
             reserve=reserve,
-            oversubscribe=_planner_policy(oversubscribe),
+            oversubscribe=oversubscribe,
             claim_timeout=claim_timeout,
         )
 
@@ -140,45 +135,48 @@ class PinnedBackend(LokyBackend):
     @property
     def policy(self) -> str:
         """The oversubscription policy in force here (see the class docstring)."""
-        return self.options.policy("clamp" if in_slot() else "error")
+        return self.options.policy("clamp")
 
     def effective_n_jobs(self, n_jobs):
-        """Workers for ``n_jobs``: negative values count back from the free physical cores."""
-        return self._sizing(n_jobs, None)[1]
+        """Workers for ``n_jobs``: negative values count back from the free physical cores,
+        a larger count than the free cores is clamped (policy ``clamp``)."""
+        return self._sizing(n_jobs)[1]
 
-    def _sizing(self, n_jobs, view: Survey | None) -> tuple[int, int]:
-        """(worker processes to start, ``n_jobs`` to report to joblib) for ``n_jobs``.
+    def _sizing(self, n_jobs) -> tuple[int | None, int]:
+        """(workers to ask the policy for, ``n_jobs`` to report to joblib) for ``n_jobs``.
 
-        Surveys the host only when the answer depends on its free cores; ``view`` is a
-        survey already made for this call.
+        The first is None where joblib runs the call inline.
         """
         if n_jobs == 0:
             # joblib's own wording first: its test suite (test_invalid_njobs) matches on it.
             raise ValueError(
                 f"n_jobs == 0 in Parallel has no meaning; got n_jobs={n_jobs!r}. Use a "
                 "positive int (that many workers), -1 (all free cores), -2 (all free cores "
-                "but one, and so on) or None (the enclosing parallel_config's n_jobs, else -1)"
+                "but one, and so on) or None (the enclosing parallel_config's n_jobs, else 1)"
             )
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         if n_jobs == 1 or mp.current_process().daemon:
-            return 1, 1  # inline, as joblib does (and daemons cannot have children)
+            return None, 1  # inline, as joblib does (and daemons cannot have children)
         if not (self.in_main_thread() or self.nesting_level == 0):
-            return 1, 1  # no fork below threads (as loky decides)
-        if n_jobs > 0 and self.policy != "clamp":
-            return n_jobs, n_jobs  # too many for the cores: configure() applies the policy
-        view = view or survey()
-        usable = view.free(self.options.reserve)
-        capacity = view.topology.count_cores(usable)
-        capacity //= self.options.cores_per_worker or 1
-        workers = max(min(n_jobs, capacity), 1) if n_jobs > 0 else max(capacity + 1 + n_jobs, 1)
-        if workers == 1 and not in_slot():
-            # joblib would run a single job inline in the caller, unpinned and without a
-            # lease: another job could then be handed the same CPUs. Keep one leased,
-            # pinned worker instead, and tell joblib 2 so that it does not go inline.
-            # (Inside a slot the caller already runs leased, on the slot's cores.)
-            return 1, 2
-        return workers, workers
+            return None, 1  # no fork below threads (as loky decides)
+        view = job_view(self.options)
+        size = self.options.cores_per_worker or 1
+        fit = view.topology.count_cores(view.free) // size
+        requested = n_jobs
+        if n_jobs < 0:  # counts back from the free cores; none free: as many as free up
+            requested = max(fit + 1 + n_jobs, 1) if fit else None
+        expected = requested if requested is not None else 1
+        if self.policy == "clamp" or in_slot():
+            expected = max(min(expected, fit), 1)
+        return requested, self._reported(expected)
+
+    @staticmethod
+    def _reported(workers: int) -> int:
+        """What joblib is told for ``workers``: never 1 outside a slot, where joblib would
+        run the call inline in the caller, unpinned and without a lease (another job could
+        then be handed the same CPUs); one leased, pinned worker runs it instead."""
+        return 2 if workers == 1 and not in_slot() else workers
 
     def configure(
         self,
@@ -189,27 +187,22 @@ class PinnedBackend(LokyBackend):
         idle_worker_timeout=None,
         **executor_kwargs,
     ):
-        """Plan the pool's slots and start (or reuse) loky workers that claim them.
+        """Decide the pool's slots by policy and start (or reuse) loky workers that claim them.
 
-        ``n_jobs=1`` runs inline in the caller, as with every joblib backend (joblib itself
-        runs one job sequentially); the caller is never pinned. When ``n_jobs=-1`` (or a
-        clamped count) leaves a single worker, that worker still runs in its own pinned,
-        leased process.
+        ``n_jobs=1`` (and ``None`` outside a context that sets ``n_jobs``) runs inline in the
+        caller, as with every joblib backend; the caller is never pinned. Otherwise the
+        policy decides (clamp, wait, share or error; see the class docstring); a single
+        worker still runs in its own pinned, leased process.
         """
         reject_unknown(executor_kwargs, _OPTION_NAMES | _JOBLIB_KEYWORDS, "the pinned backend")
         # Parallel(backend="pinned", reserve=...) passes our options here, not to __init__.
         options = {name: executor_kwargs.pop(name) for name in _OPTION_NAMES & set(executor_kwargs)}
-        if "oversubscribe" in options:
-            options["oversubscribe"] = _planner_policy(options["oversubscribe"])
         self.options = self.options.updated(**options)
         if "inner_max_num_threads" in executor_kwargs:
             # joblib hands it on to loky's executor, which ignores it: apply it ourselves.
             self.inner_max_num_threads = executor_kwargs.pop("inner_max_num_threads")
-        if n_jobs == 1:
-            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
-        view = survey()
-        workers, n_jobs = self._sizing(n_jobs, view)
-        if n_jobs == 1:
+        requested, reported = self._sizing(n_jobs)
+        if reported == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         executor_kwargs = {**self.backend_kwargs, **executor_kwargs}
         if "timeout" in executor_kwargs:
@@ -220,14 +213,13 @@ class PinnedBackend(LokyBackend):
         idle = executor_kwargs.pop("idle_worker_timeout", 300)
         if idle_worker_timeout is not None:
             idle = idle_worker_timeout
-        self._pool = plan_pool(
-            view,
-            workers,
-            self.options,
-            policy=self.policy,
-            threads=self.inner_max_num_threads,
-        )
-        report_plan(self._pool)
+        what = f"Parallel(n_jobs={n_jobs})"
+        decision, view = size_pool(lambda: job_view(self.options), self.options, requested, what)
+        report_decision(decision, what)
+        workers = decision.plan.n_workers
+        if workers == 1 and in_slot():
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self._pool = pool_from(decision, view, self.options, self.inner_max_num_threads)
         self._workers = get_memmapping_executor(
             workers,
             timeout=idle,
@@ -238,7 +230,7 @@ class PinnedBackend(LokyBackend):
             **executor_kwargs,
         )
         self.parallel = parallel
-        return n_jobs
+        return self._reported(workers)
 
     def submit(self, func, callback=None):
         """Schedule ``func`` on a worker; it raises there why the worker has no slot."""
@@ -261,16 +253,6 @@ class PinnedBackend(LokyBackend):
         if self.options.reserve:
             options.append(f"reserve={format_cpu_list(self.options.reserve)!r}")
         return f"PinnedBackend({', '.join(options)})"
-
-
-def _planner_policy(oversubscribe):
-    """The joblib backend plans with error, clamp or share; it refuses wait (for now)."""
-    if oversubscribe == "wait":
-        raise ValueError(
-            "oversubscribe must be one of 'error', 'clamp', 'share' for the pinned backend; "
-            "got 'wait' (the runner's python -m pinbackend --oversubscribe wait has it)"
-        )
-    return oversubscribe
 
 
 def shutdown_workers() -> None:

@@ -22,6 +22,7 @@ import pinbackend
 from pinbackend import PinnedBackend, PlanError
 from pinbackend.core.planner import OversubscriptionWarning
 from pinbackend.host.leases import claim, list_leases
+from pinbackend.host.notices import PoolResizedWarning
 
 ALLOWED = sorted(os.sched_getaffinity(0))
 pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs")
@@ -80,8 +81,15 @@ def test_parallel_backend_n_jobs_2_gives_disjoint_capped_slots():
     assert sorted(slots) == [(cpu,) for cpu in ALLOWED[:2]]
 
 
-def test_parallel_config_without_n_jobs_uses_all_free_cores():
+def test_n_jobs_none_runs_inline_as_with_loky_unless_the_context_sets_n_jobs():
     with parallel_config(backend="pinned"):
+        assert Parallel()._effective_n_jobs() == 1
+        reports = Parallel()(delayed(report)() for _ in range(2))
+    assert {r["pid"] for r in reports} == {os.getpid()}
+    with parallel_config(backend="pinned", n_jobs=-1):
+        reports = Parallel()(delayed(report)(0.3) for _ in range(6))
+    assert_pinned_and_capped(reports, len(ALLOWED))
+    with parallel_backend("pinned"):  # joblib's parallel_backend defaults n_jobs to -1
         reports = Parallel()(delayed(report)(0.3) for _ in range(6))
     assert_pinned_and_capped(reports, len(ALLOWED))
 
@@ -103,7 +111,7 @@ def test_minus_two_is_all_free_cores_but_one():
     backend = PinnedBackend()
     assert backend.effective_n_jobs(-1) == len(ALLOWED)
     assert backend.effective_n_jobs(-2) == max(len(ALLOWED) - 1, 2)
-    assert backend.effective_n_jobs(None) == len(ALLOWED)
+    assert backend.effective_n_jobs(None) == 1
     # One worker left: joblib is told 2 so that the work runs in one pinned worker holding
     # a lease, never inline in the unleased caller (see the one-free-core test below).
     assert PinnedBackend(reserve={ALLOWED[0]}).effective_n_jobs(-1) == max(len(ALLOWED) - 1, 2)
@@ -113,17 +121,33 @@ def test_minus_two_is_all_free_cores_but_one():
         assert str(error.value) == (
             f"n_jobs == 0 in Parallel has no meaning; got n_jobs={zero!r}. Use a positive int "
             "(that many workers), -1 (all free cores), -2 (all free cores but one, and so on) "
-            "or None (the enclosing parallel_config's n_jobs, else -1)"
+            "or None (the enclosing parallel_config's n_jobs, else 1)"
         )
     # Parallel converts n_jobs to int first (0.5 becomes 0), then asks the backend.
     with pytest.raises(ValueError, match=r"got n_jobs=0\. Use a positive int"):
         Parallel(n_jobs=0.5, backend="pinned")(delayed(report)() for _ in range(2))
 
 
-def test_more_workers_than_cores_is_a_clear_error_by_default():
+def test_more_workers_than_cores_clamp_with_one_warning_per_process():
     too_many = len(ALLOWED) + 1
-    with pytest.raises(PlanError, match=f"{too_many} workers of 1 core need {too_many}"):
-        Parallel(n_jobs=too_many, backend="pinned")(delayed(report)() for _ in range(2))
+    with pytest.warns(PoolResizedWarning) as caught:
+        for _ in range(3):
+            reports = Parallel(n_jobs=too_many, backend="pinned")(
+                delayed(report)(0.2) for _ in range(2 * too_many)
+            )
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert f"runs {len(ALLOWED)} workers instead of {too_many}" in message
+    assert "pass oversubscribe='error' to get an error instead" in message
+    assert_pinned_and_capped(reports, len(ALLOWED))
+
+
+def test_more_workers_than_cores_is_a_clear_error_when_asked():
+    too_many = len(ALLOWED) + 1
+    with pytest.raises(PlanError, match=f"asks for {too_many} workers of 1 core but only"):
+        Parallel(n_jobs=too_many, backend="pinned", oversubscribe="error")(
+            delayed(report)() for _ in range(2)
+        )
 
 
 def test_sharing_is_opt_in_and_warns():

@@ -90,8 +90,8 @@ def test_shared_pool_workers_share_the_least_crowded_slot_with_a_warning():
         report_plan(pool)
     assert pool.shared and len(pool.slots) == 3
     reports = join_in_workers(pool, 3)
-    assert sorted(len(r["warnings"]) for r in reports) == [0, 0, 1]
-    assert "shares CPUs" in max(reports, key=lambda r: len(r["warnings"]))["warnings"][0]
+    # The owner warned once for the pool; its workers say nothing more.
+    assert [r["warnings"] for r in reports] == [[], [], []]
     assert sorted(r["affinity"] for r in reports) in ([[0], [0], [1]], [[0], [1], [1]])
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinbackend.core.planner import OversubscriptionWarning, PlanError
+from pinbackend.core.planner import PlanError
 from pinbackend.core.topology import Topology
 from pinbackend.host.leases import LeaseInfo
 from pinbackend.runner import RunnerConfig
@@ -58,19 +58,23 @@ def test_clamp_runs_what_fits_and_says_so():
     held = lease([*range(6), *range(8, 14)])  # 6 of the 8 cores, both CPUs of each
     decision = decide(view(leases=[held]), RunnerConfig(), 6, "Pool(processes=6)")
     assert decision.plan.n_workers == 2
-    assert decision.note.startswith("Pool(processes=6) runs 2 worker(s) instead of 6")
+    assert decision.note.startswith("Pool(processes=6) runs 2 workers instead of 6")
+    assert decision.note.endswith("pass --oversubscribe error to get an error instead")
 
 
-def test_clamp_and_error_fail_with_the_holders_named_when_nothing_is_free():
+def test_error_fails_and_clamp_waits_bounded_with_the_holders_named_when_nothing_is_free():
     full = view(leases=[lease(range(16), pid=4242)])
-    for policy in ("clamp", "error"):
-        with pytest.raises(PlanError, match="by pid 4242 \\(job 4242\\)"):
-            decide(full, RunnerConfig(oversubscribe=policy), None, "Pool()")
+    with pytest.raises(PlanError, match="by pid 4242 \\(job 4242\\)"):
+        decide(full, RunnerConfig(oversubscribe="error"), None, "Pool()")
+    decision = decide(full, RunnerConfig(oversubscribe="clamp"), None, "Pool()")
+    assert decision.plan is None and decision.bounded
+    assert "by pid 4242 (job 4242)" in decision.waiting
+    assert "waiting up to the claim timeout (--claim-timeout)" in decision.waiting
 
 
 def test_a_worker_bigger_than_the_job_is_named_as_such():
     config = RunnerConfig(cores_per_worker=3, cores=frozenset({0, 1, 8, 9}))
-    with pytest.raises(PlanError, match=r"a worker needs 3 physical core\(s\).*has only 2"):
+    with pytest.raises(PlanError, match=r"a worker needs 3 physical cores.*has only 2"):
         decide(view(config), config, None, "Pool()")
 
 
@@ -86,7 +90,7 @@ def test_wait_policy_waits_for_strangers_only():
     assert decision.plan is None and "waiting for other jobs" in decision.waiting
     # More than the job could ever get: it waits for what can fit, with a note.
     decision = decide(view(config), config, 20, "Pool(20)")
-    assert decision.plan.n_workers == 8 and "has only 8 physical core(s)" in decision.note
+    assert decision.plan.n_workers == 8 and "has only 8 physical cores" in decision.note
 
 
 def test_own_live_pools_are_never_waited_for_nor_shared_silently():
@@ -125,12 +129,12 @@ def test_a_plan_never_overlaps_what_it_must_not(
     cores = view(config, leases=[lease(held)] if held else [], own=own)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OversubscriptionWarning)
+            warnings.simplefilter("error")  # deciding is pure: it never warns
             decision = decide(cores, config, requested, "Pool()")
     except PlanError:
         return
     if decision.plan is None:
-        assert policy == "wait"
+        assert policy == "wait" or (policy == "clamp" and decision.bounded)
         return
     used = frozenset().union(*decision.plan.slots)
     assert not used & own  # never this program's live pools

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import threading
+from collections.abc import Mapping
 from typing import ClassVar
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "register",
     "report_caps",
     "thread_env",
+    "user_thread_limits",
 ]
 
 #: Variables read when a library loads; OpenMP's is also read by each new thread's ICVs.
@@ -41,13 +43,42 @@ def _check_threads(n_threads: int) -> int:
     return n_threads
 
 
-def thread_env(n_threads: int) -> dict[str, str]:
+def thread_env(n_threads: int, lower: Mapping[str, int] | None = None) -> dict[str, str]:
     """Environment variables that cap a process about to start to ``n_threads`` threads.
 
-    Also sets ``PYTHON_CPU_COUNT`` so that ``os.cpu_count()`` (Python 3.13+) agrees.
+    ``lower`` holds smaller values the user chose for some variables
+    (:func:`user_thread_limits`): they are kept, never raised. Also sets
+    ``PYTHON_CPU_COUNT`` so that ``os.cpu_count()`` (Python 3.13+) agrees.
     """
-    value = str(_check_threads(n_threads))
-    return {**dict.fromkeys(THREAD_ENV_VARS, value), "PYTHON_CPU_COUNT": value}
+    _check_threads(n_threads)
+    lower = lower or {}
+    env = {var: str(min(n_threads, lower.get(var, n_threads))) for var in THREAD_ENV_VARS}
+    return {**env, "PYTHON_CPU_COUNT": str(n_threads)}
+
+
+def user_thread_limits(environ: Mapping[str, str]) -> dict[str, int]:
+    """The thread-count variables set to a positive integer in ``environ`` (the user's
+    choices, which pinbackend honours up to a slot's size, as joblib documents for loky)."""
+    limits = {}
+    for var in THREAD_ENV_VARS:
+        value = environ.get(var, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            limits[var] = int(value)
+    return limits
+
+
+#: Which thread-count variables size which pool kinds (threadpoolctl's user APIs and the
+#: other controllers' names), to honour a user's smaller value per kind.
+_KIND_VARS = {
+    "blas": ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"),
+    "openmp": ("OMP_NUM_THREADS",),
+    "numexpr": ("NUMEXPR_NUM_THREADS",),
+    "numba": ("NUMBA_NUM_THREADS",),
+}
+
+
+def _limit_for(kind: str, n_threads: int, lower: Mapping[str, int]) -> int:
+    return min([n_threads, *(lower[var] for var in _KIND_VARS.get(kind, ()) if var in lower)])
 
 
 # threadpoolctl is not thread-safe (threadpoolctl#205): every call goes through this lock.
@@ -67,8 +98,9 @@ class CapController:
         """Whether this kind of pool is loaded (or loadable) in this process."""
         raise NotImplementedError
 
-    def apply(self, n_threads: int) -> None:
-        """Cap the pool to ``n_threads`` for this process, from now on."""
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
+        """Cap the pool to ``n_threads`` for this process, from now on; ``lower`` holds the
+        user's smaller thread-count variables (:func:`user_thread_limits`) to honour."""
         raise NotImplementedError
 
     def report(self) -> dict[str, int]:
@@ -90,12 +122,15 @@ class _ThreadpoolctlCap(CapController):
     def available(self) -> bool:
         return True
 
-    def apply(self, n_threads: int) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
         from threadpoolctl import threadpool_limits
 
+        limits: int | dict = n_threads
+        if lower:
+            limits = {kind: _limit_for(kind, n_threads, lower) for kind in ("blas", "openmp")}
         # Applies now, for good; OpenMP's limit is per calling thread (see docs).
         with _THREADPOOLCTL_LOCK:
-            threadpool_limits(limits=n_threads)
+            threadpool_limits(limits=limits)
 
     def report(self) -> dict[str, int]:
         from threadpoolctl import threadpool_info
@@ -120,7 +155,7 @@ class _TbbCap(CapController):
             return _ready("tbb", "global_control")
         return importlib.util.find_spec("tbb") is not None
 
-    def apply(self, n_threads: int) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
         import tbb
 
         # The control object caps TBB only while it is alive: keep it for the process.
@@ -144,9 +179,10 @@ class _NumbaCap(CapController):
     def available(self) -> bool:
         return _ready("numba", "set_num_threads")
 
-    def apply(self, n_threads: int) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
         import numba
 
+        n_threads = _limit_for("numba", n_threads, lower or {})
         numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
 
     def report(self) -> dict[str, int]:
@@ -165,10 +201,10 @@ class _NumexprCap(CapController):
     def available(self) -> bool:
         return _ready("numexpr", "set_num_threads")
 
-    def apply(self, n_threads: int) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
         import numexpr
 
-        numexpr.set_num_threads(n_threads)
+        numexpr.set_num_threads(_limit_for("numexpr", n_threads, lower or {}))
 
     def report(self) -> dict[str, int]:
         if not self.available():
@@ -194,13 +230,17 @@ def register(controller: CapController) -> None:
         CAPS.append(controller)
 
 
-def cap_threads(n_threads: int) -> list[str]:
-    """Cap every thread pool loaded in this process to ``n_threads``; return which kinds."""
+def cap_threads(n_threads: int, lower: Mapping[str, int] | None = None) -> list[str]:
+    """Cap every thread pool loaded in this process to ``n_threads`` (or the user's smaller
+    value of its variable, in ``lower``); return which kinds."""
     _check_threads(n_threads)
     applied = []
     for cap in CAPS:
         if cap.available():
-            cap.apply(n_threads)
+            if lower:
+                cap.apply(n_threads, lower)
+            else:  # controllers registered by users may take the count alone
+                cap.apply(n_threads)
             applied.append(cap.name)
     return applied
 

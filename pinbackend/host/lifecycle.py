@@ -13,19 +13,20 @@ steps into their frameworks.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import threading
 import time
-import warnings
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 from .. import _platform
-from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
 from ..core.topology import Topology
+from . import notices
+from .caps import user_thread_limits
 from .leases import (
     Lease,
     LeaseConflict,
@@ -36,24 +37,34 @@ from .leases import (
 )
 from .machine import read_topology
 from .options import PinOptions
+from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, decide, job_cores
 from .pool import PoolPlan
-from .slot import AppliedSlot, apply_slot, current_scope, reset_current_slot
+from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope, in_slot, reset_current_slot
 from .state import STATE
 
 __all__ = [
     "Survey",
+    "job_view",
     "join_pool",
     "lease_slot",
     "plan_pool",
+    "pool_from",
     "release_slot",
+    "report_decision",
     "report_plan",
+    "size_pool",
     "survey",
+    "task_in_slot",
 ]
 
 _POLL_SECONDS = 0.05
+_WAIT_POLL_SECONDS = 0.1
+#: An idle pool worker gives its lease back after this long without a task, so that
+#: another job can have its cores; its next task takes them (or others) back.
+IDLE_RELEASE_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Survey:
     """One reading of this host: its topology and the live leases of this process's scope.
 
@@ -100,6 +111,88 @@ def survey() -> Survey:
     )
 
 
+def job_view(options: PinOptions, view: Survey | None = None) -> JobCores:
+    """What this process may use for a new pool, from one survey (the joblib backend's view:
+    its own pools' workers are reused, never waited for)."""
+    view = view or survey()
+    return job_cores(
+        view.topology,
+        options,
+        nested=in_slot(),
+        scope=view.scope,
+        leases=view.leases,
+        me=view.owner,
+    )
+
+
+def size_pool(
+    read_view: Callable[[], JobCores],
+    options: PinOptions,
+    requested: int | None,
+    what: str,
+    *,
+    processes: int | None = None,
+    spelling: Spelling = KEYWORDS,
+) -> tuple[PoolDecision, JobCores]:
+    """Decide a pool's slots by policy (:func:`pinbackend.host.policy.decide`), waiting
+    when it says so: once announced (who holds the cores), polling ``read_view``; a bounded
+    wait fails after ``options.claim_timeout`` with the same message."""
+    view = read_view()
+    deadline = None
+    announced = False
+    while True:
+        decision = decide(view, options, requested, what, processes=processes, spelling=spelling)
+        if decision.plan is not None:
+            return decision, view
+        if decision.bounded:
+            if deadline is None:
+                deadline = time.monotonic() + options.claim_timeout
+            if time.monotonic() >= deadline:
+                raise PlanError(
+                    decision.waiting.replace(
+                        "waiting up to the claim timeout",
+                        f"none freed up within {options.claim_timeout:g}s",
+                    )
+                    + "; share them, wait longer, or free some cores"
+                )
+        if not announced:
+            notices.warn(notices.WaitingForCoresWarning, decision.waiting)
+            announced = True
+        time.sleep(_WAIT_POLL_SECONDS)
+        view = read_view()
+
+
+def report_decision(decision: PoolDecision, what: str) -> None:
+    """Say what the policy had to do, once per process for each distinct outcome."""
+    if decision.note and STATE.warn_once(f"resized: {decision.note}"):
+        notices.warn(notices.PoolResizedWarning, decision.note)
+    if decision.shared_with_others:
+        notices.warn(
+            notices.SharedCoresWarning,
+            f"{what}: no core is free, so its {decision.plan.n_workers} worker(s) share CPUs "
+            f"{format_cpu_list(frozenset().union(*decision.plan.slots))} with other jobs "
+            f"(oversubscribe='share'); expect both to slow down",
+        )
+    else:
+        report_plan(decision.plan, what)
+
+
+def pool_from(
+    decision: PoolDecision, view: JobCores, options: PinOptions, threads: int | None = None
+) -> PoolPlan:
+    """The plan that travels to the pool's workers."""
+    return PoolPlan(
+        slots=decision.plan.slots,
+        scope=view.scope,
+        owner=os.getpid(),
+        shared=decision.plan.shared or decision.shared_with_others,
+        threads=threads,
+        claim_timeout=options.claim_timeout,
+        requested=decision.plan.requested,
+        user_limits=tuple(sorted(user_thread_limits(os.environ).items())),
+    )
+
+
 def plan_pool(
     view: Survey,
     n_workers: int | None,
@@ -137,29 +230,29 @@ def report_plan(plan: Plan | PoolPlan, what: str = "") -> None:
     note = Plan(plan.slots, frozenset().union(*plan.slots), plan.shared, plan.requested)
     message = note.sharing_note()
     if message:
-        warnings.warn(
-            f"{what + ': ' if what else ''}{message}. See "
-            f"{troubleshooting('workers-share-core-sets')}",
+        notices.warn(
             OversubscriptionWarning,
-            stacklevel=3,
+            f"{what + ': ' if what else ''}{message}",
+            "workers-share-core-sets",
         )
 
 
-def join_pool(pool: PoolPlan) -> AppliedSlot:
+def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
     """In a new pool worker: claim a free slot of ``pool`` and apply it; record the outcome.
 
     The owner watch starts first, so a worker still waiting for a slot ends with its pool's
     owner. The claim is all or nothing and bounded by ``pool.claim_timeout``; on failure
     the error is kept in :data:`~pinbackend.host.state.STATE` (so that the worker's tasks
-    can raise it in the caller) and raised.
+    can raise it in the caller, see :func:`task_in_slot`) and raised. With
+    ``yield_when_idle`` the worker gives its lease back after :data:`IDLE_RELEASE_SECONDS`
+    without a task and takes it again for the next one.
     """
     _exit_with_owner(pool.owner)
     STATE.pool = pool
     try:
         lease = _claim_pool_slot(pool)
-        threads = len(lease.cores) if pool.threads is None else min(pool.threads, len(lease.cores))
         try:
-            applied = apply_slot(lease.cores, lease=lease, threads=threads, own_process=True)
+            applied = _apply_pool_slot(pool, lease)
         except BaseException:
             lease.release()
             raise
@@ -167,7 +260,94 @@ def join_pool(pool: PoolPlan) -> AppliedSlot:
         STATE.claim_error = error
         raise
     STATE.claim_error = None
+    if yield_when_idle:
+        STATE.keeper = _SlotKeeper(pool, lease)
+        STATE.keeper.start()
     return applied
+
+
+def _apply_pool_slot(pool: PoolPlan, lease: Lease) -> AppliedSlot:
+    threads = len(lease.cores) if pool.threads is None else min(pool.threads, len(lease.cores))
+    return apply_slot(
+        lease.cores, lease=lease, threads=threads, own_process=True, lower=dict(pool.user_limits)
+    )
+
+
+def task_in_slot(func: Callable[[], object]) -> object:
+    """Run one task of a pool worker on its slot, holding the slot's lease meanwhile.
+
+    A worker whose claim failed tries once more without waiting (the cores it waited for
+    may be free by now: executors reuse workers across calls), then raises the claim error,
+    which reaches the caller as itself.
+    """
+    if STATE.keeper is None and STATE.claim_error is not None and STATE.pool is not None:
+        error = STATE.claim_error
+        try:
+            join_pool(dataclasses.replace(STATE.pool, claim_timeout=0.0), yield_when_idle=True)
+        except Exception:
+            raise error from None
+    if STATE.keeper is None:
+        return func()
+    with STATE.keeper.busy():
+        return func()
+
+
+class _SlotKeeper:
+    """Gives an idle pool worker's lease back, and takes it again for the next task.
+
+    Idle workers of a pool whose call has returned would otherwise keep their cores for as
+    long as the executor keeps them (loky: 300 s), and every other job on the host would
+    find no core free. A released worker stays pinned but idle; its next task claims the
+    same cores again (a few lock operations) or, if another job took them, another free
+    slot of its pool, waiting up to the claim timeout.
+    """
+
+    def __init__(self, pool: PoolPlan, lease: Lease):
+        self.pool = pool
+        self.lease: Lease | None = lease
+        self.running = 0
+        self.last_task = time.monotonic()
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start watching for idleness (once this keeper is the process's keeper)."""
+        threading.Thread(target=self._watch, name="pinbackend-idle-release", daemon=True).start()
+
+    @contextlib.contextmanager
+    def busy(self):
+        """Hold the slot's lease while a task runs (claiming it again if it was released)."""
+        with self.lock:
+            if self.lease is None:
+                self.lease = self._reclaim()
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.last_task = time.monotonic()
+
+    def _watch(self) -> None:
+        while STATE.keeper is self:
+            time.sleep(IDLE_RELEASE_SECONDS / 5)
+            with self.lock:
+                idle = time.monotonic() - self.last_task >= IDLE_RELEASE_SECONDS
+                if self.running == 0 and idle and self.lease is not None:
+                    self.lease.release()
+                    self.lease = None
+
+    def _reclaim(self) -> Lease:
+        slot = STATE.slot
+        try:
+            lease = claim(slot.cores, scope=self.pool.scope, owner=self.pool.owner)
+        except LeaseConflict:
+            lease = _claim_pool_slot(self.pool)  # another job took them: any free slot
+            _apply_pool_slot(self.pool, lease)
+            return lease
+        # Same cores, still pinned and capped: only the lease (and nested pools' scope) moves.
+        STATE.slot = dataclasses.replace(slot, lease_id=lease.lease_id)
+        os.environ[SCOPE_ENV] = lease.lease_id
+        return lease
 
 
 def _claim_pool_slot(pool: PoolPlan) -> Lease:
@@ -183,17 +363,11 @@ def _claim_pool_slot(pool: PoolPlan) -> Lease:
     holders = Counter(info.cores for info in list_leases(pool.scope))
     # Shared leases hold no lock, so workers cannot see each other's choice: break ties by
     # pid so that workers started together spread over the slots instead of piling up.
+    # (The pool's owner warned once that its workers share; workers say nothing more.)
     least = min(
         distinct,
         key=lambda cores: (holders[cores], (distinct.index(cores) - os.getpid()) % len(distinct)),
     )
-    if STATE.warn_once("worker-shares-cores"):
-        warnings.warn(
-            f"worker {os.getpid()} shares CPUs {format_cpu_list(least)} with another worker "
-            f"(oversubscribe='share'). See {troubleshooting('workers-share-core-sets')}",
-            OversubscriptionWarning,
-            stacklevel=3,
-        )
     return claim(least, scope=pool.scope, share=True, owner=pool.owner)
 
 

@@ -24,7 +24,8 @@ class PoolPlan:
     """The slots of one pool, the lease scope they live in and who planned them.
 
     ``threads`` caps each worker's pools below its slot size; ``requested`` is how many
-    workers were asked for (None: as many as fit).
+    workers were asked for (None: as many as fit); ``user_limits`` are the thread-count
+    variables the planner's user set (honoured up to the slot size, never above).
     """
 
     slots: tuple[frozenset[int], ...]
@@ -34,6 +35,7 @@ class PoolPlan:
     threads: int | None = None
     claim_timeout: float = DEFAULT_CLAIM_TIMEOUT
     requested: int | None = None
+    user_limits: tuple[tuple[str, int], ...] = ()
 
     @property
     def n_workers(self) -> int:
@@ -48,7 +50,7 @@ class PoolPlan:
 
     def worker_env(self) -> dict[str, str]:
         """Environment for workers about to start: thread caps and the lease scope."""
-        env = thread_env(self.thread_cap)
+        env = thread_env(self.thread_cap, dict(self.user_limits))
         if self.scope:
             env[SCOPE_ENV] = self.scope
         return env

@@ -8,7 +8,7 @@ plans within the slot (and claims within the lease's scope) instead of the whole
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..core.cpuset import format_cpu_list
@@ -80,14 +80,18 @@ def current_scope() -> str:
 
 
 def slot_env(
-    cores: Iterable[int], lease: Lease | None = None, threads: int | None = None
+    cores: Iterable[int],
+    lease: Lease | None = None,
+    threads: int | None = None,
+    lower: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """Environment for a process about to start inside ``cores``: thread caps and scope.
 
-    The caps are ``threads``, by default the number of CPUs in ``cores``.
+    The caps are ``threads``, by default the number of CPUs in ``cores`` (or the user's
+    smaller values in ``lower``).
     """
     cores = frozenset(cores)
-    env = thread_env(len(cores) if threads is None else threads)
+    env = thread_env(len(cores) if threads is None else threads, lower)
     env[SLOT_ENV] = format_cpu_list(cores)
     if lease is not None:
         env[SCOPE_ENV] = lease.lease_id
@@ -100,10 +104,12 @@ def apply_slot(
     lease: Lease | None = None,
     threads: int | None = None,
     own_process: bool = False,
+    lower: Mapping[str, int] | None = None,
 ) -> AppliedSlot:
     """Pin every thread of this process to ``cores`` and cap its pools to ``threads``.
 
-    ``threads`` defaults to the number of CPUs in the slot. Where pinning is impossible one
+    ``threads`` defaults to the number of CPUs in the slot; ``lower`` holds thread-count
+    variables the user set smaller, which are honoured. Where pinning is impossible one
     warning is emitted and the caps still apply. ``own_process`` is for processes
     pinbackend started itself (pool workers): there it also sets the slot's environment
     variables for future children and makes ``os.cpu_count()`` report the slot size, which
@@ -113,9 +119,9 @@ def apply_slot(
     cores = frozenset(cores)
     threads = len(cores) if threads is None else threads
     pinned = pin_or_warn(cores)
-    caps = cap_threads(threads)
+    caps = cap_threads(threads, lower)
     if own_process:
-        os.environ.update(slot_env(cores, lease, threads))
+        os.environ.update(slot_env(cores, lease, threads, lower))
         os.cpu_count = _fixed_cpu_count(len(cores))
         share_caps_with_nested_loky(threads)
     STATE.slot = AppliedSlot(

@@ -25,7 +25,8 @@ class ProcessState:
     ``claim_error``: why this pool worker could not claim its slot; its tasks raise it.
     ``runner_config``: the settings of the runner job this process belongs to.
     ``worker_pin``: a Dask worker's pinning record. ``watched_owner``: the pool owner whose
-    death ends this worker. ``warned``: one-time warnings given.
+    death ends this worker. ``keeper``: what gives an idle joblib worker's lease back and takes
+    it again for its next task. ``warned``: one-time warnings given.
     """
 
     slot: Any = None
@@ -34,6 +35,7 @@ class ProcessState:
     runner_config: Any = None
     worker_pin: Any = None
     watched_owner: int | None = None
+    keeper: Any = None
     warned: set[str] = field(default_factory=set)
 
     def warn_once(self, key: str) -> bool:
@@ -57,8 +59,10 @@ def reset_process_state() -> None:
 
 
 def _forget_in_forked_child() -> None:
-    # A forked child is a new process: its parent's claim failure is not its own.
+    # A forked child is a new process: its parent's claim failure and lease keeper (whose
+    # thread did not survive the fork) are not its own.
     STATE.claim_error = None
+    STATE.keeper = None
 
 
 _platform.forget_in_forked_child(_forget_in_forked_child)

@@ -17,11 +17,6 @@ def always() -> bool:
     return True
 
 
-def fewer_than_4_free_cores() -> bool:
-    """Whether n_jobs=4 is more workers than free cores here."""
-    return PinnedBackend(oversubscribe="clamp").effective_n_jobs(4) < 4
-
-
 #: test name -> (when it is expected to fail, why).
 KNOWN_EXCEPTIONS = {
     "test_nested_loop[loky-pinned]": (
@@ -33,12 +28,6 @@ KNOWN_EXCEPTIONS = {
     "test_nested_loop[back_compat_backend-pinned]": (
         always,
         "same as above, inside the workers of joblib's test-only back_compat_backend",
-    ),
-    "test_parallel_unordered_generator_returns_fastest_first[pinned-4]": (
-        fewer_than_4_free_cores,
-        "asks for n_jobs=4 with fewer than 4 free cores (this project's machines have 2): "
-        "more workers than cores is an error by default (oversubscribe='error'); it passes "
-        "with 'clamp' or 'share'",
     ),
 }
 

@@ -1,0 +1,256 @@
+"""How many workers a pool gets, by policy: the one decision every entry point makes. Pure.
+
+Given what a process may use now (:class:`JobCores`: the job's CPUs, those other jobs hold,
+this process's own live pools) and the options, :func:`decide` returns the slots, a note
+when the pool got fewer workers than asked, or why it must wait. The joblib backend and the
+runner call it through :mod:`pinbackend.host.lifecycle`, which surveys, waits and reports.
+Messages name remedies in the caller's own spelling (:data:`KEYWORDS` or
+:data:`COMMAND_LINE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..core.cpuset import format_cpu_list
+from ..core.planner import Plan, PlanError, plan_slots
+from ..core.topology import Topology
+from .leases import LeaseInfo
+from .options import PinOptions
+
+__all__ = [
+    "COMMAND_LINE",
+    "KEYWORDS",
+    "JobCores",
+    "PoolDecision",
+    "Spelling",
+    "count",
+    "decide",
+    "job_cores",
+]
+
+
+def count(number: int, noun: str) -> str:
+    """``1 core``, ``2 cores``: counts in messages, in good grammar."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How the caller's user spells the remedies a message names."""
+
+    workers: Callable[[int], str]
+    policy: Callable[[str], str]
+    cores_per_worker: str
+    more_cores: str
+    timeout: str
+
+
+#: Python keyword arguments (the joblib backend, the Dask plugin).
+KEYWORDS = Spelling(
+    workers=lambda n: f"n_jobs={n}",
+    policy=lambda name: f"oversubscribe={name!r}",
+    cores_per_worker="cores_per_worker",
+    more_cores="fewer reserved CPUs (reserve=)",
+    timeout="claim_timeout",
+)
+#: The runner's command line.
+COMMAND_LINE = Spelling(
+    workers=lambda n: f"-p {n}",
+    policy=lambda name: f"--oversubscribe {name}",
+    cores_per_worker="--cores-per-worker",
+    more_cores="more cores for the job (--cores, --reserve)",
+    timeout="--claim-timeout",
+)
+
+
+@dataclass(frozen=True)
+class JobCores:
+    """What one process may use for a new pool, right now.
+
+    ``usable``: the CPUs of the job here (allowed, within the runner's ``--cores``, minus the
+    reserved ones; inside a pinned worker, its slot). ``strangers``: CPUs held by leases of
+    other jobs or pools planned by other processes. ``own``: CPUs of this process's pools
+    still alive. ``stray``: CPUs leased by workers of this process that belong to no live
+    runner pool (joblib's idle workers, workers still exiting).
+    """
+
+    topology: Topology
+    nested: bool
+    scope: str
+    usable: frozenset[int]
+    strangers: frozenset[int] = frozenset()
+    own: frozenset[int] = frozenset()
+    stray: frozenset[int] = frozenset()
+    holders: tuple[LeaseInfo, ...] = ()
+
+    @property
+    def free(self) -> frozenset[int]:
+        """CPUs a new pool can have without waiting or sharing."""
+        return self.usable - self.strangers - self.own
+
+
+def job_cores(
+    topology: Topology,
+    config: PinOptions,
+    *,
+    cores: frozenset[int] | None = None,
+    nested: bool = False,
+    scope: str = "",
+    leases: tuple[LeaseInfo, ...] = (),
+    own: frozenset[int] = frozenset(),
+    me: int | None = None,
+) -> JobCores:
+    """Build :class:`JobCores` from the topology, the settings and the live leases (pure)."""
+    usable = topology.allowed
+    if not nested:
+        if cores is not None:
+            usable = usable & cores
+        usable = usable - config.reserve
+    others = tuple(info for info in leases if me is None or info.owner != me)
+    strangers = frozenset().union(*(info.cores - info.shared for info in others))
+    mine = frozenset().union(*(info.cores for info in leases if info not in others))
+    return JobCores(
+        topology=topology,
+        nested=nested,
+        scope=scope,
+        usable=usable,
+        strangers=strangers & topology.allowed,
+        own=own & topology.allowed,
+        stray=(mine - own) & topology.allowed,
+        holders=others,
+    )
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    """The slots for a pool, or why it must wait; plus what to tell the user."""
+
+    plan: Plan | None
+    note: str | None = None
+    waiting: str | None = None
+    shared_with_others: bool = False
+    #: The wait ends with an error after the claim timeout (clamp with no free core);
+    #: otherwise it lasts until the cores are free (the ``"wait"`` policy).
+    bounded: bool = False
+
+
+def _holders_text(view: JobCores, cpus: frozenset[int]) -> str:
+    parts = [
+        f"CPUs {format_cpu_list(info.cores & cpus)} by pid {info.pid} ({info.command})"
+        for info in view.holders
+        if info.cores & cpus
+    ]
+    if view.own & cpus:
+        parts.append(f"CPUs {format_cpu_list(view.own & cpus)} by this program's other pools")
+    return "; ".join(parts) or "nothing"
+
+
+def decide(
+    view: JobCores,
+    options: PinOptions,
+    requested: int | None,
+    what: str,
+    *,
+    processes: int | None = None,
+    spelling: Spelling = KEYWORDS,
+) -> PoolDecision:
+    """Choose the slots for a pool that asked for ``requested`` workers (None: as many as fit).
+
+    ``processes`` (the runner's ``-p``) replaces ``requested`` outside pinned workers.
+    Inside a pinned worker the policy is always ``clamp`` (a nested pool never leaves its
+    worker's cores). The policies: ``clamp`` runs what fits (with a note) and waits, bounded
+    by the claim timeout, when no core is free; ``error`` fails; ``share`` shares;
+    ``wait`` waits for every worker's cores. Raises :class:`PlanError` when the policy
+    says fail; ``what`` names the pool in messages.
+    """
+    topology = view.topology
+    unknown = options.reserve - topology.online
+    if unknown and not view.nested:
+        raise PlanError(
+            f"reserve names CPUs {format_cpu_list(unknown)} that this machine does not have "
+            f"online (online CPUs: {format_cpu_list(topology.online)}); pick reserved CPUs "
+            f"among them"
+        )
+    policy = "clamp" if view.nested else options.policy("clamp")
+    per_worker = None if view.nested else options.cores_per_worker
+    size = per_worker or 1
+    asked = requested if view.nested or processes is None else processes
+    source = "" if view.nested or processes is None else f" ({spelling.workers(processes)})"
+    free, job = view.free, view.usable - view.own
+    fit_free = topology.count_cores(free) // size
+    fit_job = topology.count_cores(job) // size
+    n = asked if asked is not None else (fit_free or fit_job)
+    reserve = topology.allowed - view.usable
+    busy = view.strangers | view.own
+
+    def plan(n_workers: int, busy_cpus: frozenset[int], oversubscribe: str = "error") -> Plan:
+        """The planner on the job's CPUs, with ``busy_cpus`` left out."""
+        return plan_slots(
+            topology,
+            n_workers,
+            cores_per_worker=per_worker,
+            reserve=reserve,
+            busy=busy_cpus,
+            oversubscribe=oversubscribe,
+        )
+
+    if n >= 1 and n <= fit_free:
+        return PoolDecision(plan(n, busy))
+    if fit_job == 0:
+        have = topology.count_cores(view.usable)
+        if have < size:
+            raise PlanError(
+                f"no room for {what}: a worker needs {count(size, 'physical core')} "
+                f"({spelling.cores_per_worker}) but the job has only {have} "
+                f"(CPUs {format_cpu_list(view.usable) or 'none'}); ask for fewer cores per "
+                f"worker, or give it {spelling.more_cores}"
+            )
+        raise PlanError(
+            f"no core for {what}: the job's CPUs {format_cpu_list(view.usable)} are all used "
+            f"by {_holders_text(view, view.usable)}; close this program's other pools first, "
+            f"or give it {spelling.more_cores}"
+        )
+    shortage = (
+        f"{what} asks for {count(n, 'worker')}{source} of {count(size, 'core')} but only "
+        f"{count(fit_free * size, 'physical core')} {'is' if fit_free * size == 1 else 'are'} "
+        f"free (CPUs {format_cpu_list(free) or 'none'}; taken: "
+        f"{_holders_text(view, view.usable - free)})"
+    )
+    if policy == "error":
+        raise PlanError(
+            f"{shortage}; use {spelling.workers(max(fit_free, 1))}, or "
+            f"{spelling.policy('clamp')}, {spelling.policy('wait')} or {spelling.policy('share')}"
+        )
+    if policy == "clamp":
+        if fit_free >= 1:
+            return PoolDecision(
+                plan(fit_free, busy),
+                note=f"{what} runs {count(fit_free, 'worker')} instead of {n}{source}: only "
+                f"{count(fit_free * size, 'physical core')} "
+                f"{'is' if fit_free * size == 1 else 'are'} free "
+                f"(CPUs {format_cpu_list(free)}); pass {spelling.policy('error')} to get an "
+                f"error instead",
+            )
+        return PoolDecision(
+            None,
+            waiting=f"{shortage}; waiting up to the claim timeout ({spelling.timeout}) for "
+            f"a core to free up",
+            bounded=True,
+        )
+    if policy == "share":
+        if fit_free >= 1:
+            return PoolDecision(plan(n, busy, "share"))
+        return PoolDecision(plan(n, view.own, "share"), shared_with_others=True)
+    # wait: never for more than the job could ever get, nor for this program's own pools.
+    target = min(n, fit_job)
+    note = None
+    if target < n:
+        note = (
+            f"{what} runs {count(target, 'worker')} instead of {n}{source}: the job has only "
+            f"{count(fit_job * size, 'physical core')} (CPUs {format_cpu_list(job)})"
+        )
+    if target <= fit_free:
+        return PoolDecision(plan(target, busy), note=note)
+    return PoolDecision(None, note=note, waiting=f"{shortage}; waiting for other jobs to end")
