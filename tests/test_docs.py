@@ -57,13 +57,28 @@ def test_every_warning_links_to_an_existing_troubleshooting_entry():
     assert warn_sites >= 3
 
 
-def test_every_runner_warning_category_has_an_entry():
+def test_every_warning_category_with_an_anchor_has_an_entry():
+    from pinbackend.host.notices import PinbackendWarning
     from pinbackend.runner._warnings import RunnerWarning
 
-    categories = RunnerWarning.__subclasses__()
-    assert len(categories) >= 4
+    categories = [*RunnerWarning.__subclasses__(), *PinbackendWarning.__subclasses__()]
+    assert len(categories) >= 6
     for category in categories:
         assert category.anchor in troubleshooting_anchors(), category.__name__
+
+
+def readme_python_snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(readme_python_snippets())))
+def test_readme_python_snippets_run_as_written(index, tmp_path):
+    snippet = readme_python_snippets()[index]
+    result = subprocess.run(
+        [sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def subcommands() -> list[str]:
