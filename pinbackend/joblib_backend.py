@@ -25,6 +25,7 @@ from .host.lifecycle import (
 from .host.options import DEFAULT_CLAIM_TIMEOUT, PinOptions, check_count, reject_unknown
 from .host.pool import PoolPlan
 from .host.slot import in_slot
+from .joblib_threading import PinnedThreadingBackend
 
 __all__ = ["PinnedBackend", "shutdown_workers"]
 
@@ -94,6 +95,9 @@ class PinnedBackend(LokyBackend):
     #: ``parallel_backend`` gives ``n_jobs``.
     default_n_jobs = 1
     supports_inner_max_num_threads = True
+    #: Calls that need shared memory or prefer threads run on pinned threads
+    #: (:class:`~pinbackend.joblib_threading.PinnedThreadingBackend`), not joblib's plain ones.
+    supports_sharedmem = True
     supports_retrieve_callback = True
 
     def __init__(
@@ -201,6 +205,12 @@ class PinnedBackend(LokyBackend):
         if "inner_max_num_threads" in executor_kwargs:
             # joblib hands it on to loky's executor, which ignores it: apply it ourselves.
             self.inner_max_num_threads = executor_kwargs.pop("inner_max_num_threads")
+        if require == "sharedmem" or prefer == "threads":
+            raise FallbackToBackend(
+                PinnedThreadingBackend(
+                    nesting_level=self.nesting_level, options=self.options, sizing=self._sizing
+                )
+            )
         requested, reported = self._sizing(n_jobs)
         if reported == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))

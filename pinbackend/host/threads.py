@@ -1,0 +1,235 @@
+"""Pinned thread pools: N threads, each on its own disjoint share of the caller's cores.
+
+Threads avoid process start-up, pickling and copies, and most numpy, scipy and scikit-learn
+kernels release the GIL; but threads that all float over every core, each with a BLAS and an
+OpenMP pool sized to the whole machine, oversubscribe it as badly as processes do. Here:
+
+- the shares come from the same lifecycle as process pools: in a pinned worker, its own slot
+  subdivided; in a user's process, cores leased (through the same leases as everything
+  else) for as long as the pool lives;
+- each pool thread pins itself (``sched_setaffinity`` acts on the calling thread) and caps
+  its own OpenMP teams and, where the library allows it, its BLAS (threadpoolctl's
+  thread-local limits);
+- a BLAS with one process-wide pool (OpenBLAS built with pthreads) is capped process-wide
+  to the smallest share while the pool lives, and restored after, under the lock that
+  serializes every threadpoolctl call (threadpoolctl is not thread-safe);
+- the caller's own mask and caps are untouched: only the pool's threads were pinned.
+
+Every piece of shared state is guarded by a lock or is a thread-safe queue, so the pool is
+correct without the GIL too (free-threaded CPython).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing.pool
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+from .. import _platform
+from ..core.planner import plan_slots
+from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread
+from .leases import Lease, LeaseConflict, claim
+from .lifecycle import job_view, report_decision, size_pool
+from .options import PinOptions
+from .slot import current_slot
+
+__all__ = ["PinnedThreadPool", "ThreadShares", "plan_thread_shares", "run_capped"]
+
+
+@dataclasses.dataclass
+class ThreadShares:
+    """The cores of a thread pool, one share per thread, and the leases that hold them."""
+
+    shares: tuple[frozenset[int], ...]
+    leases: list[Lease] = dataclasses.field(default_factory=list)
+
+    def release(self) -> None:
+        """Give the leased cores back (idempotent)."""
+        leases, self.leases = self.leases, []
+        for lease in leases:
+            lease.release()
+
+
+def plan_thread_shares(n_threads: int | None, options: PinOptions, what: str) -> ThreadShares:
+    """Plan ``n_threads`` disjoint shares (None: one per free core), and lease them.
+
+    Inside a pinned worker, the worker's slot is subdivided (its lease already holds the
+    cores; at most one thread per core). Elsewhere the policy decides, as for process
+    pools (clamp, wait, share, error), and the caller leases every share, all or nothing,
+    planning again if another job took a share between the plan and the claim.
+    """
+    slot = current_slot()
+    if slot is not None:
+        from .machine import read_topology
+
+        view = read_topology().restrict(slot.cores)
+        plan = plan_slots(view, n_threads, oversubscribe="clamp")
+        return ThreadShares(plan.slots)
+    while True:
+        decision, view = size_pool(lambda: job_view(options), options, n_threads, what)
+        report_decision(decision, what)
+        shares = ThreadShares(decision.plan.slots)
+        if decision.plan.shared or decision.shared_with_others:
+            return shares  # sharing holds no lease, as for process pools
+        try:
+            for share in dict.fromkeys(shares.shares):
+                shares.leases.append(claim(share, scope=view.scope, command=f"threads: {what}"))
+        except LeaseConflict:
+            shares.release()
+            continue
+        return shares
+
+
+def _process_wide_blas() -> list:
+    """threadpoolctl controllers of BLAS libraries whose pool is shared by every thread."""
+    from threadpoolctl import ThreadpoolController
+
+    return [
+        lib
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+        if getattr(lib, "threading_layer", None) == "pthreads"
+    ]
+
+
+class _ProcessWideCap:
+    """Caps process-wide BLAS pools while pinned thread pools live; restores them after.
+
+    Counted: nested or concurrent pools keep the smallest cap until the last one ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: list[int] = []
+        self._saved: list[tuple[object, int]] = []
+
+    def enter(self, n_threads: int) -> None:
+        with self._lock:
+            if not self._active:
+                with _THREADPOOLCTL_LOCK:
+                    self._saved = [(lib, lib.num_threads) for lib in _process_wide_blas()]
+            self._active.append(n_threads)
+            self._set(min(self._active))
+
+    def leave(self, n_threads: int) -> None:
+        with self._lock:
+            self._active.remove(n_threads)
+            if self._active:
+                self._set(min(self._active))
+                return
+            with _THREADPOOLCTL_LOCK:
+                for lib, size in self._saved:
+                    self._force(lib, size)
+            self._saved = []
+
+    def _set(self, n_threads: int) -> None:
+        with _THREADPOOLCTL_LOCK:
+            for lib in _process_wide_blas():
+                self._force(lib, n_threads)
+
+    @staticmethod
+    def _force(lib, n_threads: int) -> None:
+        # threadpoolctl lets only the first thread that set OpenBLAS's process-wide pool set
+        # it again; pinbackend is the one setting it here, from whichever thread.
+        type(lib).clear_controlling_thread(force=True)
+        lib.set_num_threads(n_threads)
+        type(lib).clear_controlling_thread(force=True)
+
+
+_PROCESS_WIDE = _ProcessWideCap()
+
+
+_THIS_THREAD = threading.local()
+
+
+def _enter_share(shares: queue.SimpleQueue, initializer: Callable | None, initargs) -> None:
+    """Pool-thread initializer: take a share, pin this thread to it, cap its pools."""
+    share = shares.get_nowait()
+    try:
+        _platform.set_thread_affinity(0, share)
+    except _platform.AffinityUnavailable:
+        pass  # caps still apply; the pool's creator warned once (pin_or_warn)
+    _cap_this_thread(len(share))
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _cap_this_thread(n_threads: int) -> None:
+    _THIS_THREAD.cap = n_threads
+    _THIS_THREAD.libraries = _platform.loaded_libraries()
+    cap_openmp_in_this_thread(n_threads)
+    _cap_thread_local_blas(n_threads)
+
+
+def run_capped(func: Callable[[], object]) -> object:
+    """Run one task on a pinned pool thread, capping again first if a library was loaded
+    since this thread last capped (limits reach only libraries already loaded, and an
+    OpenMP runtime loaded later starts every thread at the process default)."""
+    cap = getattr(_THIS_THREAD, "cap", None)
+    if cap is not None:
+        loaded = _platform.loaded_libraries()
+        if loaded is None or loaded != _THIS_THREAD.libraries:
+            _cap_this_thread(cap)
+    return func()
+
+
+def _cap_thread_local_blas(n_threads: int) -> None:
+    """Cap the BLAS libraries whose limit is per thread (MKL, OpenBLAS on OpenMP)."""
+    from threadpoolctl import ThreadpoolController
+
+    with _THREADPOOLCTL_LOCK:
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+            if getattr(lib, "threading_layer", None) != "pthreads":
+                lib.set_num_threads(n_threads)
+
+
+class PinnedThreadPool(multiprocessing.pool.ThreadPool):
+    """A ``multiprocessing.pool.ThreadPool`` whose threads run on disjoint, capped shares.
+
+    ``shares`` come from :func:`plan_thread_shares`; the pool releases their leases and
+    restores process-wide BLAS caps when it is terminated (``terminate()``, ``with``, or
+    ``close()`` + ``join()``).
+    """
+
+    def __init__(self, shares: ThreadShares, initializer=None, initargs=()):
+        self._thread_shares = shares
+        self._cap = min(len(share) for share in shares.shares)
+        pending: queue.SimpleQueue = queue.SimpleQueue()
+        for share in shares.shares:
+            pending.put(share)
+        _PROCESS_WIDE.enter(self._cap)
+        self._ended = False
+        self._end_lock = threading.Lock()
+        try:
+            super().__init__(len(shares.shares), _enter_share, (pending, initializer, initargs))
+        except BaseException:
+            self._end()
+            raise
+
+    def _end(self) -> None:
+        with self._end_lock:
+            if self._ended:
+                return
+            self._ended = True
+        _PROCESS_WIDE.leave(self._cap)
+        self._thread_shares.release()
+
+    def terminate(self) -> None:
+        """Stop the threads, then give the cores and the process-wide caps back."""
+        super().terminate()
+        self._end()
+
+    def join(self) -> None:
+        """Wait for the threads (after ``close()``), then give the cores and caps back."""
+        super().join()
+        self._end()
+
+    @property
+    def shares(self) -> tuple[frozenset[int], ...]:
+        """The cores of each thread."""
+        return self._thread_shares.shares
+
+    def __repr__(self) -> str:
+        return f"PinnedThreadPool({len(self.shares)} threads, pid {os.getpid()})"
