@@ -74,6 +74,8 @@ def test_route_explains_ambiguous_lines(argv, message):
         (["--json", PROBE], "--json and --root only go with --dry-run"),
         (["--frobnicate", PROBE], "unrecognized arguments: --frobnicate"),
         (["-p", "2", "status"], "cannot come before the subcommand 'status'"),
+        (["--claim-timeout", "-1", PROBE], "--claim-timeout: must be a finite number of seconds"),
+        (["--claim-timeout", "nan", PROBE], "must be a finite number of seconds >= 0; got 'nan'"),
     ],
 )
 def test_bad_runner_options_are_one_line_and_exit_2(args, message):
@@ -81,6 +83,38 @@ def test_bad_runner_options_are_one_line_and_exit_2(args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--cores-per-worker", "999"],
+            "--cores-per-worker 999: a worker needs 999 physical cores but the job has only",
+        ),
+        (
+            ["--cores", str(ALLOWED[0]), "--cores-per-worker", "2"],
+            f"the job has only 1 (CPUs {ALLOWED[0]}: the allowed CPUs, within --cores "
+            f"{ALLOWED[0]}); use --cores-per-worker 1 or less, or give the job more cores",
+        ),
+        (
+            ["--reserve", ",".join(map(str, ALLOWED))],
+            "leaves the job no CPU: it reserves every CPU the job may use",
+        ),
+    ],
+)
+def test_options_that_can_never_fit_are_refused_before_the_program_starts(
+    tmp_path, args, message, dry_run
+):
+    marker = tmp_path / "ran"
+    script = tmp_path / "job.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    result = pinbackend_cli(*(["--dry-run"] if dry_run else []), *args, str(script))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("pinbackend: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not marker.exists() and result.stdout == ""
 
 
 def test_help_shows_both_forms_and_every_runner_option():

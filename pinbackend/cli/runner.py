@@ -21,6 +21,7 @@ from ..core.planner import PlanError
 from ..core.topology import TopologyError
 from ..host.leases import LeaseError
 from ..host.machine import read_topology
+from ..host.options import DEFAULT_CLAIM_TIMEOUT
 from ..runner import (
     RUNNER_POLICIES,
     RunnerConfig,
@@ -38,6 +39,7 @@ from ._common import (
     cpu_list,
     fail,
     positive_int,
+    seconds,
 )
 from .render import describe_plan
 
@@ -121,6 +123,17 @@ _OPTIONS = (
             "help": "a pool wants more workers than free cores: 'clamp' (default) runs as "
             "many as fit and fails when none is free; 'error' fails; 'wait' waits for other "
             "jobs to free cores; 'share' shares them, with a warning",
+        },
+    ),
+    _Option(
+        ("--claim-timeout",),
+        {
+            "type": seconds,
+            "default": DEFAULT_CLAIM_TIMEOUT,
+            "metavar": "SECONDS",
+            "help": "how long a new pool worker waits for its slot's cores (another job may "
+            "hold them a moment longer); then the pool stops and the program gets the "
+            "error (default: %(default)g)",
         },
     ),
     _Option(("--dry-run",), {"action": "store_true", "help": "print the plan; run nothing"}),
@@ -245,6 +258,7 @@ def _config(args: argparse.Namespace) -> RunnerConfig:
             threads=args.threads,
             oversubscribe=args.oversubscribe,
             pin_main=args.pin_main,
+            claim_timeout=args.claim_timeout,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -261,6 +275,35 @@ def _check_cpus(config: RunnerConfig, topology) -> None:
         )
 
 
+def _check_fits(config: RunnerConfig, topology) -> None:
+    """Refuse options that no pool of the job could ever satisfy, before the program runs.
+
+    Only the job's own CPUs count (allowed, within ``--cores``, minus ``--reserve``): cores
+    that other jobs hold now are the policy's business (``--oversubscribe``).
+    """
+    usable = job_cores(topology, config).usable
+    if not usable:
+        cpus = topology.allowed if config.cores is None else topology.allowed & config.cores
+        raise UsageError(
+            f"--reserve {format_cpu_list(config.reserve)} leaves the job no CPU: it reserves "
+            f"every CPU the job may use ({format_cpu_list(cpus)}); reserve fewer CPUs"
+        )
+    need = config.cores_per_worker or 1
+    have = topology.count_cores(usable)
+    if have < need:
+        limits = "".join(
+            (
+                f", within --cores {format_cpu_list(config.cores)}" if config.cores else "",
+                f", minus --reserve {format_cpu_list(config.reserve)}" if config.reserve else "",
+            )
+        )
+        raise UsageError(
+            f"--cores-per-worker {need}: a worker needs {need} physical cores but the job "
+            f"has only {have} (CPUs {format_cpu_list(usable)}: the allowed CPUs{limits}); "
+            f"use --cores-per-worker {have} or less, or give the job more cores"
+        )
+
+
 def _dry_run(config: RunnerConfig, target: Target, args: argparse.Namespace) -> int:
     try:
         live = args.root == "/"
@@ -268,8 +311,7 @@ def _dry_run(config: RunnerConfig, target: Target, args: argparse.Namespace) -> 
     except (TopologyError, LeaseError) as error:
         fail(str(error))
     _check_cpus(config, view.topology)
-    if not view.usable:
-        fail("the job has no CPU left: --cores and --reserve exclude every allowed CPU")
+    _check_fits(config, view.topology)
     try:
         decision = decide(view, config, None, "a pool")
         problem = None
@@ -349,7 +391,9 @@ def main(call: RunnerCall) -> int:
             return _dry_run(config, target, args)
         if args.json or args.root != "/":
             raise UsageError("--json and --root only go with --dry-run")
-        _check_cpus(config, read_topology())
+        topology = read_topology()
+        _check_cpus(config, topology)
+        _check_fits(config, topology)
         start_job(config, target)
     except TargetError as error:
         print(error, file=sys.stderr)
