@@ -144,10 +144,11 @@ class StandIn(threading.Thread):
     """Takes a failed worker's place in a ``Pool``: answers every task with the claim error.
 
     It looks like a worker process to the pool (``exitcode``, ``join``, ``terminate``), but is
-    a thread of the parent that starts nothing. While it waits for tasks it holds the task
-    queue's read lock, so workers that did claim their slot take no new task either: after
-    one claim failed, the pool runs nothing more. It ends on the pool's stop sentinel
-    (``None``, sent by ``close``/``terminate``) or when the pool terminates it.
+    a thread of the parent that starts nothing. Once it has the task queue's read lock it
+    keeps it, so workers that did claim their slot take no new task either (they compete for
+    the lock between their tasks, and may win it a few times first: the lock is not fair).
+    It ends on the pool's stop sentinel (``None``, sent by ``close``/``terminate``) or when
+    the pool terminates it.
     """
 
     #: Not a process: no pid that code could signal.
@@ -233,13 +234,17 @@ def watch_executor(executor, errors: ClaimErrors) -> None:
     _EXECUTORS[executor] = errors
 
 
-def _fail_pending(manager, error: BaseException) -> None:
-    """Set ``error`` on every future the broken executor still owes (not cancelled ones)."""
+def _take_pending(manager) -> list:
+    """Remove and return the work items a broken executor still owes."""
     with manager.shutdown_lock:  # submit() adds work items under this lock
-        items = list(manager.pending_work_items.items())
-        for work_id, _ in items:
-            manager.pending_work_items.pop(work_id, None)
-    for _, item in items:
+        items = list(manager.pending_work_items.values())
+        manager.pending_work_items.clear()
+    return items
+
+
+def _fail(items, error: BaseException) -> None:
+    """Set ``error`` on the futures of ``items`` (not on those cancelled meanwhile)."""
+    for item in items:
         try:
             item.future.set_exception(error)
         except concurrent.futures.InvalidStateError:
@@ -249,8 +254,11 @@ def _fail_pending(manager, error: BaseException) -> None:
 def wrap_terminate_broken(original):
     """Wrap ``_ExecutorManagerThread.terminate_broken``: a claim error fails the futures.
 
-    Without a claim error (a worker crashed otherwise, or not a runner executor) the
-    executor breaks as it always does.
+    The executor still breaks as it always does (workers terminated, ``submit`` refused),
+    but the futures it owes get the claim error itself instead of a ``BrokenProcessPool``,
+    and ``submit``'s ``BrokenProcessPool`` names it. They are failed last, so that a caller
+    woken by them finds the executor fully broken. Without a claim error (a worker crashed
+    otherwise, or not a runner executor) nothing changes.
     """
 
     @functools.wraps(original)
@@ -258,14 +266,16 @@ def wrap_terminate_broken(original):
         executor = self.executor_reference()
         errors = _EXECUTORS.get(executor) if executor is not None else None
         error = errors.first() if errors is not None else None
-        if error is not None:
-            _fail_pending(self, error)
-        original(self, cause)
-        if error is not None and executor is not None:
-            # submit() raises BrokenProcessPool with this text from now on.
-            executor._broken = (
-                f"a worker could not claim its cores ({type(error).__name__}: {error}); "
-                f"the process pool is not usable anymore"
-            )
+        owed = _take_pending(self) if error is not None else []
+        try:
+            original(self, cause)
+        finally:
+            if error is not None:
+                if executor is not None:
+                    executor._broken = (
+                        f"a worker could not claim its cores ({type(error).__name__}: "
+                        f"{error}); the process pool is not usable anymore"
+                    )
+                _fail(owed, error)
 
     return terminate_broken
