@@ -6,6 +6,7 @@ of a real run are in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -511,3 +512,49 @@ def test_bad_config_values_are_refused_with_the_value():
         BenchConfig(noise_threshold=5)
     with pytest.raises(ValueError, match="mode must be one of quick, full; got 'fast'"):
         BenchConfig(mode="fast")
+
+
+# -- the container workload ---------------------------------------------------------------
+
+
+def test_container_workload_runs_inside_a_one_cpu_quota(tmp_path):
+    from _cgroups import child_cgroup
+
+    with child_cgroup(quota=1):
+        pass  # skips, with the reason, where this machine cannot make cgroups
+    result = pinbackend_cli(
+        "bench", "--quick", "-w", "container", "--no-chart", "-o", str(tmp_path), timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = _only_json(tmp_path)
+    assert doc["workloads"]["container"]["cgroup"] == {"quota": 1.0}
+    runs = doc["runs"]
+    assert [r["strategy"] for r in runs] == ["inline", "loky", "pinned"]
+    for run in runs:
+        assert run["status"] == "ok", run
+        # The measurement ran inside the quota: the budget it read there is one CPU.
+        assert run["extra"]["budget_cpus"] == 1
+    assert "CPU budget seen inside: 1" in result.stdout
+    leftovers = [p for p in Path("/sys/fs/cgroup").glob("*/pinbackend-bench-*") if p.is_dir()]
+    assert not leftovers
+
+
+def test_container_workload_without_cgroups_is_unavailable_and_says_why(monkeypatch):
+    from pinbackend.bench import suite
+    from pinbackend.bench.cgroups import CgroupUnavailable
+
+    @contextlib.contextmanager
+    def refused(**limits):
+        raise CgroupUnavailable("cannot create cgroup /sys/fs/cgroup/x: Permission denied")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(suite, "child_cgroup", refused)
+    run = {"workload": "container", "strategy": "pinned", "round": 0}
+    record = suite._measure_one(run, BenchConfig(mode="quick"), 2, "/nonexistent", set())
+    assert record["status"] == "unavailable"
+    assert record["reason"] == (
+        "needs a cgroup (quota 1): cannot create cgroup /sys/fs/cgroup/x: Permission denied"
+    )
+    doc = _doc({("container", "pinned"): [0.0], ("container", "loky"): [1.0]})
+    doc["runs"][0].update(status="unavailable", reason=record["reason"])
+    assert "needs a cgroup" in _targets(doc)["vs-default-container"].detail

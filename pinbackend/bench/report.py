@@ -149,11 +149,30 @@ def summarize(doc: dict) -> dict:
                     lambda r: (r.get("extra") or {}).get("daemon_rate"),
                 ),
                 "tasks": _median_of(ok, lambda r: r.get("extra", {}).get("tasks")),
+                "busy_workers": _median_of(ok, _busy_workers),
+                "budget_cpus": _median_of(ok, lambda r: r.get("extra", {}).get("budget_cpus")),
             }
             cells[strategy] = cell
         _relative(doc, name, workload, cells, n_jobs)
         summary[name] = cells
     return summary
+
+
+#: CPU seconds a worker process must use in the window to count as one that worked.
+_BUSY_CPU_S = 0.05
+
+
+def _busy_workers(run: dict) -> int | None:
+    """Worker processes that did work in the window (not idle helpers such as loky's
+    resource tracker); None when the kernel's counters were unavailable."""
+    window = run.get("window") or {}
+    if not window.get("available"):
+        return None
+    return sum(
+        1
+        for process in window.get("processes", [])
+        if process["role"] == "worker" and process["cpu_s"] >= _BUSY_CPU_S
+    )
 
 
 def _relative(doc, name, workload, cells, n_jobs) -> None:
@@ -312,6 +331,11 @@ def _cell_notes(cells: dict, workload: dict, labels: dict) -> list[str]:
             )
         elif strategy == "none" and cell.get("daemon_rate"):
             notes.append(f"   daemon alone: {cell['daemon_rate']:.0f} work units/s")
+        if cell.get("budget_cpus") is not None:
+            notes.append(
+                f"   {label}: {_count(cell['busy_workers'])} busy worker process(es); "
+                f"CPU budget seen inside: {_count(cell['budget_cpus'])}"
+            )
         for problem, count in cell["problems"].items():
             notes.append(f"   {label}: {count} run(s) {problem}")
     return notes

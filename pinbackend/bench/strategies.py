@@ -32,6 +32,7 @@ __all__ = [
     "DaskDefault",
     "DaskPinned",
     "HandPinnedPool",
+    "Inline",
     "JoblibStrategy",
     "NoJob",
     "PinnedUnderRun",
@@ -146,6 +147,19 @@ class Sequential(Strategy):
 
         with parallel_config(backend="sequential"):
             yield
+
+
+class Inline(Sequential):
+    """Plain numpy in the calling process: every task inline, BLAS/OpenMP at their defaults.
+
+    What a script that never heard of parallelism does; its BLAS sizes its pool from the
+    CPUs it sees, not from a cgroup quota.
+    """
+
+    name = "inline"
+    label = "plain numpy inline"
+    summary = "all tasks one after the other in one process, BLAS/OpenMP threads at their defaults"
+    process_threads = None
 
 
 class _JoblibRunner(Runner):
@@ -361,6 +375,7 @@ class NoJob(Strategy):
 
 for _strategy in (
     Sequential(),
+    Inline(),
     HandPinnedPool(),
     JoblibStrategy(
         "loky",

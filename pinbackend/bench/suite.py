@@ -28,6 +28,7 @@ from ..host.caps import THREAD_ENV_VARS, thread_env
 from ..host.leases import REGISTRY_ENV
 from ..host.machine import read_topology
 from ..host.slot import SCOPE_ENV, SLOT_ENV
+from .cgroups import CgroupUnavailable, child_cgroup
 from .measure import run_measurement
 from .neighbours import Neighbour, Progress
 from .strategies import STRATEGIES, get_strategy
@@ -238,7 +239,21 @@ def _measure_one(run, config, n_jobs, registry, hung) -> dict:
     env = _child_env(registry, strategy.process_threads)
     began = time.time()
     progress = None
+    command = strategy.command(sys.executable)
     with contextlib.ExitStack() as stack:
+        if workload.cgroup:
+            # A fresh child cgroup per measurement: the same limit for every strategy, and
+            # nothing a killed measurement left behind can slow the next one.
+            try:
+                group = stack.enter_context(child_cgroup(**workload.cgroup, tag="bench"))
+            except CgroupUnavailable as error:
+                limits = ", ".join(f"{k} {v:g}" for k, v in workload.cgroup.items())
+                return {
+                    **record,
+                    "status": "unavailable",
+                    "reason": f"needs a cgroup ({limits}): {error}",
+                }
+            command = group.prefix() + command
         if workload.neighbour:
             # Started first and from here, as a daemon that was on the machine before the
             # job (see pinbackend.bench.neighbours); it gets the last CPU.
@@ -256,7 +271,7 @@ def _measure_one(run, config, n_jobs, registry, hung) -> dict:
                 # reports nothing itself, but how the daemon fared meanwhile is worth knowing.
                 progress = Progress(spec["neighbour"]["progress"])
         outcome = run_measurement(
-            strategy.command(sys.executable),
+            command,
             spec,
             env=env,
             timeout=timeout,
@@ -299,6 +314,7 @@ def _describe_workloads(config: BenchConfig, n_jobs: int) -> dict:
             "pinned": workload.pinned,
             "baseline": workload.baseline,
             "neighbour": workload.neighbour,
+            "cgroup": dict(workload.cgroup) if workload.cgroup else None,
             "notes": workload.notes,
         }
     return described

@@ -74,6 +74,9 @@ class Workload:
     #: The strategy that stands for pinbackend here, and the default it must not lose to.
     pinned: str = "pinned"
     baseline: str = "loky"
+    #: A child cgroup the measurement runs in, e.g. ``{"quota": 1.0}`` (a CPU quota in CPUs,
+    #: as in a container); where none can be made, the runs are ``unavailable``, saying why.
+    cgroup: Mapping[str, float] | None = None
     #: Strategies known to hang here, with the reason shown instead of the time. After one
     #: timeout such a cell is not measured again.
     hangs: Mapping[str, str] = field(default_factory=dict)
@@ -158,6 +161,19 @@ def _describe_blas(params, n_jobs) -> str:
         f"{n_tasks} tasks, each {params['reps']} x ({params['size']}x{params['size']} "
         f"matmul + solve) + SVD"
     )
+
+
+def measure_container(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], window) -> dict:
+    """BLAS tasks with ``n_jobs=-1`` inside a cgroup with a CPU quota (workload 7).
+
+    The same tasks as :func:`measure_blas`; the CPU budget the measurement sees from inside
+    is recorded with them, next to the worker processes each strategy started (counted by
+    the window's sampler).
+    """
+    from ..host.budget import read_budget
+
+    extra = measure_blas(strategy, n_jobs, params, window)
+    return {**extra, "budget_cpus": read_budget().cpus}
 
 
 def measure_nested(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], window) -> dict:
@@ -435,6 +451,25 @@ for _workload in (
         timeout={"quick": 20.0, "full": 60.0},
         measure=measure_pool_start,
         describe=_describe_start,
+    ),
+    Workload(
+        name="container",
+        number="7",
+        title="BLAS tasks in a container with a 1-CPU quota",
+        metric="time",
+        strategies=("inline", "loky", "pinned"),
+        # Quick mode does half the tasks: plain numpy spins its BLAS threads against the
+        # quota and takes several seconds even so.
+        params={
+            "quick": {**_BLAS_QUICK, "tasks_per_worker": 2, "n_jobs": -1},
+            "full": {**_BLAS_FULL, "n_jobs": -1},
+        },
+        timeout={"quick": 20.0, "full": 90.0},
+        measure=measure_container,
+        describe=lambda params, n_jobs: _describe_blas(params, n_jobs) + ", n_jobs=-1",
+        cgroup={"quota": 1.0},
+        notes="a child cgroup with a 1-CPU quota (cpu.max or cpu.cfs_quota_us): how many "
+        "workers n_jobs=-1 gives, and what their threads cost under the quota",
     ),
 ):
     register_workload(_workload)
