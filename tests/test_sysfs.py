@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pinbackend.core.cpuset import format_cpu_list
 from pinbackend.core.sysfs import read_topology
-from pinbackend.core.topology import Topology, TopologyError
+from pinbackend.core.topology import UNKNOWN_ID, Topology, TopologyError
 
 CPU = "sys/devices/system/cpu"
 NODE = "sys/devices/system/node"
@@ -131,15 +131,31 @@ def test_offline_cpu_is_left_out_everywhere(tmp_path):
     assert read.l3_groups == (frozenset({0, 2}),)
 
 
-def test_amd_modules_split_by_core_id(tmp_path):
-    """Bulldozer lists both cores of a module as thread siblings, with distinct core ids."""
+@pytest.mark.parametrize(
+    ("vendor", "family", "n_cores"),
+    [
+        ("AuthenticAMD", "21", 4),
+        ("AuthenticAMD", "22", 4),
+        ("AuthenticAMD", "23", 2),
+        ("GenuineIntel", "21", 2),
+    ],
+)
+def test_amd_modules_split_by_core_id(tmp_path, vendor, family, n_cores):
+    """Bulldozer lists both cores of a module as thread siblings, with distinct core ids.
+
+    hwloc makes one core per thread only on AMD families 15h and 16h; elsewhere thread
+    siblings are one core whatever their core ids say.
+    """
     files = {f"{CPU}/online": "0-3"}
     for cpu in range(4):
         files[f"{CPU}/cpu{cpu}/topology/physical_package_id"] = "0"
         files[f"{CPU}/cpu{cpu}/topology/core_id"] = str(cpu)
         files[f"{CPU}/cpu{cpu}/topology/thread_siblings_list"] = "0-1" if cpu < 2 else "2-3"
+    files["proc/cpuinfo"] = "".join(
+        f"processor : {cpu}\nvendor_id : {vendor}\ncpu family : {family}\n\n" for cpu in range(4)
+    )
     read = read_topology(make_root(tmp_path, files))
-    assert len(read.cores) == 4
+    assert len(read.cores) == n_cores
 
 
 def test_unknown_package_ids_fall_back_to_package_sets(tmp_path):
@@ -150,6 +166,91 @@ def test_unknown_package_ids_fall_back_to_package_sets(tmp_path):
     read = read_topology(make_root(tmp_path, files))
     assert sorted(read.packages.values(), key=min) == [frozenset({0, 1}), frozenset({2, 3})]
     assert any("package" in note for note in read.notes)
+
+
+# ---------------------------------------------------------------- hwloc's rules
+
+
+def test_bitmaps_win_over_lists(tmp_path):
+    """hwloc reads the bitmaps; its own snapshots have list files that disagree with them."""
+    files = {f"{CPU}/online": "0-3"}
+    for cpu in range(4):
+        topology, cache = f"{CPU}/cpu{cpu}/topology", f"{CPU}/cpu{cpu}/cache/index3"
+        files[f"{topology}/thread_siblings"] = kernel_mask({cpu})
+        files[f"{topology}/thread_siblings_list"] = "0-3"
+        files[f"{topology}/core_siblings"] = kernel_mask(range(4))
+        files[f"{topology}/core_siblings_list"] = str(cpu)
+        files[f"{cache}/level"] = "3"
+        files[f"{cache}/shared_cpu_map"] = kernel_mask(range(4))
+        files[f"{cache}/shared_cpu_list"] = "0-1" if cpu < 2 else str(cpu)  # lists overlap
+    files[f"{NODE}/node0/cpumap"] = kernel_mask(range(4))
+    files[f"{NODE}/node0/cpulist"] = "0"
+    read = read_topology(make_root(tmp_path, files))
+    assert read.cores == tuple(frozenset({cpu}) for cpu in range(4))
+    assert read.packages == read.numa_nodes == {0: frozenset(range(4))}
+    assert read.l3_groups == (frozenset(range(4)),)
+
+
+def test_sets_that_cross_keep_the_first_made(tmp_path):
+    """A set that partially overlaps one made before it is dropped: groups always nest."""
+    files = {f"{CPU}/online": "0-3"}
+    package = {0: {0, 1}, 1: {0, 1}, 2: {2, 3}, 3: {2, 3}}
+    l3 = {0: {0, 1, 2}, 1: {0, 1, 2}, 2: {0, 1, 2}, 3: {3}}
+    for cpu in range(4):
+        files[f"{CPU}/cpu{cpu}/topology/thread_siblings"] = kernel_mask({cpu})
+        files[f"{CPU}/cpu{cpu}/topology/core_siblings"] = kernel_mask(package[cpu])
+        files[f"{CPU}/cpu{cpu}/topology/physical_package_id"] = str(cpu // 2)
+        files[f"{CPU}/cpu{cpu}/cache/index3/level"] = "3"
+        files[f"{CPU}/cpu{cpu}/cache/index3/shared_cpu_map"] = kernel_mask(l3[cpu])
+    read = read_topology(make_root(tmp_path, files))
+    # CPU 0 makes package {0,1} and L3 {0,1,2}; CPU 2's package {2,3} crosses that L3.
+    assert read.packages == {UNKNOWN_ID: frozenset({2, 3}), 0: frozenset({0, 1})}
+    assert set(read.l3_groups) == {frozenset({0, 1, 2}), frozenset({3})}
+    assert any("no package" in note for note in read.notes)
+
+
+def test_only_the_first_cpu_of_a_set_makes_it(tmp_path):
+    """A set is made from what its first CPU reports; later CPUs cannot contradict it."""
+    files = {f"{CPU}/online": "0-3"}
+    for cpu in range(4):
+        # CPU 2 wrongly reports {0,1,2,3}; hwloc never reads a set from it (CPU 0 is first).
+        siblings = {0, 1, 2, 3} if cpu == 2 else ({0, 1} if cpu < 2 else {2, 3})
+        files[f"{CPU}/cpu{cpu}/topology/core_siblings"] = kernel_mask(siblings)
+        files[f"{CPU}/cpu{cpu}/topology/physical_package_id"] = str(cpu // 2)
+    read = read_topology(make_root(tmp_path, files))
+    assert read.packages == {UNKNOWN_ID: frozenset({2, 3}), 0: frozenset({0, 1})}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        # node 0 offline (absent from node/online): its CPUs are in no node
+        (
+            {"online": "1", "node0/cpumap": "f", "node1/cpumap": "a"},
+            {UNKNOWN_ID: {0, 2}, 1: {1, 3}},
+        ),
+        # node 1 overlaps node 0: hwloc drops it
+        ({"node0/cpumap": "3", "node1/cpumap": "e"}, {0: {0, 1}, UNKNOWN_ID: {2, 3}}),
+        # no node has a readable cpumap: one node
+        ({"node0/cpumap": "zz"}, {0: {0, 1, 2, 3}}),
+    ],
+)
+def test_numa_nodes_as_hwloc_keeps_them(tmp_path, nodes, expected):
+    files = {f"{CPU}/online": "0-3", **{f"{NODE}/{rel}": text for rel, text in nodes.items()}}
+    read = read_topology(make_root(tmp_path, files))
+    assert read.numa_nodes == {node: frozenset(cpus) for node, cpus in expected.items()}
+    assert read.notes
+
+
+def test_cpu_without_a_topology_folder_is_not_counted(tmp_path):
+    """hwloc counts a CPU only where the kernel exports its topology folder."""
+    machine = Topology.uniform(packages=1, cores_per_l3=4)
+    files = machine_files(machine, masks=True)
+    files = {rel: text for rel, text in files.items() if "/cpu2/" not in rel}
+    (tmp_path / CPU / "cpu2").mkdir(parents=True)
+    read = read_topology(make_root(tmp_path, files))
+    assert read.online == frozenset({0, 1, 3})
+    assert any("topology folder" in note for note in read.notes)
 
 
 # ---------------------------------------------------------------- missing files
@@ -338,6 +439,12 @@ def test_kinds_from_intel_pmus_put_atoms_first(tmp_path):
     assert read_topology(root).cpu_kinds == (frozenset({4, 5}), frozenset(range(4)))
 
 
+def test_cpu_that_reports_nothing_is_of_no_kind(tmp_path):
+    """hwloc puts a CPU without frequency, capacity or PMU in no kind (2arm-2c: CPU 1)."""
+    root = kind_root(tmp_path, {0: {"cpufreq/cpuinfo_max_freq": "800000"}, 1: {}})
+    assert read_topology(root).cpu_kinds == (frozenset({0}),)
+
+
 @pytest.mark.parametrize(
     ("max_freqs", "kinds"),
     [
@@ -369,15 +476,17 @@ def test_kinds_skipped_on_amd_before_zen5(tmp_path, family, kinds):
 # ---------------------------------------------------------------- corrupt files
 
 
-def test_corrupt_files_give_a_coarse_topology_with_notes(tmp_path):
+def test_corrupt_files_leave_their_cpus_ungrouped_with_notes(tmp_path):
+    """A corrupt file loses what it alone describes (as in hwloc), never the rest."""
     machine = Topology.uniform(packages=2, cores_per_l3=2, threads_per_core=2)
+    # cores {0,4} {1,5} {2,6} {3,7}; packages, NUMA nodes and L3s {0,1,4,5} {2,3,6,7}
     files = machine_files(machine, masks=False)
     files[f"{CPU}/online"] = "0-three"  # -> the cpuN folders
     files[f"{CPU}/cpu0/topology/core_siblings_list"] = "0-4000000000"  # must not fill memory
-    files[f"{CPU}/cpu0/topology/thread_siblings_list"] = "zero,four"  # -> one core per CPU
-    files[f"{CPU}/cpu5/topology/physical_package_id"] = "\x00\xff"
-    files[f"{NODE}/node0/cpulist"] = "a-b"  # -> one node
-    files[f"{CPU}/cpu2/cache/index3/level"] = "three"
+    files[f"{CPU}/cpu0/topology/thread_siblings_list"] = "zero,four"  # -> cores {0} and {4}
+    files[f"{CPU}/cpu2/topology/physical_package_id"] = "\x00\xff"  # -> package renumbered
+    files[f"{NODE}/node0/cpulist"] = "a-b"  # -> CPUs 0,1,4,5 in no node
+    files[f"{CPU}/cpu2/cache/index3/level"] = "three"  # -> no L3 {2,3,6,7}
     files[f"{CPU}/cpu3/cpu_capacity"] = "big"
     read = read_topology(
         make_root(
@@ -392,12 +501,14 @@ def test_corrupt_files_give_a_coarse_topology_with_notes(tmp_path):
             },
         )
     )
+    first, second = frozenset({0, 1, 4, 5}), frozenset({2, 3, 6, 7})
     assert read.online == read.allowed == machine.online
-    assert read.cores == tuple(frozenset({cpu}) for cpu in range(8))
-    assert read.numa_nodes == {0: machine.online}
+    assert set(read.cores) == {frozenset(c) for c in ({0}, {4}, {1, 5}, {2, 6}, {3, 7})}
+    assert read.numa_nodes == {UNKNOWN_ID: first, 1: second}
+    assert read.packages == {UNKNOWN_ID: first, 0: second}
+    assert read.l3_groups == (first,)
     assert read.cpu_quota is None
     corrupt = [note for note in read.notes if note.startswith("corrupt")]
-    assert read.packages == {0: machine.online}
     for name in ("online", "core_siblings", "thread_siblings", "cpulist", "level", "cpu.max"):
         assert any(name in note for note in corrupt), (name, read.notes)
     for name in ("cpus.effective", "cpuinfo", "physical_package_id", "cpu_capacity"):
@@ -406,11 +517,13 @@ def test_corrupt_files_give_a_coarse_topology_with_notes(tmp_path):
 
 def test_corrupt_notes_are_not_repeated_per_cpu(tmp_path):
     files = {f"{CPU}/online": "0-63"}
-    files.update({f"{CPU}/cpu{cpu}/topology/core_id": "?" for cpu in range(64)})
-    files.update({f"{CPU}/cpu{cpu}/topology/thread_siblings_list": str(cpu) for cpu in range(64)})
+    for cpu in range(64):
+        files[f"{CPU}/cpu{cpu}/topology/thread_siblings_list"] = str(cpu)
+        files[f"{CPU}/cpu{cpu}/cache/index0/shared_cpu_list"] = str(cpu)
+        files[f"{CPU}/cpu{cpu}/cache/index0/level"] = "?"
     read = read_topology(make_root(tmp_path, files))
     assert len(read.cores) == 64
-    assert sum("core_id" in note for note in read.notes) == 1
+    assert sum("level" in note for note in read.notes) == 1
 
 
 # ---------------------------------------------------------------- this machine

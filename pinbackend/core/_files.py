@@ -11,7 +11,18 @@ from .cpuset import CpuListError, parse_cpu_list, parse_cpu_mask
 
 # sysfs files that hold hex masks; every other CPU-set file holds a list like "0-3,8".
 _MASK_FILES = frozenset(
-    {"cpumap", "shared_cpu_map", "thread_siblings", "core_siblings", "core_cpus", "package_cpus"}
+    {
+        "cpumap",
+        "shared_cpu_map",
+        "thread_siblings",
+        "core_siblings",
+        "core_cpus",
+        "package_cpus",
+        "cluster_cpus",
+        "die_cpus",
+        "book_siblings",
+        "drawer_siblings",
+    }
 )
 
 
@@ -69,6 +80,10 @@ class Files:
             except CpuListError:
                 self.corrupt(rel, text)
         return None
+
+    def is_dir(self, rel: str) -> bool:
+        """Whether ``rel`` is a folder."""
+        return (self.root / rel).is_dir()
 
     def numbered(self, rel: str, prefix: str) -> list[int]:
         """Return N for each folder ``prefixN`` in ``rel`` (``cpu12``, ``node1``, ``index3``)."""

@@ -12,7 +12,12 @@ from dataclasses import dataclass, field, replace
 
 from .cpuset import format_cpu_list
 
-__all__ = ["Topology", "TopologyError"]
+__all__ = ["UNKNOWN_ID", "Topology", "TopologyError"]
+
+#: Key of the CPUs that belong to no package or no NUMA node hwloc would accept (a node taken
+#: offline, a package whose sysfs set conflicts with its neighbours'): the kernel's own id for
+#: "unknown" (``physical_package_id`` -1, ``NUMA_NO_NODE``).
+UNKNOWN_ID = -1
 
 
 class TopologyError(ValueError):
@@ -28,9 +33,11 @@ class Topology:
     """CPUs of one host and their grouping (packages, NUMA nodes, cores, caches, kinds).
 
     ``online`` holds every online CPU; ``allowed`` those this process may run on (affinity
-    mask or cgroup cpuset), always a subset of ``online``. ``cores`` lists each physical core
-    as the set of its SMT sibling CPUs. ``l3_groups`` are the CPUs sharing one last-level cache
-    (empty when the machine reports none). ``cpu_kinds`` are hybrid CPU kinds ordered from the
+    mask or cgroup cpuset), always a subset of ``online``. ``packages`` and ``numa_nodes`` map
+    ids to CPUs and each hold every online CPU once: CPUs in no package or node sit under
+    :data:`UNKNOWN_ID`. ``cores`` lists each physical core as the set of its SMT sibling CPUs.
+    ``l3_groups`` are the CPUs sharing one last-level cache (empty when the machine reports
+    none; CPUs of no L3 are in no group). ``cpu_kinds`` are hybrid CPU kinds ordered from the
     most efficient to the most performant (E-cores before P-cores, hwloc's order); empty when
     the kernel does not tell them apart. ``cpu_quota`` is the cgroup CPU quota in cores' worth
     of time (``None`` when unlimited): it limits how much time we get, not which CPUs.
