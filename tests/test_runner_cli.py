@@ -155,8 +155,7 @@ def test_dry_run_clamps_p_with_a_note_and_errors_with_error_policy():
     strict = ["--oversubscribe", "error", "-p", too_many]
     data = json.loads(pinbackend_cli("--dry-run", "--json", *strict, PROBE).stdout)
     assert (
-        data["workers"] == []
-        and f"asks for {too_many} worker(s) (-p {too_many})" in (data["error"])
+        data["workers"] == [] and f"asks for {too_many} workers (-p {too_many})" in (data["error"])
     )
 
 
