@@ -402,6 +402,7 @@ def lease_slot(
     command: str,
     share: bool = False,
     scope: str | None = None,
+    members: Callable[[LeaseInfo], bool] | None = None,
 ) -> Lease:
     """Plan ``cores`` free physical cores of this host and claim them as one slot.
 
@@ -409,6 +410,13 @@ def lease_slot(
     ``options.claim_timeout`` while other jobs hold the cores, re-planning when another
     process takes the planned ones first; an impossible plan (more cores than the host
     has) fails at once. With ``share``, busy cores are shared instead of waited for.
+
+    ``members`` tells the leases of the caller's own group apart (a Dask cluster's workers
+    on this host; a held lease means a live holder). Waiting for them cannot help: when
+    they alone take every slot of this size the host has, the claim fails at once with a
+    :class:`LeaseConflict` whose holders are all members (see :func:`group_room`); with
+    ``share`` it shares the slot fewest of them hold. Cores held by other jobs are waited
+    for as above.
     """
     scope = current_scope() if scope is None else scope
     deadline = time.monotonic() + options.claim_timeout
@@ -424,9 +432,20 @@ def lease_slot(
             )
         except PlanError as error:
             _refuse_impossible(view, cores, options, error)
+            if share and members is not None:
+                return _share_least_crowded(view, cores, options, scope, command)
             if share:
                 plan = plan_slots(view.topology, 1, cores_per_worker=cores, reserve=options.reserve)
                 return claim(plan.slots[0], scope=scope, share=True, command=command)
+            if members is not None:
+                room = group_room(view, cores, options, members)
+                if room.full:
+                    raise LeaseConflict(
+                        f"this host has room for {room.slots} slot(s) of {cores} physical "
+                        f"core(s), and {room.held} of the group's own hold them all",
+                        view.held_by_others,
+                        tuple(info for info in view.leases if members(info)),
+                    ) from None
             if time.monotonic() >= deadline:
                 raise LeaseConflict(
                     f"no {cores} free physical core(s) after waiting "
@@ -471,3 +490,58 @@ def release_slot(lease: Lease | None) -> None:
     STATE.claim_error = None
     if lease is not None:
         lease.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRoom:
+    """Slots of one size for a group's members on this host (a Dask cluster's workers).
+
+    ``slots``: how many the host has (allowed CPUs minus reserved ones); ``free``: how many
+    other jobs leave to the group; ``held``: how many its members hold. ``full``: the
+    members hold every slot the host has, so a new member waiting for one would wait for
+    its own group.
+    """
+
+    slots: int
+    free: int
+    held: int
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.slots
+
+
+def group_room(
+    view: Survey, cores: int, options: PinOptions, members: Callable[[LeaseInfo], bool]
+) -> GroupRoom:
+    """Count the slots of ``cores`` physical cores a group has on the host of ``view`` (pure).
+
+    Member leases count once each, whatever their size; shared ones are not held.
+    """
+    topology = view.topology
+    usable = topology.allowed - options.reserve
+    others = frozenset().union(
+        *(info.cores - info.shared for info in view.leases if not members(info))
+    )
+    held = sum(1 for info in view.leases if members(info) and info.cores - info.shared)
+    return GroupRoom(
+        slots=topology.count_cores(usable) // cores,
+        free=topology.count_cores(usable - others) // cores,
+        held=held,
+    )
+
+
+def _share_least_crowded(
+    view: Survey, cores: int, options: PinOptions, scope: str, command: str
+) -> Lease:
+    """Share the slot of ``cores`` physical cores that the fewest live leases touch.
+
+    Shared leases hold no lock, so sharers cannot see each other: ties are broken by pid,
+    so that several sharers started together spread over the slots instead of piling up.
+    """
+    topology = view.topology
+    room = topology.count_cores(topology.allowed - options.reserve) // cores
+    slots = plan_slots(topology, room, cores_per_worker=cores, reserve=options.reserve).slots
+    crowd = [sum(1 for info in view.leases if info.cores & slot) for slot in slots]
+    pick = min(range(len(slots)), key=lambda i: (crowd[i], (i - os.getpid()) % len(slots)))
+    return claim(slots[pick], scope=scope, share=True, command=command)
