@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,64 @@ def test_unmakeable_cgroups_say_why(monkeypatch):
         pass
     with pytest.raises(ValueError, match="needs a quota, cpus or both"), bench_child_cgroup():
         pass
+
+
+# ---------------------------------------------------------------- the pools follow the budget
+
+WORKERS = """
+import json, os
+from joblib import Parallel, delayed
+import pinbackend
+
+def inside():
+    import time
+    import numpy
+    from threadpoolctl import threadpool_info
+    time.sleep(0.3)  # every worker gets tasks
+    blas = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+    return os.getpid(), tuple(sorted(os.sched_getaffinity(0))), blas
+
+results = Parallel(n_jobs=-1, backend="pinned")(delayed(inside)() for _ in range(6))
+pinbackend.shutdown_workers()
+print(json.dumps(sorted(set(results))))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "limit", [None, "quota", "cpuset", "PYTHON_CPU_COUNT", "PINBACKEND_CPU_COUNT"]
+)
+def test_each_limit_shrinks_the_joblib_workers_as_seen_from_inside(limit):
+    """n_jobs=-1 under a 1-CPU limit: one worker, on one core, BLAS 1 (without: one per
+    core, the control)."""
+    if limit in ("quota", "cpuset"):
+        cgroup = {"quota": {"quota": 1}, "cpuset": {"cpus": str(CPUS[-1]), "nested": True}}
+        with child_cgroup(**cgroup[limit]) as group:
+            result = group.run(PYTHON, "-c", WORKERS, timeout=120)
+    else:
+        result = subprocess.run(
+            [PYTHON, "-c", WORKERS],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **({limit: "1"} if limit else {})},
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    workers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(workers) == (len(CPUS) if limit is None else 1), workers
+    assert all(len(mask) == 1 and blas == 1 for _, mask, blas in workers)
+    if limit == "cpuset":
+        assert [mask for _, mask, _ in workers] == [[CPUS[-1]]]
+
+
+@pytest.mark.slow
+def test_the_runners_pools_follow_the_budget_too():
+    """A program's Pool() under the runner in a 1-CPU quota: one pinned worker."""
+    script = Path(__file__).parent / "scripts" / "pools.py"
+    with child_cgroup(quota=1) as group:
+        result = group.run(PYTHON, "-m", "pinbackend", str(script), "pool", "fork", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    workers = {r["pid"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])["workers"]}
+    assert len(workers) == 1
+    (worker,) = workers.values()
+    assert len(worker["affinity"]) == 1 and worker["this_thread"]["blas"] == 1

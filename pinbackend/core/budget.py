@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ._files import Files
 from .cgroup import cpu_quotas, cpuset
+from .planner import ordered_cores
 from .topology import Topology
 
 __all__ = [
@@ -216,17 +217,4 @@ def cores_within(topology: Topology, usable: Iterable[int], cpus: int) -> frozen
     usable = frozenset(usable)
     if not usable:
         return usable
-    view = topology.restrict(usable)
-    levels = [
-        list(view.packages.values()),
-        list(reversed(view.cpu_kinds)),
-        list(view.numa_nodes.values()),
-        list(view.l3_groups),
-    ]
-    index = [{cpu: i for i, group in enumerate(groups) for cpu in group} for groups in levels]
-
-    def locality(core: frozenset[int]) -> tuple:
-        cpu = min(core)
-        return (*(level.get(cpu, -1) for level in index), cpu)
-
-    return frozenset().union(*within_budget(sorted(view.cores, key=locality), cpus))
+    return frozenset().union(*within_budget(ordered_cores(topology.restrict(usable)), cpus))

@@ -21,6 +21,7 @@ __all__ = [
     "OversubscriptionWarning",
     "Plan",
     "PlanError",
+    "ordered_cores",
     "plan_slots",
 ]
 
@@ -128,7 +129,7 @@ def plan_slots(
             f"reserve fewer CPUs or wait for other leases to end"
         )
     view = topology.restrict(usable)
-    units = _ordered_cores(view)
+    units = ordered_cores(view)
     sizes, shared_by = _slot_sizes(len(units), n_workers, cores_per_worker, oversubscribe)
     if sum(sizes) == len(units):
         slots = _place_contiguous(units, _boundary_costs(view, units), sizes)
@@ -187,7 +188,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def _ordered_cores(view: Topology) -> list[frozenset[int]]:
+def ordered_cores(view: Topology) -> list[frozenset[int]]:
     """Physical cores in locality order: package, CPU kind, NUMA node, L3 group, CPU number."""
     keys = _group_keys(view)
 

@@ -22,10 +22,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from .. import _platform
+from ..core.budget import Budget
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
 from ..core.topology import Topology
 from . import notices
+from .budget import read_budget
 from .caps import user_thread_limits
 from .leases import (
     Lease,
@@ -76,6 +78,7 @@ class Survey:
     scope: str
     owner: int
     leases: tuple[LeaseInfo, ...]
+    budget: Budget | None = None
 
     @property
     def held_by_others(self) -> frozenset[int]:
@@ -101,13 +104,16 @@ class Survey:
 
 
 def survey() -> Survey:
-    """Read this host once: topology (live affinity) and the leases in this process's scope."""
+    """Read this host once: topology (live affinity), the leases in this process's scope and
+    the CPU budget (cgroup quota and cpuset, ``PYTHON_CPU_COUNT``, ``PINBACKEND_CPU_COUNT``)."""
     scope = current_scope()
+    topology = read_topology()
     return Survey(
-        topology=read_topology(),
+        topology=topology,
         scope=scope,
         owner=os.getpid(),
         leases=tuple(list_leases(scope)),
+        budget=read_budget(topology=topology),
     )
 
 
@@ -122,6 +128,7 @@ def job_view(options: PinOptions, view: Survey | None = None) -> JobCores:
         scope=view.scope,
         leases=view.leases,
         me=view.owner,
+        budget=view.budget,
     )
 
 
@@ -180,7 +187,15 @@ def report_decision(decision: PoolDecision, what: str) -> None:
 def pool_from(
     decision: PoolDecision, view: JobCores, options: PinOptions, threads: int | None = None
 ) -> PoolPlan:
-    """The plan that travels to the pool's workers."""
+    """The plan that travels to the pool's workers.
+
+    Under a CPU budget smaller than the slots' CPUs (a 1-CPU quota on an SMT core), each
+    worker's threads are capped to its share of the budget: workers x threads never exceed it.
+    """
+    if view.budget is not None:
+        share = max(view.budget // decision.plan.n_workers, 1)
+        if min(len(slot) for slot in decision.plan.slots) > share:
+            threads = share if threads is None else min(threads, share)
     return PoolPlan(
         slots=decision.plan.slots,
         scope=view.scope,

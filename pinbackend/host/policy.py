@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.planner import Plan, PlanError, plan_slots
 from ..core.topology import Topology
@@ -73,7 +74,9 @@ class JobCores:
     reserved ones; inside a pinned worker, its slot). ``strangers``: CPUs held by leases of
     other jobs or pools planned by other processes. ``own``: CPUs of this process's pools
     still alive. ``stray``: CPUs leased by workers of this process that belong to no live
-    runner pool (joblib's idle workers, workers still exiting).
+    runner pool (joblib's idle workers, workers still exiting). ``budget``: the CPU budget
+    (:mod:`pinbackend.core.budget`: quota, cpuset, variables) a new pool may use, in CPUs;
+    None inside a pinned worker, whose slot is already within it.
     """
 
     topology: Topology
@@ -84,11 +87,24 @@ class JobCores:
     own: frozenset[int] = frozenset()
     stray: frozenset[int] = frozenset()
     holders: tuple[LeaseInfo, ...] = ()
+    budget: int | None = None
+    budget_reason: str = ""
 
     @property
     def free(self) -> frozenset[int]:
-        """CPUs a new pool can have without waiting or sharing."""
-        return self.usable - self.strangers - self.own
+        """CPUs a new pool can have without waiting or sharing, within the budget."""
+        return self.within_budget(self.usable - self.strangers - self.own)
+
+    @property
+    def reachable(self) -> frozenset[int]:
+        """CPUs a new pool could ever have here (other jobs' ones once they end)."""
+        return self.within_budget(self.usable - self.own)
+
+    def within_budget(self, cpus: frozenset[int]) -> frozenset[int]:
+        """The whole cores of ``cpus`` that fit the budget, close together."""
+        if self.budget is None:
+            return cpus
+        return cores_within(self.topology, cpus, self.budget)
 
 
 def job_cores(
@@ -101,8 +117,10 @@ def job_cores(
     leases: tuple[LeaseInfo, ...] = (),
     own: frozenset[int] = frozenset(),
     me: int | None = None,
+    budget: Budget | None = None,
 ) -> JobCores:
-    """Build :class:`JobCores` from the topology, the settings and the live leases (pure)."""
+    """Build :class:`JobCores` from the topology, the settings, the live leases and the CPU
+    budget (pure; the budget does not apply inside a pinned worker)."""
     usable = topology.allowed
     if not nested:
         if cores is not None:
@@ -120,6 +138,8 @@ def job_cores(
         own=own & topology.allowed,
         stray=(mine - own) & topology.allowed,
         holders=others,
+        budget=None if nested or budget is None else budget.cpus,
+        budget_reason="" if nested or budget is None else budget.reason(),
     )
 
 
@@ -178,12 +198,14 @@ def decide(
     size = per_worker or 1
     asked = requested if view.nested or processes is None else processes
     source = "" if view.nested or processes is None else f" ({spelling.workers(processes)})"
-    free, job = view.free, view.usable - view.own
+    free, job = view.free, view.reachable
     fit_free = topology.count_cores(free) // size
     fit_job = topology.count_cores(job) // size
     n = asked if asked is not None else (fit_free or fit_job)
     reserve = topology.allowed - view.usable
-    busy = view.strangers | view.own
+    busy = view.usable - free  # other jobs', this program's pools', beyond the budget
+    budgeted = view.budget is not None and job != view.usable - view.own
+    budget_note = f"; the CPU budget is {view.budget_reason}" if budgeted else ""
 
     def plan(n_workers: int, busy_cpus: frozenset[int], oversubscribe: str = "error") -> Plan:
         """The planner on the job's CPUs, with ``busy_cpus`` left out."""
@@ -216,7 +238,8 @@ def decide(
         f"{what} asks for {count(n, 'worker')}{source} of {count(size, 'core')} but only "
         f"{count(fit_free * size, 'physical core')} {'is' if fit_free * size == 1 else 'are'} "
         f"free (CPUs {format_cpu_list(free) or 'none'}; taken: "
-        f"{_holders_text(view, view.usable - free)})"
+        f"{_holders_text(view, view.usable - free)}"
+        f"{budget_note})"
     )
     if policy == "error":
         raise PlanError(
@@ -230,8 +253,8 @@ def decide(
                 note=f"{what} runs {count(fit_free, 'worker')} instead of {n}{source}: only "
                 f"{count(fit_free * size, 'physical core')} "
                 f"{'is' if fit_free * size == 1 else 'are'} free "
-                f"(CPUs {format_cpu_list(free)}); pass {spelling.policy('error')} to get an "
-                f"error instead",
+                f"(CPUs {format_cpu_list(free)}{budget_note}); pass {spelling.policy('error')} "
+                f"to get an error instead",
             )
         return PoolDecision(
             None,
@@ -242,14 +265,15 @@ def decide(
     if policy == "share":
         if fit_free >= 1:
             return PoolDecision(plan(n, busy, "share"))
-        return PoolDecision(plan(n, view.own, "share"), shared_with_others=True)
+        return PoolDecision(plan(n, view.usable - job, "share"), shared_with_others=True)
     # wait: never for more than the job could ever get, nor for this program's own pools.
     target = min(n, fit_job)
     note = None
     if target < n:
         note = (
             f"{what} runs {count(target, 'worker')} instead of {n}{source}: the job has only "
-            f"{count(fit_job * size, 'physical core')} (CPUs {format_cpu_list(job)})"
+            f"{count(fit_job * size, 'physical core')} (CPUs {format_cpu_list(job)}"
+            f"{budget_note})"
         )
     if target <= fit_free:
         return PoolDecision(plan(target, busy), note=note)
