@@ -23,6 +23,7 @@ from .host.lifecycle import (
     task_in_slot,
 )
 from .host.options import DEFAULT_CLAIM_TIMEOUT, PinOptions, check_count, reject_unknown
+from .host.policy import JobCores
 from .host.pool import PoolPlan
 from .host.slot import in_slot
 from .joblib_threading import PinnedThreadingBackend
@@ -164,7 +165,7 @@ class PinnedBackend(LokyBackend):
             return None, 1  # inline, as joblib does (and daemons cannot have children)
         if not (self.in_main_thread() or self.nesting_level == 0):
             return None, 1  # no fork below threads (as loky decides)
-        view = job_view(self.options)
+        view = self._view()
         size = self.options.cores_per_worker or 1
         fit = view.topology.count_cores(view.free) // size
         requested = n_jobs
@@ -174,6 +175,10 @@ class PinnedBackend(LokyBackend):
         if self.policy == "clamp" or in_slot():
             expected = max(min(expected, fit), 1)
         return requested, self._reported(expected)
+
+    def _view(self) -> JobCores:
+        """What a new pool of this process may use now (one survey of the host)."""
+        return job_view(self.options)
 
     @staticmethod
     def _reported(workers: int) -> int:
@@ -224,7 +229,7 @@ class PinnedBackend(LokyBackend):
         if idle_worker_timeout is not None:
             idle = idle_worker_timeout
         what = f"Parallel(n_jobs={n_jobs})"
-        decision, view = size_pool(lambda: job_view(self.options), self.options, requested, what)
+        decision, view = size_pool(self._view, self.options, requested, what)
         report_decision(decision, what)
         workers = decision.plan.n_workers
         if workers == 1 and in_slot():

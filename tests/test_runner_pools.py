@@ -90,8 +90,26 @@ def test_thread_pools_are_sized_to_the_cpus(kind, method):
     assert plain_python(*args)["thread_pool_size"] > 1
     assert {r["pid"] for r in data["workers"]} == {data["main"]["pid"]}
     assert all("user-init" in r["initializer"] for r in data["workers"])
-    # Thread pools are sized, not pinned: the main process keeps every CPU.
-    assert data["main"]["affinity"] == ALLOWED and data["main"]["slot"] is None
+    # The pool's threads are pinned, not the program's main thread: it keeps every CPU.
+    assert data["main"]["this_thread_mask"] == ALLOWED and data["main"]["slot"] is None
+
+
+@pytest.mark.parametrize("kind", ["threadpool", "threadexec"])
+def test_thread_pools_run_on_disjoint_pinned_capped_threads(kind):
+    args = [str(SCRIPTS / "pools.py"), kind, "fork", "8"]
+    data = runner(*args).data
+    threads = {r["this_thread"]["tid"]: r["this_thread"] for r in data["workers"]}
+    assert len(threads) == len(ALLOWED)
+    masks = sorted(tuple(t["mask"]) for t in threads.values())
+    assert masks == [(cpu,) for cpu in ALLOWED]  # one core each, disjoint
+    assert {t["blas"] for t in threads.values()} == {1}
+    # Once the pool has ended, the program's own thread is as it was: every CPU, BLAS uncapped.
+    assert data["main"]["this_thread_mask"] == ALLOWED
+    assert blas_threads(data["main"]) == {len(ALLOWED)}
+    # The control: without the runner every thread floats over every CPU, BLAS uncapped.
+    plain = plain_python(*args)
+    assert {tuple(r["this_thread"]["mask"]) for r in plain["workers"]} == {tuple(ALLOWED)}
+    assert {r["this_thread"]["blas"] for r in plain["workers"]} == {len(ALLOWED)}
 
 
 @pytest.mark.parametrize(("kind", "method"), [("pool", "fork"), ("processpool", "spawn")])
@@ -181,25 +199,30 @@ def test_joblib_default_backend_is_pinned_and_n_jobs_none_stays_inline():
     assert sorted(assert_pinned_workers(workers, len(ALLOWED))) == [(c,) for c in ALLOWED]
 
 
-def test_an_option_passed_to_parallel_keeps_the_callers_reserve(tmp_path):
-    # Under the runner, the backend's reserve is a view that adds the program's live pools;
-    # setting another option must not freeze that view into the caller's own reserve.
+def test_a_parallel_call_plans_around_the_programs_live_pools_and_keeps_its_options(tmp_path):
+    # Under the runner, joblib calls plan around the program's live pools; passing an option
+    # to Parallel must not turn the job's settings into the caller's own.
     script = tmp_path / "options.py"
     script.write_text(
         "import json, multiprocessing\n"
         "from joblib import Parallel, delayed\n"
+        "def cores():\n"
+        "    from pinbackend.host.slot import current_slot\n"
+        "    return sorted(current_slot().cores)\n"
         "if __name__ == '__main__':\n"
         "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
-        "        pool.apply(abs, (-1,))\n"
+        "        pool_cores = pool.apply(cores)\n"
         "        parallel = Parallel(n_jobs=-1, backend='pinned', claim_timeout=5)\n"
-        "        backend = parallel._backend\n"
-        "        parallel(delayed(abs)(-i) for i in range(2))\n"
-        "        print(json.dumps({'own': sorted(backend._reserve),\n"
-        "                          'view': sorted(backend.reserve)}))\n"
+        "        workers = parallel(delayed(cores)() for i in range(4))\n"
+        "        options = parallel._backend.options\n"
+        "        print(json.dumps({'pool': pool_cores, 'workers': workers,\n"
+        "                          'reserve': sorted(options.reserve),\n"
+        "                          'timeout': options.claim_timeout}))\n"
     )
     data = runner("--cores-per-worker", "1", str(script)).data
-    assert data["own"] == []
-    assert len(data["view"]) == 1  # the live pool's core stays out of new plans
+    assert data["reserve"] == [] and data["timeout"] == 5
+    assert len(data["pool"]) == 1
+    assert all(not set(cores) & set(data["pool"]) for cores in data["workers"])
 
 
 def test_p_overrides_joblib_n_jobs_too():
@@ -228,7 +251,7 @@ def test_p_beyond_the_free_cores_is_clamped_with_a_note():
     assert_pinned_workers(distinct(result.data["workers"]), len(ALLOWED))
     assert "PoolResizedWarning" in result.stderr
     assert f"instead of {too_many} (-p {too_many})" in result.stderr
-    assert "troubleshooting/#pool-resized-by-the-runner" in result.stderr
+    assert "troubleshooting/#pool-resized" in result.stderr
     # The note points at the program's line that made the pool, not at pinbackend.
     assert "pools.py:" in result.stderr.split("PoolResizedWarning")[0].splitlines()[-1]
 
@@ -238,7 +261,7 @@ def test_error_policy_fails_in_the_program_and_share_policy_shares_with_a_warnin
     args = [str(SCRIPTS / "pools.py"), "pool", "spawn"]
     strict = runner("--oversubscribe", "error", "-p", too_many, *args, check=False)
     assert strict.returncode == 1
-    assert f"PlanError: Pool(processes=None) asks for {too_many} worker(s)" in strict.stderr
+    assert f"PlanError: Pool(processes=None) asks for {too_many} workers" in strict.stderr
     shared = runner("--oversubscribe", "share", "-p", too_many, *args)
     workers = distinct(shared.data["workers"])
     assert len(workers) == int(too_many)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -87,12 +88,15 @@ def test_two_jobs_side_by_side_get_disjoint_cores_and_status_names_the_job():
     assert json.loads(pinbackend_cli("status", "--json", check=True).stdout)["jobs"] == []
 
 
-def test_on_a_full_machine_clamp_fails_clearly_and_share_warns():
+def test_on_a_full_machine_clamp_waits_the_claim_timeout_then_fails_clearly_and_share_warns():
     with started(str(SCRIPTS / "hold_pool.py"), "spawn") as (holder, _):
         args = [str(SCRIPTS / "pools.py"), "pool", "spawn"]
-        refused = run_job(*args, check=False)
+        begun = time.monotonic()
+        refused = run_job("--claim-timeout", "1", *args, check=False)
         assert refused.returncode == 1
-        assert "PlanError" in refused.stderr and "--oversubscribe wait" in refused.stderr
+        assert time.monotonic() - begun >= 1.0
+        assert refused.stderr.count("WaitingForCoresWarning") == 1
+        assert "PlanError" in refused.stderr and "none freed up within 1s" in refused.stderr
         assert f"by pid {holder.pid}" not in refused.stderr  # workers hold them, not the job
         shared = run_job("--oversubscribe", "share", *args)
         assert "SharedCoresWarning" in shared.stderr

@@ -22,10 +22,12 @@ correct without the GIL too (free-threaded CPython).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing.pool
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 
 from .. import _platform
@@ -34,9 +36,19 @@ from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread
 from .leases import Lease, LeaseConflict, claim
 from .lifecycle import job_view, report_decision, size_pool
 from .options import PinOptions
+from .policy import JobCores
 from .slot import current_slot
 
-__all__ = ["PinnedThreadPool", "ThreadShares", "plan_thread_shares", "run_capped"]
+__all__ = [
+    "PinnedThreadPool",
+    "ThreadShares",
+    "assign_threads",
+    "assignments_queue",
+    "enter_share",
+    "hold_process_wide_cap",
+    "plan_thread_shares",
+    "run_capped",
+]
 
 
 @dataclasses.dataclass
@@ -53,13 +65,22 @@ class ThreadShares:
             lease.release()
 
 
-def plan_thread_shares(n_threads: int | None, options: PinOptions, what: str) -> ThreadShares:
+def plan_thread_shares(
+    n_threads: int | None,
+    options: PinOptions,
+    what: str,
+    *,
+    report: bool = True,
+    view: Callable[[], JobCores] | None = None,
+) -> ThreadShares:
     """Plan ``n_threads`` disjoint shares (None: one per free core), and lease them.
 
     Inside a pinned worker, the worker's slot is subdivided (its lease already holds the
     cores; at most one thread per core). Elsewhere the policy decides, as for process
     pools (clamp, wait, share, error), and the caller leases every share, all or nothing,
-    planning again if another job took a share between the plan and the claim.
+    planning again if another job took a share between the plan and the claim. ``report``
+    says what the policy had to do (a caller that keeps its thread count says nothing);
+    ``view`` reads what the process may use (default: the joblib backend's view).
     """
     slot = current_slot()
     if slot is not None:
@@ -69,18 +90,44 @@ def plan_thread_shares(n_threads: int | None, options: PinOptions, what: str) ->
         plan = plan_slots(view, n_threads, oversubscribe="clamp")
         return ThreadShares(plan.slots)
     while True:
-        decision, view = size_pool(lambda: job_view(options), options, n_threads, what)
-        report_decision(decision, what)
+        read_view = view or (lambda: job_view(options))
+        decision, job = size_pool(read_view, options, n_threads, what)
+        if report:
+            report_decision(decision, what)
         shares = ThreadShares(decision.plan.slots)
         if decision.plan.shared or decision.shared_with_others:
             return shares  # sharing holds no lease, as for process pools
         try:
             for share in dict.fromkeys(shares.shares):
-                shares.leases.append(claim(share, scope=view.scope, command=f"threads: {what}"))
+                shares.leases.append(claim(share, scope=job.scope, command=f"threads: {what}"))
         except LeaseConflict:
             shares.release()
             continue
         return shares
+
+
+def assign_threads(shares: ThreadShares, n_threads: int | None) -> list[tuple[frozenset[int], int]]:
+    """(cores, thread cap) for each of ``n_threads`` threads (None: one per share).
+
+    More threads than shares (a pool sized for I/O, say) share the shares in turn; the
+    threads on one share split its cores' thread caps, so that together they never run
+    more BLAS/OpenMP threads than it has CPUs.
+    """
+    slots = shares.shares
+    count = len(slots) if n_threads is None else n_threads
+    per_share = [len(range(i, count, len(slots))) for i in range(len(slots))]
+    return [
+        (slots[i % len(slots)], max(len(slots[i % len(slots)]) // per_share[i % len(slots)], 1))
+        for i in range(count)
+    ]
+
+
+def assignments_queue(assignments: list[tuple[frozenset[int], int]]) -> queue.SimpleQueue:
+    """A thread-safe queue of assignments for pool threads to take as they start."""
+    pending: queue.SimpleQueue = queue.SimpleQueue()
+    for assignment in assignments:
+        pending.put(assignment)
+    return pending
 
 
 def _process_wide_blas() -> list:
@@ -141,17 +188,53 @@ class _ProcessWideCap:
 _PROCESS_WIDE = _ProcessWideCap()
 
 
+def hold_process_wide_cap(
+    owner: object, n_threads: int, on_release: Callable[[], None], ends: tuple[str, ...] = ()
+) -> None:
+    """Cap process-wide BLAS pools to ``n_threads`` while ``owner`` (a thread pool made by
+    code that knows nothing of pinbackend) lives: until one of its ``ends`` methods
+    (``terminate``, ``join``, ``shutdown``) returns, or it is collected; then run
+    ``on_release``, once."""
+    _PROCESS_WIDE.enter(n_threads)
+    done = threading.Lock()
+
+    def release() -> None:
+        if done.acquire(blocking=False):
+            _PROCESS_WIDE.leave(n_threads)
+            on_release()
+
+    for end in ends:
+        setattr(owner, end, _then(getattr(owner, end), release))
+    weakref.finalize(owner, release)
+
+
+def _then(method: Callable, release: Callable[[], None]) -> Callable:
+    """``method``, then ``release`` once it has returned (or raised)."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        finally:
+            release()
+
+    return call
+
+
 _THIS_THREAD = threading.local()
 
 
-def _enter_share(shares: queue.SimpleQueue, initializer: Callable | None, initargs) -> None:
-    """Pool-thread initializer: take a share, pin this thread to it, cap its pools."""
-    share = shares.get_nowait()
+def enter_share(pending: queue.SimpleQueue, initializer: Callable | None, initargs) -> None:
+    """Pool-thread initializer: take an assignment, pin this thread to its cores, cap its
+    pools to its thread cap, then run the user's own initializer."""
+    share, cap = pending.get_nowait()
+    # Put it back: a pool that replaces a thread (maxtasksperchild) hands it on in turn.
+    pending.put((share, cap))
     try:
         _platform.set_thread_affinity(0, share)
     except _platform.AffinityUnavailable:
         pass  # caps still apply; the pool's creator warned once (pin_or_warn)
-    _cap_this_thread(len(share))
+    _cap_this_thread(cap)
     if initializer is not None:
         initializer(*initargs)
 
@@ -195,15 +278,17 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
 
     def __init__(self, shares: ThreadShares, initializer=None, initargs=()):
         self._thread_shares = shares
-        self._cap = min(len(share) for share in shares.shares)
-        pending: queue.SimpleQueue = queue.SimpleQueue()
-        for share in shares.shares:
-            pending.put(share)
+        assignments = assign_threads(shares, None)
+        self._cap = min(cap for _, cap in assignments)
         _PROCESS_WIDE.enter(self._cap)
         self._ended = False
         self._end_lock = threading.Lock()
         try:
-            super().__init__(len(shares.shares), _enter_share, (pending, initializer, initargs))
+            super().__init__(
+                len(assignments),
+                enter_share,
+                (assignments_queue(assignments), initializer, initargs),
+            )
         except BaseException:
             self._end()
             raise

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..core.cpuset import format_cpu_list
 from ..host.options import (
+    DEFAULT_CLAIM_TIMEOUT,
     OVERSUBSCRIBE_POLICIES,
     OptionsError,
     PinOptions,
@@ -57,11 +58,6 @@ class RunnerConfig(PinOptions):
                     f"({format_cpu_list(self.reserve)}); reserve fewer CPUs or name more cores"
                 )
 
-    @property
-    def joblib_policy(self) -> str:
-        """The closest policy the joblib backend knows (it cannot wait for cores)."""
-        return "clamp" if self.oversubscribe == "wait" else self.oversubscribe
-
     def record(self) -> dict:
         """The options that differ from the defaults, for job records."""
         options: dict[str, object] = {}
@@ -76,6 +72,8 @@ class RunnerConfig(PinOptions):
         if self.threads is not None:
             options["threads"] = self.threads
         options["oversubscribe"] = self.oversubscribe
+        if self.claim_timeout != DEFAULT_CLAIM_TIMEOUT:
+            options["claim_timeout"] = self.claim_timeout
         if self.pin_main:
             options["pin_main"] = True
         return options

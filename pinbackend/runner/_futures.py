@@ -14,12 +14,13 @@ import concurrent.futures.process
 import functools
 import multiprocessing
 
+from ..host.threads import enter_share
 from ._claim_errors import ClaimErrors, watch_executor, wrap_terminate_broken
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
-from ._plan import plan_process_pool, thread_pool_size, track_pool
+from ._plan import plan_process_pool, thread_pool_plan, track_pool
 from ._state import InitPatch, active_config, pool_arguments_valid
-from ._workers import start_pool_thread, start_process_worker
+from ._workers import hold_shares, start_process_worker
 
 __all__ = ["ProcessPoolExecutorPatch", "ThreadPoolExecutorPatch"]
 
@@ -66,9 +67,10 @@ def _wrap_thread(original):
         config = active_config()
         if config is None or not pool_arguments_valid(max_workers, initializer):
             return original(self, max_workers, thread_name_prefix, initializer, initargs)
-        threads, openmp = thread_pool_size(config, max_workers)
-        chained = (openmp, initializer, initargs)
-        original(self, threads, thread_name_prefix, start_pool_thread, chained)
+        what = f"{type(self).__name__}(max_workers={max_workers!r})"
+        threads, pending, shares, cap = thread_pool_plan(config, max_workers, what)
+        original(self, threads, thread_name_prefix, enter_share, (pending, initializer, initargs))
+        hold_shares(self, shares, cap, ("shutdown",))
 
     return __init__
 

@@ -1,8 +1,8 @@
 """joblib under the runner: the default backend becomes ``"pinned"``, bound to the job's cores.
 
-joblib's default (loky) runs ``n_jobs=None`` inline; the runner's default backend keeps that
-(``default_n_jobs = 1``) so that scikit-learn code without ``n_jobs`` behaves as before,
-and pins everything else. Explicit ``backend="pinned"`` gets the same job settings.
+As with joblib's default (loky), ``n_jobs=None`` runs inline, so scikit-learn code without
+``n_jobs`` behaves as before; everything else is pinned. Explicit ``backend="pinned"`` gets
+the same job settings.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import joblib.parallel
 from joblib import register_parallel_backend
 
-from ..host.machine import read_topology
+from ..host import lifecycle
+from ..host.options import PinOptions
+from ..host.policy import JobCores, job_cores
 from ..host.slot import current_slot
 from ..joblib_backend import PinnedBackend, shutdown_workers
 from ._plan import live_pool_cpus
@@ -19,7 +21,7 @@ from ._state import Patch, active_config
 __all__ = ["DEFAULT_NAME", "JoblibPatch", "RunnerBackend", "release_idle_workers"]
 
 #: Name under which the runner's default backend is registered (``"pinned"`` stays the
-#: explicit one: its ``n_jobs=None`` means every free core, the default's means inline).
+#: explicit one; both follow joblib's conventions, so they differ only in name).
 DEFAULT_NAME = "pinned-default"
 
 
@@ -30,44 +32,49 @@ def _top_level_config():
 
 
 class RunnerBackend(PinnedBackend):
-    """``"pinned"`` inside a runner job: ``--cores``, ``--reserve``, ``-p``, the policy and this
-    program's live pools apply to every top-level ``Parallel`` call (nested calls subdivide
-    their worker's slot, as with the plain backend)."""
+    """``"pinned"`` inside a runner job: ``--cores``, ``--reserve``, ``-p``, the policy, the claim
+    timeout and this program's live pools apply to every top-level ``Parallel`` call (nested
+    calls subdivide their worker's slot, as with the plain backend)."""
 
-    def __init__(self, *args, cores_per_worker=None, **kwargs):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         config = _top_level_config()
-        if cores_per_worker is None and config is not None:
-            cores_per_worker = config.cores_per_worker
-        super().__init__(*args, cores_per_worker=cores_per_worker, **kwargs)
+        if config is not None:
+            self.options = _with_job_settings(self.options, config, explicit=kwargs)
 
-    @property
-    def reserve(self) -> frozenset[int]:
-        """The caller's reserved CPUs plus, at the top level, what the job may not use now."""
+    def _view(self) -> JobCores:
+        """The job's view: within ``--cores``, around this program's live runner pools."""
         config = _top_level_config()
         if config is None:
-            return self._reserve
-        allowed = read_topology().allowed
-        outside = allowed - config.cores if config.cores is not None else frozenset()
-        return self._reserve | outside | (config.reserve & allowed) | live_pool_cpus()
+            return super()._view()
+        view = lifecycle.survey()
+        return job_cores(
+            view.topology,
+            self.options,
+            cores=config.cores,
+            scope=view.scope,
+            leases=view.leases,
+            own=live_pool_cpus(),
+            me=view.owner,
+            budget=view.budget,
+        )
 
-    @reserve.setter
-    def reserve(self, value: frozenset[int]) -> None:
-        self._reserve = frozenset(value)
-
-    @property
-    def policy(self) -> str:
-        """The caller's ``oversubscribe``, else the job's policy (joblib cannot wait)."""
-        config = _top_level_config()
-        if self.oversubscribe is None and config is not None:
-            return config.joblib_policy
-        return super().policy
-
-    def _sizing(self, n_jobs) -> tuple[int, int]:
+    def _sizing(self, n_jobs):
         """The plain sizing, with ``-p`` replacing any parallel ``n_jobs`` at the top level."""
         config = _top_level_config()
         if config is not None and config.processes is not None and n_jobs not in (None, 1):
             n_jobs = config.processes
         return super()._sizing(n_jobs)
+
+
+def _with_job_settings(options: PinOptions, config, explicit) -> PinOptions:
+    """The caller's options, with the job's settings where the caller gave none."""
+    return options.updated(
+        cores_per_worker=options.cores_per_worker or config.cores_per_worker,
+        reserve=options.reserve | config.reserve,
+        oversubscribe=options.oversubscribe or config.oversubscribe,
+        claim_timeout=explicit.get("claim_timeout", config.claim_timeout),
+    )
 
 
 class RunnerDefaultBackend(RunnerBackend):

@@ -13,12 +13,13 @@ import functools
 import multiprocessing
 import multiprocessing.pool as mp_pool
 
+from ..host.threads import enter_share
 from ._claim_errors import ClaimErrors, guard_process_factory
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
-from ._plan import plan_process_pool, thread_pool_size, track_pool
+from ._plan import plan_process_pool, thread_pool_plan, track_pool
 from ._state import InitPatch, active_config, pool_arguments_valid
-from ._workers import start_pool_thread, start_process_worker
+from ._workers import hold_shares, start_process_worker
 
 __all__ = ["MultiprocessingPoolPatch"]
 
@@ -39,15 +40,18 @@ def _wrap(original):
         if config is None or not pool_arguments_valid(processes, initializer):
             return original(self, processes, initializer, initargs, maxtasksperchild, context)
         if isinstance(self, mp_pool.ThreadPool):
-            threads, openmp = thread_pool_size(config, processes)
-            return original(
+            what = f"{type(self).__name__}(processes={processes!r})"
+            threads, pending, shares, cap = thread_pool_plan(config, processes, what)
+            original(
                 self,
                 threads,
-                start_pool_thread,
-                (openmp, initializer, initargs),
+                enter_share,
+                (pending, initializer, initargs),
                 maxtasksperchild,
                 context,
             )
+            hold_shares(self, shares, cap, ("terminate", "join"))
+            return None
         what = f"{type(self).__name__}(processes={processes!r})"
         # Pool.__del__ reads _state; set it as the original does first, in case planning fails.
         self._state = mp_pool.INIT

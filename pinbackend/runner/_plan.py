@@ -19,6 +19,7 @@ from ..host import lifecycle, policy
 from ..host.policy import COMMAND_LINE, JobCores, PoolDecision
 from ..host.pool import PoolPlan
 from ..host.slot import current_slot
+from ..host.threads import assign_threads, assignments_queue, plan_thread_shares
 from ._config import RunnerConfig
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
     "live_pool_cpus",
     "plan_process_pool",
     "survey",
-    "thread_pool_size",
+    "thread_pool_plan",
     "track_pool",
 ]
 
@@ -97,6 +98,7 @@ def survey(config: RunnerConfig) -> JobCores:
         leases=view.leases,
         own=live_pool_cpus(),
         me=view.owner,
+        budget=view.budget,
     )
 
 
@@ -126,21 +128,26 @@ def plan_process_pool(
     return lifecycle.pool_from(decision, view, config)
 
 
-def thread_pool_size(config: RunnerConfig, requested: int | None) -> tuple[int, int]:
-    """Threads for a thread pool, and the OpenMP threads each of them may start.
+def thread_pool_plan(config: RunnerConfig, requested: int | None, what: str):
+    """A thread pool of the program: how many threads, and the queue of their assignments.
 
-    A pool without a size gets one thread per CPU this process may use (its slot in a
-    pinned worker; the job's free CPUs, or ``--threads``, in the main process). An explicit
-    size is kept (threads waiting on I/O are a fine reason for many); each thread's OpenMP
-    team is capped so that all of them together fit those CPUs.
+    Each thread runs on its own share of the cores this process may use (its slot in a
+    pinned worker; the job's free cores, leased for the pool's life, or ``--threads`` of
+    them, in the main process) with its caps set in the thread. A pool without a size gets
+    one thread per share; an explicit size is kept (threads waiting on I/O are a fine reason
+    for many): threads beyond the cores take turns on the shares and split their caps.
+    Returns ``(threads, assignments, shares, smallest thread cap)``.
     """
-    slot = current_slot()
-    if slot is not None:
-        cpus = len(slot.cores)
-    else:
-        view = survey(config)
-        cpus = max(len(view.usable - view.strangers), 1)
-        if config.threads is not None:
-            cpus = min(cpus, config.threads)
-    threads = cpus if requested is None else requested
-    return threads, max(cpus // threads, 1)
+    n_shares = requested
+    if n_shares is None and current_slot() is None and config.threads is not None:
+        n_shares = config.threads
+    shares = plan_thread_shares(
+        n_shares,
+        config.updated(oversubscribe="clamp"),  # the count is kept: fewer cores, no error
+        what,
+        report=False,
+        view=lambda: survey(config),
+    )
+    assignments = assign_threads(shares, requested)
+    cap = min(cap for _, cap in assignments)
+    return len(assignments), assignments_queue(assignments), shares, cap

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..host.caps import cap_openmp_in_this_thread
 from ..host.lifecycle import join_pool
 from ..host.pool import PoolPlan
+from ..host.threads import ThreadShares, hold_process_wide_cap
 from ._claim_errors import ClaimErrors
 from ._config import RunnerConfig
 
-__all__ = ["start_pool_thread", "start_process_worker"]
+__all__ = ["hold_shares", "start_process_worker"]
 
 
 def start_process_worker(
@@ -47,12 +47,8 @@ def start_process_worker(
         initializer(*initargs)
 
 
-def start_pool_thread(openmp_threads: int, initializer: Callable | None, initargs: tuple) -> None:
-    """Thread-pool initializer: cap this thread's OpenMP teams, then run the user's.
-
-    OpenMP's thread count is a per-thread setting (a new thread starts from the process
-    default), so each pool thread caps its own.
-    """
-    cap_openmp_in_this_thread(openmp_threads)
-    if initializer is not None:
-        initializer(*initargs)
+def hold_shares(pool: object, shares: ThreadShares, cap: int, ends: tuple[str, ...]) -> None:
+    """Keep a thread pool's leased cores, and the process-wide BLAS cap (``cap``) its
+    threads need, until one of its ``ends`` methods returns or it is collected (whichever
+    comes first: programs do not always say when they are done with a pool)."""
+    hold_process_wide_cap(pool, cap, shares.release, ends)

@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
@@ -34,6 +35,14 @@ def task(delay):
     report["ppid"] = os.getppid()
     # Forked workers share the parent's __main__; spawned and forkserver ones re-import it.
     report["main_module"] = sys.modules["__main__"].__name__
+    # What this very thread sees (masks and OpenMP caps are per thread).
+    from threadpoolctl import threadpool_info
+
+    report["this_thread"] = {
+        "tid": threading.get_native_id(),
+        "mask": sorted(os.sched_getaffinity(0)),
+        "blas": max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"),
+    }
     return report
 
 
@@ -61,6 +70,7 @@ def main():
     else:
         raise SystemExit(f"unknown pool kind {kind!r}")
     main_report = process_report()
+    main_report["this_thread_mask"] = sorted(os.sched_getaffinity(0))
     print(
         json.dumps(
             {
