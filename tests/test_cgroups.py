@@ -187,3 +187,45 @@ def test_the_runners_pools_follow_the_budget_too():
     assert len(workers) == 1
     (worker,) = workers.values()
     assert len(worker["affinity"]) == 1 and worker["this_thread"]["blas"] == 1
+
+
+@pytest.mark.slow
+def test_two_jobs_in_one_one_cpu_quota_share_its_budget():
+    """The quota is the cgroup's, not each process's: while one job holds its one core, a
+    second job in the same cgroup waits instead of taking the other core."""
+    hold = (
+        "import sys\n"
+        "from pinbackend.host.lifecycle import lease_slot\n"
+        "from pinbackend.host.options import PinOptions\n"
+        "lease = lease_slot(1, PinOptions(), command='first job')\n"
+        "print(sorted(lease.cores), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    second = (
+        "import json\n"
+        "from pinbackend.host.lifecycle import lease_slot\n"
+        "from pinbackend.host.options import PinOptions\n"
+        "try:\n"
+        "    lease = lease_slot(1, PinOptions(claim_timeout=0.5), command='second job')\n"
+        "    print(json.dumps(sorted(lease.cores)))\n"
+        "except Exception as error:\n"
+        "    print(json.dumps(str(error)))\n"
+    )
+    with child_cgroup(quota=1) as group:
+        first = group.popen(
+            PYTHON, "-c", hold, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert len(json.loads(first.stdout.readline())) == 1
+            inside = group.run(PYTHON, "-c", second)
+            outside = subprocess.run(
+                [PYTHON, "-c", second], capture_output=True, text=True, timeout=60
+            )
+        finally:
+            first.stdin.close()
+            first.wait(timeout=30)
+            first.stdout.close()
+    refused = json.loads(inside.stdout.strip().splitlines()[-1])
+    assert isinstance(refused, str) and "no 1 free physical core" in refused, inside.stderr
+    # The control: a job outside the cgroup is not bound by its quota.
+    assert len(json.loads(outside.stdout.strip().splitlines()[-1])) == 1

@@ -9,7 +9,7 @@ and its variables can change, while it runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..core._files import Files
@@ -17,9 +17,10 @@ from ..core.budget import Budget, Limit
 from ..core.budget import read_budget as _read_budget
 from ..core.sysfs import is_live_root
 from ..core.topology import Topology
+from .leases import LeaseInfo
 from .machine import read_topology
 
-__all__ = ["read_budget"]
+__all__ = ["quota_peers", "read_budget"]
 
 _ONLINE = "/sys/devices/system/cpu/online"
 
@@ -46,3 +47,36 @@ def read_budget(
     else:
         base = Limit("online", len(topology.online), _ONLINE)
     return _read_budget(files, base, environ, online=topology.online)
+
+
+def _cpu_cgroup(pid: int | str) -> str | None:
+    """The cgroup path of ``pid`` in the hierarchy that holds CPU quotas (v1 ``cpu``, else
+    the v2 unified one); None when it cannot be read (the process is gone, no cgroups)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as lines:
+            entries = [line.rstrip("\n").split(":", 2) for line in lines]
+    except OSError:
+        return None
+    for _, controllers, path in (e for e in entries if len(e) == 3):
+        if "cpu" in controllers.split(","):
+            return path
+    return next((path for hierarchy, _, path in entries if hierarchy == "0"), None)
+
+
+def quota_peers(holders: Iterable[LeaseInfo]) -> frozenset[int]:
+    """The CPUs that leases of processes in this process's own CPU cgroup hold.
+
+    A cgroup's quota is shared by every process in it: two jobs in one 1-CPU container
+    must not plan one core each. Holders in other cgroups (a nested child cgroup included)
+    are not counted.
+    """
+    own = _cpu_cgroup("self")
+    if own is None:
+        return frozenset()
+    return frozenset().union(
+        *(
+            info.cores - info.shared
+            for info in holders
+            if info.pid is not None and _cpu_cgroup(info.pid) == own
+        )
+    )

@@ -22,12 +22,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from .. import _platform
-from ..core.budget import Budget
+from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
 from ..core.topology import Topology
 from . import notices
-from .budget import read_budget
+from .budget import quota_peers, read_budget
 from .caps import user_thread_limits
 from .leases import (
     Lease,
@@ -79,6 +79,8 @@ class Survey:
     owner: int
     leases: tuple[LeaseInfo, ...]
     budget: Budget | None = None
+    #: CPUs other processes in this process's CPU cgroup hold: its quota is theirs too.
+    budget_used: frozenset[int] = frozenset()
 
     @property
     def held_by_others(self) -> frozenset[int]:
@@ -90,6 +92,14 @@ class Survey:
     def free(self, reserve: Iterable[int] = ()) -> frozenset[int]:
         """Allowed CPUs minus ``reserve`` minus those other jobs hold."""
         return self.topology.allowed - frozenset(reserve) - self.held_by_others
+
+    def beyond_budget(self, reserve: Iterable[int] = ()) -> frozenset[int]:
+        """Free CPUs that a new slot may not use: those beyond what is left of the budget."""
+        if self.budget is None:
+            return frozenset()
+        free = self.free(reserve)
+        left = self.budget.cpus - len(self.budget_used)
+        return free if left < 1 else free - cores_within(self.topology, free, left)
 
     def holders(self, cpus: Iterable[int]) -> str:
         """Who holds ``cpus``, for messages: ``pid 12 (python job.py)``, or ``nobody``."""
@@ -108,13 +118,13 @@ def survey() -> Survey:
     the CPU budget (cgroup quota and cpuset, ``PYTHON_CPU_COUNT``, ``PINBACKEND_CPU_COUNT``)."""
     scope = current_scope()
     topology = read_topology()
-    return Survey(
-        topology=topology,
-        scope=scope,
-        owner=os.getpid(),
-        leases=tuple(list_leases(scope)),
-        budget=read_budget(topology=topology),
-    )
+    owner = os.getpid()
+    leases = tuple(list_leases(scope))
+    budget = read_budget(topology=topology)
+    used = frozenset()
+    if any(limit.kind == "quota" for limit in budget.binding):
+        used = quota_peers(info for info in leases if info.owner != owner)
+    return Survey(topology, scope, owner, leases, budget, used & topology.allowed)
 
 
 def job_view(options: PinOptions, view: Survey | None = None) -> JobCores:
@@ -129,6 +139,7 @@ def job_view(options: PinOptions, view: Survey | None = None) -> JobCores:
         leases=view.leases,
         me=view.owner,
         budget=view.budget,
+        budget_used=view.budget_used,
     )
 
 
@@ -443,7 +454,7 @@ def lease_slot(
                 1,
                 cores_per_worker=cores,
                 reserve=options.reserve,
-                busy=view.held_by_others,
+                busy=view.held_by_others | view.beyond_budget(options.reserve),
             )
         except PlanError as error:
             _refuse_impossible(view, cores, options, error)
@@ -489,6 +500,10 @@ def _refuse_impossible(view: Survey, cores: int, options: PinOptions, error: Pla
     if options.reserve - topology.online:
         raise error
     room = topology.count_cores(topology.allowed - options.reserve)
+    if view.budget is not None:
+        room = min(
+            room, topology.count_cores(cores_within(topology, topology.allowed, view.budget.cpus))
+        )
     if cores > room:
         raise PlanError(
             f"a slot of {cores} physical core(s) cannot fit: this process may use "

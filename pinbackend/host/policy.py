@@ -101,9 +101,12 @@ class JobCores:
         return self.within_budget(self.usable - self.own)
 
     def within_budget(self, cpus: frozenset[int]) -> frozenset[int]:
-        """The whole cores of ``cpus`` that fit the budget, close together."""
+        """The whole cores of ``cpus`` that fit what is left of the budget, close together
+        (none when others in this cgroup use all of it)."""
         if self.budget is None:
             return cpus
+        if self.budget < 1:
+            return frozenset()
         return cores_within(self.topology, cpus, self.budget)
 
 
@@ -118,9 +121,11 @@ def job_cores(
     own: frozenset[int] = frozenset(),
     me: int | None = None,
     budget: Budget | None = None,
+    budget_used: frozenset[int] = frozenset(),
 ) -> JobCores:
     """Build :class:`JobCores` from the topology, the settings, the live leases and the CPU
-    budget (pure; the budget does not apply inside a pinned worker)."""
+    budget, less ``budget_used`` (CPUs other processes of this cgroup hold, whose quota they
+    share) (pure; the budget does not apply inside a pinned worker)."""
     usable = topology.allowed
     if not nested:
         if cores is not None:
@@ -138,8 +143,17 @@ def job_cores(
         own=own & topology.allowed,
         stray=(mine - own) & topology.allowed,
         holders=others,
-        budget=None if nested or budget is None else budget.cpus,
-        budget_reason="" if nested or budget is None else budget.reason(),
+        budget=None if nested or budget is None else budget.cpus - len(budget_used),
+        budget_reason="" if nested or budget is None else _budget_reason(budget, budget_used),
+    )
+
+
+def _budget_reason(budget: Budget, used: frozenset[int]) -> str:
+    if not used:
+        return budget.reason()
+    return (
+        f"{budget.reason()}, of which other processes of this cgroup hold "
+        f"CPUs {format_cpu_list(used)}"
     )
 
 

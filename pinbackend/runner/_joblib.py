@@ -57,6 +57,7 @@ class RunnerBackend(PinnedBackend):
             own=live_pool_cpus(),
             me=view.owner,
             budget=view.budget,
+            budget_used=view.budget_used,
         )
 
     def _sizing(self, n_jobs):

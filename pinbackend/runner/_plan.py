@@ -99,6 +99,7 @@ def survey(config: RunnerConfig) -> JobCores:
         own=live_pool_cpus(),
         me=view.owner,
         budget=view.budget,
+        budget_used=view.budget_used,
     )
 
 
