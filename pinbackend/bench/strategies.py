@@ -175,15 +175,18 @@ class _JoblibRunner(Runner):
 class JoblibStrategy(Strategy):
     """A joblib backend used as a user would: ``Parallel(n_jobs, backend=...)``."""
 
-    def __init__(self, name: str, backend: str, label: str, summary: str):
+    def __init__(
+        self, name: str, backend: str, label: str, summary: str, prefer: str | None = None
+    ):
         self.name, self.backend, self.label, self.summary = name, backend, label, summary
+        self.prefer = prefer
 
     @contextlib.contextmanager
     def open(self, n_jobs: int) -> Iterator[Runner]:
         """One ``Parallel`` kept open, so every call reuses the same pool of workers."""
         from joblib import Parallel
 
-        with Parallel(n_jobs=n_jobs, backend=self.backend) as parallel:
+        with Parallel(n_jobs=n_jobs, backend=self.backend, prefer=self.prefer) as parallel:
             yield _JoblibRunner(parallel)
         if self.backend in ("loky", "pinned"):
             shutdown_workers()
@@ -193,7 +196,7 @@ class JoblibStrategy(Strategy):
         """``parallel_config(backend=..., n_jobs=n_jobs)`` around the library code."""
         from joblib import parallel_config
 
-        with parallel_config(backend=self.backend, n_jobs=n_jobs):
+        with parallel_config(backend=self.backend, n_jobs=n_jobs, prefer=self.prefer):
             yield
         if self.backend in ("loky", "pinned"):
             shutdown_workers()
@@ -402,6 +405,14 @@ for _strategy in (
         "pinned",
         "pinned (pinbackend)",
         "pinbackend's joblib backend: loky workers on disjoint pinned cores, pools capped",
+    ),
+    JoblibStrategy(
+        "pinned-threads",
+        "pinned",
+        "pinned threads",
+        "pinbackend's pinned threads (prefer='threads'): one disjoint core share per thread "
+        "of the calling process, BLAS/OpenMP capped per thread",
+        prefer="threads",
     ),
     PinnedUnderRun(),
     NoJob(),

@@ -169,6 +169,7 @@ def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
         )
     _daemon(check)
     _threading(check)
+    _pinned_threads(check)
     check.ratio(
         "tiny-throughput",
         "Tiny tasks: pinned dispatch throughput >= 0.9 of loky's",
@@ -220,6 +221,38 @@ def _threading(check: _Checker) -> None:
         "Where threading beats pinned, say why",
         "info",
         "threading beats pinned on: " + "; ".join(wins) if wins else "threading never beats pinned",
+    )
+
+
+def _pinned_threads(check: _Checker) -> None:
+    """Pinned threads: at least as good as joblib threading where threads win, clearly
+    better where threading oversubscribes, and close to pinned processes on BLAS."""
+    check.ratio(
+        "threads-kmeans",
+        "KMeans GridSearchCV: pinned threads no slower than joblib threading by more than 3%",
+        "kmeans",
+        "pinned-threads",
+        "threading",
+        lambda r: r <= TOLERANCE,
+        "pinned-threads time / threading time must be <= 1.03",
+    )
+    check.ratio(
+        "threads-blas",
+        "BLAS: pinned threads >= 1.2x faster than joblib threading",
+        "blas",
+        "threading",
+        "pinned-threads",
+        lambda r: r >= 1.2,
+        "threading time / pinned-threads time must be >= 1.2",
+    )
+    check.ratio(
+        "threads-vs-processes-blas",
+        "BLAS: pinned threads within 5% of pinned processes",
+        "blas",
+        "pinned-threads",
+        "pinned",
+        lambda r: r <= 1.05,
+        "pinned-threads time / pinned time must be <= 1.05",
     )
 
 

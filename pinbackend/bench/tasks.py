@@ -54,3 +54,15 @@ def tiny_task(x: int) -> int:
 def worker_id() -> tuple[int, int]:
     """Which process and thread ran this task: tells when every worker of a pool is up."""
     return os.getpid(), threading.get_native_id()
+
+
+def eig_task(size: int, reps: int, seed: int = 0) -> float:
+    """``np.linalg.eig`` on random ``size`` x ``size`` matrices, as in the SciPy 2018 paper
+    on composable multi-threading (Malakhov et al.): LAPACK calls that release the GIL."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(reps):
+        total += float(np.abs(np.linalg.eig(rng.random((size, size)))[0]).max())
+    return total

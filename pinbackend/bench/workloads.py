@@ -285,6 +285,47 @@ def _describe_kmeans(params, n_jobs) -> str:
     )
 
 
+def measure_eig(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], window) -> dict:
+    """Independent ``np.linalg.eig`` tasks (the thread-pool benchmark of SciPy 2018)."""
+    n_tasks = params["tasks_per_worker"] * max(n_jobs, 1)
+    args = [(params["size"], params["reps"], seed) for seed in range(n_tasks)]
+    warmup = [(params["size"], 1, seed) for seed in range(2 * n_jobs)]
+    return _map_and_time(strategy, n_jobs, window, tasks.eig_task, args, warmup)
+
+
+def _describe_eig(params, n_jobs) -> str:
+    return (
+        f"{params['tasks_per_worker'] * n_jobs} tasks, each {params['reps']} x "
+        f"np.linalg.eig({params['size']}x{params['size']})"
+    )
+
+
+def measure_hgb(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], window) -> dict:
+    """``cross_validate(HistGradientBoostingClassifier)`` on small data: each fit runs
+    OpenMP, so parallel fits with uncapped OpenMP teams oversubscribe (scikit-learn#30662)."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import cross_validate
+
+    X, y = make_classification(
+        n_samples=params["n_samples"], n_features=params["n_features"], random_state=0
+    )
+    model = HistGradientBoostingClassifier(max_iter=params["max_iter"], random_state=0)
+    with strategy.joblib_config(n_jobs):
+        cross_validate(model, X[:200], y[:200], cv=2, n_jobs=n_jobs)  # start the workers
+        window.start()
+        scores = cross_validate(model, X, y, cv=params["cv"], n_jobs=n_jobs)
+        window.stop()
+    return {"mean_score": round(float(scores["test_score"].mean()), 6)}
+
+
+def _describe_hgb(params, n_jobs) -> str:
+    return (
+        f"cross_validate(HistGradientBoostingClassifier(max_iter={params['max_iter']})), "
+        f"{params['cv']} folds on {params['n_samples']}x{params['n_features']}"
+    )
+
+
 def _describe_tiny(params, n_jobs) -> str:
     return f"{params['tasks']} tasks that return x + 1"
 
@@ -294,6 +335,8 @@ def _describe_start(params, n_jobs) -> str:
 
 
 _ALL_MAP = ("sequential", "handpool", "loky", "multiprocessing", "threading", "pinned")
+#: Thread pools against process pools, for the workloads that compare them.
+_THREADS = ("sequential", "threading", "pinned-threads", "loky", "pinned")
 _BLAS_QUICK = {"tasks_per_worker": 4, "size": 128, "reps": 60}
 _BLAS_FULL = {"tasks_per_worker": 4, "size": 128, "reps": 350}
 _FORK_AFTER_OPENMP = (
@@ -307,7 +350,7 @@ for _workload in (
         number="1",
         title="BLAS tasks",
         metric="time",
-        strategies=_ALL_MAP,
+        strategies=(*_ALL_MAP, "pinned-threads"),
         params={"quick": _BLAS_QUICK, "full": _BLAS_FULL},
         timeout={"quick": 10.0, "full": 60.0},
         measure=measure_blas,
@@ -360,7 +403,14 @@ for _workload in (
         number="3b",
         title="scikit-learn GridSearchCV (OpenMP)",
         metric="time",
-        strategies=("sequential", "loky", "multiprocessing", "threading", "pinned"),
+        strategies=(
+            "sequential",
+            "loky",
+            "multiprocessing",
+            "threading",
+            "pinned",
+            "pinned-threads",
+        ),
         params={
             "quick": {
                 "n_samples": 5000,
@@ -470,6 +520,43 @@ for _workload in (
         cgroup={"quota": 1.0},
         notes="a child cgroup with a 1-CPU quota (cpu.max or cpu.cfs_quota_us): how many "
         "workers n_jobs=-1 gives, and what their threads cost under the quota",
+    ),
+    Workload(
+        name="eig",
+        number="8a",
+        title="np.linalg.eig in a thread pool",
+        metric="time",
+        strategies=_THREADS,
+        quick_strategies=("threading", "pinned-threads"),
+        params={
+            "quick": {"tasks_per_worker": 4, "size": 256, "reps": 2},
+            "full": {"tasks_per_worker": 8, "size": 256, "reps": 6},
+        },
+        timeout={"quick": 20.0, "full": 90.0},
+        measure=measure_eig,
+        describe=_describe_eig,
+        pinned="pinned-threads",
+        baseline="threading",
+        notes="the SciPy 2018 composability benchmark: threads whose LAPACK calls each "
+        "start a BLAS team sized to the machine",
+    ),
+    Workload(
+        name="hgb",
+        number="8b",
+        title="HistGradientBoosting fits in parallel",
+        metric="time",
+        strategies=_THREADS,
+        quick_strategies=("threading", "pinned-threads"),
+        params={
+            "quick": {"n_samples": 1000, "n_features": 20, "max_iter": 20, "cv": 4},
+            "full": {"n_samples": 4000, "n_features": 20, "max_iter": 50, "cv": 8},
+        },
+        timeout={"quick": 30.0, "full": 120.0},
+        measure=measure_hgb,
+        describe=_describe_hgb,
+        pinned="pinned-threads",
+        baseline="threading",
+        notes="every fit runs an OpenMP team: uncapped teams of parallel fits oversubscribe",
     ),
 ):
     register_workload(_workload)
