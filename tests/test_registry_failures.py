@@ -607,3 +607,31 @@ def test_a_relative_registry_variable_is_refused(monkeypatch):
         patch.setenv(REGISTRY_ENV, "relative/leases")
         with pytest.raises(RegistryError, match=r"'relative/leases'.*must be an absolute path"):
             claim({0})
+
+
+# --- every entry point on a full or read-only registry: one line, exit status 2 ------------
+
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+@pytest.mark.parametrize("entry", ["run", "runner", "status"])
+def test_every_command_on_an_unusable_registry_ends_in_one_line(entry, disk, tiny_registry):
+    registry = tiny_registry("size=64k")
+    if disk == "full":
+        fill(registry)
+    else:
+        remount_read_only(registry)
+    script = registry.parent / "job.py"
+    script.write_text("print('the program ran')\n")
+    args = {
+        "run": ["run", "-n", "1", "--", "true"],
+        "runner": [str(script)],
+        "status": ["status"],
+    }[entry]
+    result = pinbackend_cli(*args, env={REGISTRY_ENV: str(registry)})
+    if entry == "status":  # reading needs no space and no write access
+        assert result.returncode == 0 and "lease registry:" in result.stdout, result.stderr
+        return
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("pinbackend: error:") and "Traceback" not in result.stderr
+    assert "planted" not in lines[0]
+    assert "the program ran" not in result.stdout
