@@ -287,8 +287,7 @@ def _describe_kmeans(params, n_jobs) -> str:
 
 def measure_eig(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], window) -> dict:
     """Independent ``np.linalg.eig`` tasks (the thread-pool benchmark of SciPy 2018)."""
-    n_tasks = params["tasks_per_worker"] * max(n_jobs, 1)
-    args = [(params["size"], params["reps"], seed) for seed in range(n_tasks)]
+    args = _blas_args(params, n_jobs)  # (size, reps, seed), as for the BLAS tasks
     warmup = [(params["size"], 1, seed) for seed in range(2 * n_jobs)]
     return _map_and_time(strategy, n_jobs, window, tasks.eig_task, args, warmup)
 

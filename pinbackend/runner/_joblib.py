@@ -10,12 +10,11 @@ from __future__ import annotations
 import joblib.parallel
 from joblib import register_parallel_backend
 
-from ..host import lifecycle
 from ..host.options import PinOptions
-from ..host.policy import JobCores, job_cores
+from ..host.policy import JobCores
 from ..host.slot import current_slot
 from ..joblib_backend import PinnedBackend, shutdown_workers
-from ._plan import live_pool_cpus
+from ._plan import survey
 from ._state import Patch, active_config
 
 __all__ = ["DEFAULT_NAME", "JoblibPatch", "RunnerBackend", "release_idle_workers"]
@@ -47,18 +46,7 @@ class RunnerBackend(PinnedBackend):
         config = _top_level_config()
         if config is None:
             return super()._view()
-        view = lifecycle.survey()
-        return job_cores(
-            view.topology,
-            self.options,
-            cores=config.cores,
-            scope=view.scope,
-            leases=view.leases,
-            own=live_pool_cpus(),
-            me=view.owner,
-            budget=view.budget,
-            budget_used=view.budget_used,
-        )
+        return survey(config, self.options)
 
     def _sizing(self, n_jobs):
         """The plain sizing, with ``-p`` replacing any parallel ``n_jobs`` at the top level."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from .. import _platform
 from ..core.topology import Topology
 from ..host import lifecycle, policy
+from ..host.options import PinOptions
 from ..host.policy import COMMAND_LINE, JobCores, PoolDecision
 from ..host.pool import PoolPlan
 from ..host.slot import current_slot
@@ -75,9 +76,11 @@ def live_pool_cpus() -> frozenset[int]:
     return frozenset(cpus)
 
 
-def job_cores(topology: Topology, config: RunnerConfig, **view) -> JobCores:
+def job_cores(
+    topology: Topology, config: RunnerConfig, options: PinOptions | None = None, **view
+) -> JobCores:
     """The job's view (:func:`pinbackend.host.policy.job_cores`) within ``--cores``."""
-    return policy.job_cores(topology, config, cores=config.cores, **view)
+    return policy.job_cores(topology, options or config, cores=config.cores, **view)
 
 
 def decide(view: JobCores, config: RunnerConfig, requested: int | None, what: str) -> PoolDecision:
@@ -87,12 +90,16 @@ def decide(view: JobCores, config: RunnerConfig, requested: int | None, what: st
     )
 
 
-def survey(config: RunnerConfig) -> JobCores:
-    """Read this host now (the lifecycle's one survey) and add this process's live pools."""
+def survey(config: RunnerConfig, options: PinOptions | None = None) -> JobCores:
+    """Read this host now (the lifecycle's one survey) and add this process's live pools.
+
+    ``options`` are a joblib call's own (the job's settings merged in), else the job's.
+    """
     view = lifecycle.survey()
     return job_cores(
         view.topology,
         config,
+        options,
         nested=current_slot() is not None,
         scope=view.scope,
         leases=view.leases,
