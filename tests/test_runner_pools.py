@@ -331,3 +331,27 @@ def test_without_the_runner_the_same_program_hangs():
         finally:
             os.killpg(program.pid, signal.SIGKILL)
             program.wait()
+
+
+def test_a_thread_pool_nested_in_a_pool_worker_subdivides_its_slot(tmp_path):
+    script = tmp_path / "nested_threads.py"
+    script.write_text(
+        "import json, os, threading, time\n"
+        "from multiprocessing import Pool\n"
+        "from multiprocessing.pool import ThreadPool\n"
+        "def thread_task(_):\n"
+        "    time.sleep(0.2)\n"
+        "    return threading.get_native_id(), sorted(os.sched_getaffinity(0))\n"
+        "def worker_task(_):\n"
+        "    from pinbackend.host.slot import current_slot\n"
+        "    with ThreadPool() as threads:\n"
+        "        seen = dict(threads.map(thread_task, range(8)))\n"
+        "    return sorted(current_slot().cores), sorted(seen.values())\n"
+        "if __name__ == '__main__':\n"
+        "    with Pool() as pool:\n"
+        "        print(json.dumps(pool.map(worker_task, range(1))))\n"
+    )
+    data = runner("--cores-per-worker", str(len(ALLOWED)), str(script)).data
+    ((slot, masks),) = data
+    assert slot == ALLOWED
+    assert masks == [[cpu] for cpu in ALLOWED]  # one thread per core of the worker's slot
