@@ -2,13 +2,14 @@
 
 Run: python examples/dask_local.py   (PINBACKEND_EXAMPLE_SMALL=1 for the CI smoke size)
 
-It starts worker processes, registers pinbackend's two plugins before they start, prints the
-placement view (host, cores, threads and BLAS/OpenMP caps per worker, measured inside a
-task) and runs a small BLAS workload that reports where each task ran. The same cluster
-across machines is two commands per host; see docs/dask.md:
+It starts worker processes, registers pinbackend once (its nanny half puts the thread caps
+in each worker's spawn environment, its worker half pins), prints the placement view (each
+host's shape; cores, threads and BLAS/OpenMP caps per worker, measured inside a task) and
+runs a small BLAS workload that reports where each task ran. The same cluster across
+machines is two commands; see docs/dask.md:
 
     dask scheduler --host 0.0.0.0
-    dask worker tcp://SCHEDULER:8786 --nworkers 2 --preload pinbackend
+    dask worker tcp://SCHEDULER:8786 --nworkers 2 --preload-nanny pinbackend --preload pinbackend
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main() -> None:
     plugin = PinPlugin(cores_per_worker=n_cores // n_workers)
     with (
         LocalCluster(
-            n_workers=0,
+            n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
@@ -58,12 +59,10 @@ def main() -> None:
         ) as cluster,
         Client(cluster) as client,
     ):
-        # Registered before the workers start: the nanny part sets the thread variables
-        # in the environment they are spawned with, the worker part pins them.
-        client.register_plugin(plugin.nanny_plugin())
+        # One registration: workers spawned without the caps (distributed's default is 1
+        # BLAS thread; these get n_cores // n_workers) are restarted with them, then each
+        # is pinned to its own cores.
         client.register_plugin(plugin)
-        cluster.scale(n_workers)
-        client.wait_for_workers(n_workers, timeout=60)
 
         print(format_placement(placement(client)))
 

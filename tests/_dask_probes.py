@@ -167,3 +167,22 @@ def _forbid_in_this_thread(*syscalls: str) -> None:
         if number >= 0:  # getdents does not exist on every architecture
             assert lib.seccomp_rule_add(context, 0x00050000 | errno.EPERM, number, 0) == 0
     assert lib.seccomp_load(context) == 0
+
+
+def pools_in_thread_started_by_task() -> dict:
+    """What a plain thread that a task starts itself gets: its CPU mask and the BLAS and
+    OpenMP pool sizes it sees (OpenMP's default for a new thread comes from the
+    environment OpenMP loaded with, unless something caps that thread)."""
+    import sklearn.utils._openmp_helpers  # noqa: F401
+
+    seen: dict = {}
+
+    def look() -> None:
+        seen["mask"] = sorted(os.sched_getaffinity(0))
+        seen["blas"] = _pools("blas")
+        seen["openmp"] = _pools("openmp")
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    thread.join()
+    return seen

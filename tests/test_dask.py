@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,6 @@ from distributed import Client, LocalCluster  # noqa: E402
 from pinbackend.core.cpuset import format_cpu_list  # noqa: E402
 from pinbackend.dask import (  # noqa: E402
     PinPlugin,
-    PinRefused,
     WorkerPlacement,
     format_placement,
     placement,
@@ -168,7 +168,7 @@ def test_placement_without_readable_thread_masks_is_not_shown_as_pinned():
     assert blind.pinned is True and blind.threads_on_slot is None
     assert blind.cpus == blind.cores  # the measuring thread's own mask stands in
     text = format_placement([blind])
-    assert text.splitlines()[1].split()[-1] == "unknown"
+    assert text.splitlines()[2].split()[-1] == "unknown"
     assert "1 worker(s) on 1 host(s), 0 pinned." in text
     assert f"could not be read (/proc/{blind.pid}/task), so its pinning is not verified" in text
 
@@ -183,7 +183,9 @@ def test_openmp_cap_holds_in_every_task_thread_not_only_the_main_thread():
         env={"OMP_NUM_THREADS": "3"},
         preload=["sklearn.utils._openmp_helpers"],
     ) as (_cluster, client):
-        client.register_plugin(PinPlugin())
+        # The worker half alone: PinPlugin's nanny half would restart the worker with the
+        # cap in its environment, and this test could no longer fail.
+        client.register_plugin(PinPlugin().worker_plugin())
         futures = [
             client.submit(probes.concurrent_task_report, 2, True, pure=False) for _ in range(2)
         ]
@@ -198,27 +200,31 @@ def test_openmp_cap_holds_in_every_task_thread_not_only_the_main_thread():
             assert set(report["task_thread"]["blas"]) == {cap}
             assert report["task_thread"]["openmp"] == [cap]
         # Threads a task starts itself keep the default OpenMP read when it loaded: that is
-        # what PinNannyPlugin fixes (next test). Shown here so the test above can fail.
+        # what the nanny half fixes (next test). Shown here so the test above can fail.
         assert client.submit(probes.openmp_in_thread_started_by_task).result() == [3]
 
 
 @needs_two_cores
-@pytest.mark.parametrize("how", ["plugin", "preload-nanny"])
+@pytest.mark.parametrize("how", ["one-registration", "halves-before-workers", "preload-nanny"])
 def test_nanny_part_sets_thread_caps_before_the_worker_process_starts(how):
-    if how == "plugin":
-        cluster_options = {}
-    else:
-        cluster_options = dict(
+    cluster_options = dict(n_workers=1 if how == "one-registration" else 0)
+    if how == "preload-nanny":
+        cluster_options.update(
             preload_nanny=["pinbackend"], preload_nanny_argv=["--pin-cores-per-worker", "2"]
         )
-    with local_cluster(n_workers=0, threads_per_worker=1, **cluster_options) as (
-        cluster,
-        client,
-    ):
+    with local_cluster(threads_per_worker=1, **cluster_options) as (cluster, client):
         plugin = PinPlugin(cores_per_worker=2)
-        if how == "plugin":
-            client.register_plugin(plugin.nanny_plugin())
-        client.register_plugin(plugin)
+        if how == "one-registration":
+            # The worker runs already, spawned with distributed's 1: the nanny half restarts
+            # it with the cap in its environment, before the worker half pins it.
+            (first_pid,) = worker_pids(client)
+            client.register_plugin(plugin)
+            assert worker_pids(client) != {first_pid}
+        elif how == "halves-before-workers":
+            client.register_plugin(plugin.nanny_plugin())  # as before one registration
+            client.register_plugin(plugin.worker_plugin())
+        else:
+            client.register_plugin(plugin)
         cluster.scale(1)
         client.wait_for_workers(1, timeout=60)
         (environ,) = reports(client, probes.initial_environ).values()
@@ -236,7 +242,7 @@ def test_restarted_and_killed_workers_are_pinned_again_without_leaking_slots(tmp
     with local_cluster() as (_cluster, client):
         client.register_plugin(PinPlugin())
         seen_pids = worker_pids(client)
-        for _ in range(3):
+        for _ in range(2):
             client.restart()
             pids = worker_pids(client)
             assert not pids & seen_pids
@@ -301,14 +307,21 @@ def test_joblib_dask_backend_runs_each_task_inside_its_workers_slot():
 
 
 @needs_two_cores
-def test_fail_closed_worker_closes_instead_of_running_unpinned():
+def test_worker_whose_cores_another_job_holds_waits_the_claim_timeout_then_closes():
     with local_cluster(n_workers=1) as (_cluster, client):
         with claim(ALL_CPUS, command="the test holds every core"):
-            with pytest.raises(PinRefused, match=r"refuses to start \(fail=closed\).*held by"):
-                client.register_plugin(PinPlugin(claim_timeout=0.3))
-            wait_until(lambda: not client.nthreads(), what="the refusing worker to close")
+            start = time.monotonic()
+            client.register_plugin(PinPlugin(claim_timeout=1))  # no exception: policy clamp
+            assert 1 <= time.monotonic() - start < 8
+            wait_until(lambda: not client.nthreads(), what="the closed worker to leave")
+            (row,) = placement(client)
         time.sleep(1)  # its nanny closed too: nothing restarts it
         assert not client.nthreads()
+    assert (row.outcome, row.running, row.pinned) == ("closed", False, False)
+    assert row.note.startswith("no worker x 1 thread fits this host's 2 cores (CPUs 0-1)")
+    assert "other jobs hold CPUs 0-1" in row.note and "the test holds every core" in row.note
+    text = format_placement([row])
+    assert "1 worker(s) on 1 host(s), 0 pinned, 1 closed." in text
 
 
 def refusals(client) -> list[str]:
@@ -322,7 +335,7 @@ def refusals(client) -> list[str]:
 
 
 @needs_two_cores
-def test_fail_closed_worker_restarted_by_its_nanny_closes_when_no_core_is_free(tmp_path, capfd):
+def test_worker_restarted_by_its_nanny_closes_when_no_core_is_free(tmp_path, capfd):
     # A restarted worker gets the plugin from the scheduler as it registers, where a failing
     # setup is only logged: the plugin itself must close it. The gate holds the new process
     # before it registers, so the test takes the freed cores without racing it.
@@ -348,21 +361,21 @@ def test_fail_closed_worker_restarted_by_its_nanny_closes_when_no_core_is_free(t
         (refused,) = refusals(client)  # the replacement, not the first worker
         assert refused != first_address
     # LocalCluster workers log warnings and errors to this process's stderr.
-    errors = [line for line in capfd.readouterr().err.splitlines() if "pinbackend - " in line]
-    assert len(errors) == 1, errors
-    assert f"Dask worker {refused} refuses to start (fail=closed)" in errors[0]
-    assert "the test holds every core" in errors[0]
-    assert "#dask-worker-refuses-to-start" in errors[0]
+    lines = [line for line in capfd.readouterr().err.splitlines() if "pinbackend - " in line]
+    assert len(lines) == 1 and "pinbackend - WARNING" in lines[0], lines
+    assert "no worker x 1 thread fits this host's 2 cores" in lines[0]
+    assert "the test holds every core" in lines[0]
+    assert "#dask-workers-closed" in lines[0]
 
 
 @needs_two_cores
 def test_fail_open_worker_warns_once_and_reports_itself_unpinned():
     with local_cluster(n_workers=1) as (_cluster, client):
-        with claim(ALL_CPUS, command="the test holds every core"):
-            client.register_plugin(PinPlugin(fail="open", claim_timeout=0.3))
-            (row,) = placement(client)
-        assert not row.pinned and row.cores is None
-        assert "held by" in row.reason and "the test holds every core" in row.reason
+        client.register_plugin(PinPlugin(fail="open", reserve=ALL_CPUS))
+        (row,) = placement(client)
+        assert not row.pinned and row.cores is None and row.outcome == "unpinned"
+        assert "cannot fit" in row.reason
+        assert f"reserved {format_cpu_list(ALL_CPUS)}" in row.reason
         assert "NO" in format_placement([row]) and "unpinned:" in format_placement([row])
         (logs,) = client.get_worker_logs().values()
         warnings = [msg for level, msg in logs if "runs UNPINNED" in msg]
@@ -517,29 +530,37 @@ def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry
 
 @needs_two_cores
 @pytest.mark.parametrize(
-    "nanny_preload",
-    [None, ["--pin-cores-per-worker", "2"], []],
-    ids=["preload", "preload-nanny", "preload-nanny-without-its-options"],
+    ("nanny", "worker", "nanny_argv"),
+    [
+        (False, True, None),
+        (True, True, None),
+        (True, True, ["--pin-cores-per-worker", "2"]),
+        (True, False, ["--pin-cores-per-worker", "2"]),
+    ],
+    ids=["preload", "both-options-once", "both-nanny-options-too", "preload-nanny-alone"],
 )
-def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(tmp_path, nanny_preload):
+def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(
+    tmp_path, nanny, worker, nanny_argv
+):
     # distributed's nanny spawns workers with OMP/MKL/OPENBLAS_NUM_THREADS=1, so a cap of 1
     # cannot tell pinbackend's work from distributed's: 1 task thread on a 2-core slot must
     # get 2 BLAS and 2 OpenMP threads, and only pinbackend can have set that.
     pytest.importorskip("sklearn")  # its wheels bundle GNU OpenMP
     env = _child_env()
     args = ["--nworkers", "1", "--nthreads", "1"]
-    if nanny_preload is not None:
-        # Options after --preload reach only the worker preload: dask worker gives nanny
-        # preloads their options from the configuration. Without them the nanny plans
-        # cores-per-worker=auto (1 thread), and the worker says so.
+    if nanny:
         args += ["--preload-nanny", "pinbackend"]
-        env["DASK_DISTRIBUTED__NANNY__PRELOAD_ARGV"] = json.dumps(nanny_preload)
+    if nanny_argv is not None:
+        # dask worker gives nanny preloads their options from the configuration only.
+        env["DASK_DISTRIBUTED__NANNY__PRELOAD_ARGV"] = json.dumps(nanny_argv)
     # GNU OpenMP loads as the worker starts, before pinbackend's preload: its default then
     # comes from the spawn environment alone (a later load would read pinbackend's).
-    args += ["--preload", "sklearn.utils._openmp_helpers", "--preload", "pinbackend"]
-    args += ["--pin-cores-per-worker", "2", "--pin-claim-timeout", "20"]
+    args += ["--preload", "sklearn.utils._openmp_helpers"]
+    if worker:
+        # The options after --preload pinbackend: the nanny preload reads them there.
+        args += ["--preload", "pinbackend", "--pin-cores-per-worker", "2"]
     with scheduler_process(tmp_path) as scheduler:
-        worker = _spawn(worker_command("dask worker", scheduler, *args), env=env)
+        process = _spawn(worker_command("dask worker", scheduler, *args), env=env)
         try:
             with Client(scheduler, timeout=60) as client:
                 client.wait_for_workers(1, timeout=90)
@@ -549,49 +570,46 @@ def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(tmp_path, nan
                 (view,) = placement(client)
                 client.shutdown()
         finally:
-            output = _stop(worker)
+            output = _stop(process)
     (slot,) = assert_pinned_disjoint({"worker": report})
     assert_slots([slot], count=1, cores_each=2)
     assert len(slot) == 2 and report["pin"]["task_thread_cap"] == 2
     assert set(report["task_thread"]["blas"]) == {2}  # threadpoolctl, inside the task
     assert report["task_thread"]["openmp"] == [2]
     assert (view.blas_threads, view.openmp_threads, view.threads_on_slot) == (2, 2, True)
+    assert report["pin"]["source"] == "pinbackend-preload"
     # The nanny part: the worker process was spawned with 2, so that threads a task starts
     # itself take OpenMP's default of 2; without it they get distributed's 1 (while task
     # threads get 2 from the worker part either way, as asserted above).
-    spawned_with = "2" if nanny_preload else "1"
+    spawned_with = "2" if nanny else "1"
     assert environ["OMP_NUM_THREADS"] == environ["OPENBLAS_NUM_THREADS"] == spawned_with
     assert started_by_task == [int(spawned_with)]
-    assert ("starts workers with" in output) == (nanny_preload is not None), output
+    assert ("starts workers with" in output) == nanny, output
     assert output.count("pinned to CPUs") == 1, output
     warnings = [line for line in output.splitlines() if "pinbackend - WARNING" in line]
-    if nanny_preload == []:
-        (warning,) = warnings
-        assert (
-            "its nanny planned cores-per-worker=auto and spawned it with 1 BLAS/OpenMP "
-            "thread(s) per task thread, its own options cores-per-worker=2 give 2" in warning
-        )
-        assert warning.endswith("#dask-nanny-planned-otherwise")
-    else:
-        assert not warnings, warnings
+    assert not warnings, warnings
 
 
 @needs_two_cores
-def test_dask_worker_with_fail_closed_preload_refuses_to_start(tmp_path):
-    with (
-        scheduler_process(tmp_path) as scheduler,
-        claim(ALL_CPUS, command="the test holds every core"),
-    ):
-        worker = _spawn(
-            [
-                *worker_command("dask worker", scheduler, "--nthreads", "1"),
-                *("--preload", "pinbackend", "--pin-claim-timeout", "0.3"),
-            ]
-        )
-        output = _stop(worker)
-    assert worker.returncode != 0, output
-    assert "refuses to start (fail=closed)" in output
-    assert "the test holds every core" in output
+@pytest.mark.parametrize("cause", ["cores-held", "all-reserved"])
+def test_dask_worker_that_gets_no_slot_ends_with_one_line(tmp_path, cause):
+    # No free core (another job holds them): the policy (clamp) closes it, with a warning.
+    # No slot can ever fit (every CPU reserved): fail=closed refuses it, with an error.
+    # Either way it registers and closes like any worker: no traceback of a failed start.
+    args = ["--nthreads", "1", "--preload", "pinbackend", "--pin-claim-timeout", "0.3"]
+    if cause == "all-reserved":
+        args += ["--pin-reserve", format_cpu_list(ALL_CPUS)]
+        held, level, says = contextlib.nullcontext(), "ERROR", "refuses to start (fail=closed)"
+    else:
+        held = claim(ALL_CPUS, command="the test holds every core")
+        level, says = "WARNING", "the test holds every core"
+    with scheduler_process(tmp_path) as scheduler, held:
+        worker = _spawn(worker_command("dask worker", scheduler, *args))
+        output = _exit_by_itself(worker)
+    lines = [line for line in output.splitlines() if "pinbackend - " in line]
+    assert len(lines) == 1 and f"pinbackend - {level} - " in lines[0], output
+    assert says in lines[0]
+    assert "Traceback" not in output and "Nanny failed to start" not in output, output
 
 
 def _exit_by_itself(process: subprocess.Popen, timeout: float = 30) -> str:
@@ -605,7 +623,7 @@ def _exit_by_itself(process: subprocess.Popen, timeout: float = 30) -> str:
 
 
 @needs_two_cores
-def test_dask_worker_joining_after_a_fail_closed_plugin_closes_when_no_core_is_free(tmp_path):
+def test_dask_worker_joining_after_the_plugin_closes_when_no_core_is_free(tmp_path):
     # The worker gets the plugin as it registers, where distributed only logs a failing
     # setup: without the plugin closing it, it would run the queued task unpinned.
     with (
@@ -620,26 +638,24 @@ def test_dask_worker_joining_after_a_fail_closed_plugin_closes_when_no_core_is_f
         (refused,) = refusals(client)
         assert not client.nthreads()
         assert queued.status == "pending" and not (tmp_path / "ran").exists()
-    assert "Registered to:" in output, output  # it did join before refusing
-    errors = [line for line in output.splitlines() if "pinbackend - " in line]
-    assert len(errors) == 1, output
-    assert f"Dask worker {refused} refuses to start (fail=closed)" in errors[0]
-    assert "the test holds every core" in errors[0]
-    assert "pinned to CPUs" not in output
+        (row,) = placement(client)
+        assert (row.worker, row.outcome) == (refused, "closed")
+    assert "Registered to:" in output, output  # it did join before closing
+    lines = [line for line in output.splitlines() if re.search("pinbackend - (WARN|ERR)", line)]
+    assert len(lines) == 1 and "pinbackend - WARNING" in lines[0], output
+    assert "no worker x 1 thread fits this host's" in lines[0]
+    assert "the test holds every core" in lines[0]
+    assert "pinned to CPUs" not in output and "Traceback" not in output
 
 
 @needs_two_cores
-@pytest.mark.parametrize("cause", ["cores-held", "all-reserved"])
-def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path, cause):
+def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path):
+    # fail is for a worker that cannot be pinned at all: here no slot fits, every CPU is
+    # reserved (cores other jobs hold are the policy's business, see the tests above).
     args = ["--nthreads", "1", "--preload", "pinbackend", "--pin-fail", "open"]
-    args += ["--pin-claim-timeout", "0.3"]
-    if cause == "all-reserved":
-        args += ["--pin-reserve", format_cpu_list(ALL_CPUS)]
-        held, why = contextlib.nullcontext(), "reserved " + format_cpu_list(ALL_CPUS)
-    else:
-        held = claim(ALL_CPUS, command="the test holds every core")
-        why = f"held now: CPUs {format_cpu_list(ALL_CPUS)} by pid {os.getpid()} (the test holds"
-    with scheduler_process(tmp_path) as scheduler, held:
+    args += ["--pin-reserve", format_cpu_list(ALL_CPUS)]
+    why = "reserved " + format_cpu_list(ALL_CPUS)
+    with scheduler_process(tmp_path) as scheduler:
         worker = _spawn(worker_command("dask worker", scheduler, *args))
         try:
             with Client(scheduler, timeout=60) as client:
@@ -655,7 +671,7 @@ def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path,
     assert (row.pinned, row.cores, row.cpus) == (False, None, tuple(sorted(ALL_CPUS)))
     assert row.source == "pinbackend-preload" and why in row.reason, row.reason
     text = format_placement([row])
-    assert text.splitlines()[1].split()[-1] == "NO"
+    assert text.splitlines()[2].split()[-1] == "NO"
     assert f"{row.worker}: unpinned: {row.reason}" in text
     assert "1 worker(s) on 1 host(s), 0 pinned." in text
     # One warning, with the same reason and a link; nothing else from pinbackend.
@@ -690,8 +706,13 @@ def test_dask_worker_rejects_bad_preload_options_before_starting(tmp_path):
     "(2026.6); tox -e dask-legacy tests it on 2026.3",
 )
 def test_legacy_register_worker_plugin_pins_workers():
+    # PinPlugin is a scheduler plugin (it registers its two halves): distributed registers
+    # it as one, and says so.
     with local_cluster() as (_cluster, client):
-        with pytest.warns(Warning, match="register_plugin"):
+        with (
+            pytest.warns(DeprecationWarning, match="register_plugin"),
+            pytest.warns(UserWarning, match="registering as a scheduler plugin instead"),
+        ):
             client.register_worker_plugin(PinPlugin())
         assert_slots(assert_pinned_disjoint(reports(client)), count=2, cores_each=1)
 

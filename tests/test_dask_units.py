@@ -65,6 +65,9 @@ def test_options_normalize_and_describe_themselves():
 def test_spawn_env_caps_each_task_thread_to_its_share_of_the_slot(nthreads, cores_per_worker, cap):
     env = spawn_env(nthreads, SMT2, PinOptions(cores_per_worker))
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == cap
+    # Not a CPU budget: the worker claims its slot (maybe wider than one thread's cap) from
+    # the whole host, and pinbackend would read PYTHON_CPU_COUNT as its budget.
+    assert "PYTHON_CPU_COUNT" not in env
 
 
 def test_nanny_examples_hold():
@@ -113,7 +116,9 @@ def test_format_placement_shows_pinned_and_unpinned_workers():
         ),
     ]
     text = format_placement(rows)
-    lines = text.splitlines()
+    # The host's shape first (no pinbackend outcome recorded: "not set up"), then the table.
+    assert text.splitlines()[0] == "host h1: 2 workers x 1/2 threads: 2 not set up"
+    lines = text.splitlines()[1:]
     assert lines[0].split() == [
         "worker",
         "host",
@@ -135,7 +140,7 @@ def test_format_placement_never_says_yes_without_the_thread_masks():
         WorkerPlacement("tcp://a:1", "0", "h1", 10, 1, (0,), True, (0,), None, 1, None),
         WorkerPlacement("tcp://a:2", "1", "h1", 11, 1, (1,), True, (0, 1), False, 1, None),
     ]
-    lines = format_placement(rows).splitlines()
+    lines = format_placement(rows).splitlines()[1:]
     assert [line.split()[-1] for line in lines[1:3]] == ["unknown", "NO"]
     assert "2 worker(s) on 1 host(s), 0 pinned." in lines
     assert "tcp://a:1: its threads' CPU masks could not be read (/proc/10/task)" in lines[5]
@@ -174,7 +179,8 @@ def test_parsing_preload_options_has_no_side_effect():
         command = pinbackend.dask_setup
         assert isinstance(command, click.Command)
         ctx = command.make_context("dask_setup", ["--pin-cores-per-worker", "2",
-                                   "--pin-reserve", "0", "--pin-fail", "open"])
+                                   "--pin-reserve", "0", "--pin-fail", "open",
+                                   "--pin-oversubscribe", "share"])
         print(json.dumps({
             "params": {k: sorted(v) if isinstance(v, frozenset) else v
                        for k, v in ctx.params.items()},
@@ -189,6 +195,7 @@ def test_parsing_preload_options_has_no_side_effect():
     assert report["params"] == {
         "pin_cores_per_worker": 2,
         "pin_reserve": [0],
+        "pin_oversubscribe": "share",
         "pin_fail": "open",
         "pin_claim_timeout": 30.0,
     }
@@ -200,7 +207,7 @@ def test_preload_refuses_servers_it_cannot_set_up():
     import pinbackend
 
     with pytest.raises(TypeError, match=r"worker or nanny preload .* cannot set up a str"):
-        pinbackend.dask_setup.callback("scheduler?", None, frozenset(), "closed", 1.0)
+        pinbackend.dask_setup.callback("scheduler?", None, frozenset(), "clamp", "closed", 1.0)
 
 
 @needs_seccomp
@@ -213,10 +220,10 @@ import pinbackend.host.slot as slot_module
 from pinbackend.dask._worker import _apply
 from pinbackend.host.leases import claim
 cap_threads = slot_module.cap_threads
-def noisy_cap_threads(threads):
+def noisy_cap_threads(threads, *args):
     # As threadpoolctl does when it finds two OpenMP runtimes.
     warnings.warn("a warning from a library", RuntimeWarning)
-    return cap_threads(threads)
+    return cap_threads(threads, *args)
 with warnings.catch_warnings(record=True) as outside:
     warnings.simplefilter("always")
     lease = claim({0})
@@ -233,3 +240,161 @@ print(json.dumps({"first": first, "again": again, "outside": [str(w.message) for
     assert report["again"] == "CPU affinity cannot be set here"
     # The pinning warning became the reason; the library's warning is not one, nor lost.
     assert report["outside"] == ["a warning from a library"]
+
+
+def test_format_placement_shows_each_hosts_shape_and_the_workers_policy_closed():
+    note = "2 workers x 1 thread fit this host's 2 cores (CPUs 0-1); the workers beyond them "
+    rows = [
+        WorkerPlacement(
+            "tcp://a:1", "0", "h1", 10, 1, (0,), True, (0,), True, 1, None, outcome="pinned"
+        ),
+        WorkerPlacement(
+            "tcp://a:2", "1", "h1", 11, 1, (1,), True, (1,), True, 1, None, outcome="pinned"
+        ),
+        WorkerPlacement(
+            "tcp://a:3",
+            "2",
+            "h1",
+            12,
+            1,
+            None,
+            False,
+            (),
+            False,
+            None,
+            None,
+            outcome="closed",
+            note=note + "are closed (oversubscribe='clamp')",
+        ),
+        WorkerPlacement(
+            "tcp://b:1", "0", "h2", 20, 1, (0,), True, (0,), True, 1, None, outcome="pinned"
+        ),
+        WorkerPlacement(
+            "tcp://b:2",
+            "1",
+            "h2",
+            21,
+            1,
+            (0,),
+            True,
+            (0,),
+            True,
+            1,
+            None,
+            outcome="shared",
+            note=note + "share cores (oversubscribe='share')",
+        ),
+    ]
+    lines = format_placement(rows).splitlines()
+    assert lines[:4] == [
+        "host h1: 3 workers x 1 thread: 2 pinned, 1 closed",
+        f"  {note}are closed (oversubscribe='clamp')",
+        "host h2: 2 workers x 1 thread: 1 pinned, 1 shared",
+        f"  {note}share cores (oversubscribe='share')",
+    ]
+    table = {line.split()[0]: line.split() for line in lines[5:10]}
+    assert table["tcp://a:3"][3:] == ["-", "1", "-", "-", "closed"]
+    assert table["tcp://b:2"][3:] == ["0", "1", "1", "-", "shared"]
+    assert "5 worker(s) on 2 host(s), 3 pinned, 1 shared, 1 closed." in lines
+    assert not rows[2].running and rows[4].running
+
+
+@pytest.mark.parametrize("restart", [True, False, "auto"])
+def test_nanny_half_restarts_only_workers_spawned_without_the_caps(restart):
+    from pinbackend.dask import PinNannyPlugin
+
+    class Nanny:
+        address_safe = "tcp://n:1"
+        nthreads = 1
+
+        def __init__(self, spawned):
+            names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            self.env = dict.fromkeys(names, spawned)
+            self.pre_spawn_env = dict(self.env)
+            self.process = None
+
+    decided = {}
+    for spawned in ("1", "2"):
+        for running in (False, True):
+            nanny = Nanny(spawned)
+            if running:
+                from distributed.core import Status
+
+                nanny.process = type("P", (), {"status": Status.running})()
+            plugin = PinNannyPlugin(cores_per_worker=2, restart=restart)  # cap 2 on 2 cores
+            plugin.setup(nanny)
+            decided[spawned, running] = plugin.restart
+            assert nanny.env["OMP_NUM_THREADS"] == nanny.pre_spawn_env["OMP_NUM_THREADS"]
+    if restart == "auto":
+        # Only a running worker spawned with other caps; one about to start gets them anyway.
+        assert decided == {
+            ("1", False): False,
+            ("1", True): True,
+            ("2", False): False,
+            ("2", True): False,
+        }
+    else:
+        assert set(decided.values()) == {restart}
+
+
+def test_nanny_half_rejects_an_unknown_restart_mode():
+    from pinbackend.dask import PinNannyPlugin
+
+    with pytest.raises(ValueError, match="restart must be True, False or 'auto'; got 'yes'"):
+        PinNannyPlugin(restart="yes")
+
+
+def test_one_warning_per_host_is_agreed_through_the_registry(monkeypatch):
+    from pinbackend.dask import _notice
+    from pinbackend.host.leases import claim
+
+    with claim({0}, command="a sibling") as sibling:
+        assert _notice.first_on_host("cluster A closed", [sibling.lease_id]) is True
+        assert _notice.first_on_host("cluster A closed", [sibling.lease_id]) is False
+        assert _notice.first_on_host("cluster B closed", []) is True  # another cluster
+        # Old, but a lease it names is still held: the same episode.
+        monkeypatch.setattr(_notice, "FRESH_SECONDS", 0.0)
+        assert _notice.first_on_host("cluster A closed", [sibling.lease_id]) is False
+    # Old and none of its leases held (every worker restarted, or a new cluster on the
+    # same address): tell again.
+    assert _notice.first_on_host("cluster A closed", []) is True
+    assert _notice.first_on_host("cluster B closed", []) is True
+
+
+def test_a_group_never_waits_for_its_own_members():
+    import time
+
+    from pinbackend.host.leases import LeaseConflict, claim
+    from pinbackend.host.lifecycle import group_room, lease_slot, survey
+    from pinbackend.host.machine import read_topology
+
+    topology = read_topology()
+    cpus = sorted(topology.allowed)
+    options = PinOptions(claim_timeout=30)
+    members = lambda info: info.command.endswith("of scheduler S")  # noqa: E731
+    held = [claim({cpu}, command=f"dask worker {cpu} of scheduler S") for cpu in cpus]
+    try:
+        room = group_room(survey(), 1, options, members)
+        n_cores = topology.count_cores(topology.allowed)
+        assert room.full and (room.slots, room.held) == (n_cores, len(cpus))
+        start = time.monotonic()
+        with pytest.raises(LeaseConflict, match="the group's own hold them all"):
+            lease_slot(1, options, command="dask worker new of scheduler S", members=members)
+        assert time.monotonic() - start < 5  # not the 30 s claim timeout
+        shared = lease_slot(
+            1, options, command="dask worker new of scheduler S", share=True, members=members
+        )
+        assert shared.info.shared == shared.cores and len(shared.cores) == 1
+        shared.release()
+        # Held by another job instead: that is worth waiting for (briefly here).
+        held[0].release()
+        held[0] = claim({cpus[0]}, command="another job")
+        room = group_room(survey(), 1, options, members)
+        assert not room.full and room.free == room.slots - 1
+        with pytest.raises(LeaseConflict, match=r"after waiting 0\.3s"):
+            lease_slot(
+                1, options.updated(claim_timeout=0.3), command="x of scheduler S", members=members
+            )
+    finally:
+        for lease in held:
+            lease.release()

@@ -2,10 +2,16 @@
 
 Three ways to enable it (see the docs page "Dask"):
 
-* ``client.register_plugin(PinPlugin())`` from a client (``register_worker_plugin`` on
-  distributed versions that still have it);
-* ``dask worker SCHEDULER --preload pinbackend [--pin-... options]`` on each host;
-* the ``distributed.worker.preload`` configuration, set to ``["pinbackend"]``.
+* ``client.register_plugin(PinPlugin())`` from a client: one registration installs the
+  nanny half (caps in each worker's spawn environment) and the worker half (claim, pin,
+  cap);
+* ``dask worker SCHEDULER --preload-nanny pinbackend --preload pinbackend [--pin-...]``
+  on each host;
+* the ``distributed.nanny.preload`` configuration, set to ``["pinbackend"]`` (it adds the
+  worker preload itself).
+
+Workers a host has no slot for are handled by ``oversubscribe`` (``clamp`` closes them
+with one warning per host, ``share`` shares slots, ``error`` refuses).
 
 :func:`placement` and :func:`format_placement` show, from the client, where every worker
 runs and how its thread pools are capped.
@@ -24,7 +30,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from ._worker import PinRefused, current_pin
 from .options import PinOptions, PinOptionsError
 from .placement import WorkerPlacement, format_placement, placement
-from .plugins import PinNannyPlugin, PinPlugin
+from .plugins import PinNannyPlugin, PinPlugin, PinWorkerPlugin
 
 __all__ = [
     "PinNannyPlugin",
@@ -32,6 +38,7 @@ __all__ = [
     "PinOptionsError",
     "PinPlugin",
     "PinRefused",
+    "PinWorkerPlugin",
     "WorkerPlacement",
     "current_pin",
     "format_placement",

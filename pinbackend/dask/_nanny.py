@@ -16,7 +16,15 @@ from ..host.caps import thread_env
 from ..host.machine import read_topology
 from .options import PinOptions, slot_cores_for, task_thread_cap
 
-__all__ = ["PLAN_ENV", "configure_nanny", "plan_mismatch", "spawn_cap", "spawn_env"]
+__all__ = [
+    "PLAN_ENV",
+    "configure_nanny",
+    "plan_mismatch",
+    "running_worker",
+    "spawn_cap",
+    "spawn_env",
+    "spawned_otherwise",
+]
 
 logger = logging.getLogger("distributed.nanny.pinbackend")
 
@@ -42,7 +50,15 @@ def spawn_cap(nthreads: int, topology: Topology, options: PinOptions) -> int:
 def spawn_env(nthreads: int, topology: Topology, options: PinOptions) -> dict[str, str]:
     """Thread-count variables for a worker with ``nthreads`` task threads about to start
     (:func:`spawn_cap` threads each)."""
-    return thread_env(spawn_cap(nthreads, topology, options))
+    return _cap_env(spawn_cap(nthreads, topology, options))
+
+
+def _cap_env(cap: int) -> dict[str, str]:
+    env = thread_env(cap)
+    # Not a CPU budget: the process starts with the whole host to claim its slot from, and
+    # pinbackend reads PYTHON_CPU_COUNT as a budget (a 2-core slot would not fit in 1).
+    env.pop("PYTHON_CPU_COUNT", None)
+    return env
 
 
 def plan_mismatch(
@@ -84,6 +100,32 @@ def _cores(cores_per_worker: int | None) -> str:
     return "auto" if cores_per_worker is None else str(cores_per_worker)
 
 
+#: The variables distributed's nanny spawns workers with by default: a worker spawned with
+#: other values than the cap it gets was started before the nanny part ran.
+_SPAWN_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def spawned_otherwise(spawned: Mapping[str, str], env: Mapping[str, str]) -> bool:
+    """Whether a worker spawned with ``spawned`` lacks the caps of ``env`` (a restart gives
+    them to it; without one its pools keep the sizes they started with).
+
+    >>> spawned_otherwise({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    ...                   {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    False
+    >>> spawned_otherwise({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "2"})
+    True
+    """
+    return any(spawned.get(name) != env.get(name) for name in _SPAWN_VARS if name in env)
+
+
+def running_worker(nanny) -> bool:
+    """Whether ``nanny`` has a worker process running now (not one about to start)."""
+    from distributed.core import Status
+
+    process = getattr(nanny, "process", None)
+    return process is not None and getattr(process, "status", None) == Status.running
+
+
 def configure_nanny(nanny, options: PinOptions) -> dict[str, str]:
     """Make ``nanny`` spawn its workers with the thread caps of ``options``; return them.
 
@@ -95,7 +137,7 @@ def configure_nanny(nanny, options: PinOptions) -> dict[str, str]:
     :data:`PLAN_ENV` (in ``nanny.env`` only), for :func:`plan_mismatch`.
     """
     cap = spawn_cap(nanny.nthreads, read_topology(), options)
-    env = thread_env(cap)
+    env = _cap_env(cap)
     nanny.env.update(env)
     nanny.env[PLAN_ENV] = json.dumps({"cores_per_worker": options.cores_per_worker, "threads": cap})
     for name in nanny.pre_spawn_env.keys() & env.keys():

@@ -6,6 +6,19 @@ host's free cores into slots of its size and leases the first free one. The leas
 kernel lock that dies with the process, so a restarted or killed worker's cores are free
 for its successor without any cleanup. One worker per process: its pinning record is this
 process's :data:`~pinbackend.host.state.STATE`.
+
+A lease's command names the worker's scheduler, so a starting worker tells its own
+cluster's workers (its *siblings*) from other jobs. Waiting for siblings cannot help: when
+they hold every slot of its size on this host, the policy applies at once
+(``oversubscribe``: ``clamp`` closes the worker, ``share`` shares the slot fewest of them
+hold, ``error`` refuses). Cores that other jobs hold are waited for, up to the claim
+timeout (without bound under ``wait``), then the policy applies. ``fail`` is for a worker
+that cannot be pinned at all (no affinity here, a slot that cannot fit the host, workers
+sharing one process): ``closed`` closes it, ``open`` runs it unpinned.
+
+Every outcome is reported: a log line, one warning per host for what the policy did
+(:mod:`pinbackend.dask._notice`), and an event on the scheduler (topic :data:`EVENT_TOPIC`)
+that the placement view reads for workers that are gone.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -22,19 +36,23 @@ from .._docs import troubleshooting
 from .._platform import AffinityUnavailable
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
-from ..host.leases import Lease, LeaseError
-from ..host.lifecycle import lease_slot
+from ..host.leases import Lease, LeaseConflict, LeaseError, LeaseInfo
+from ..host.lifecycle import group_room, lease_slot, survey
 from ..host.machine import read_topology
 from ..host.pinning import PinningError, PinningUnavailableWarning, pin
 from ..host.slot import AppliedSlot, apply_slot, reset_current_slot
 from ..host.state import STATE
 from ._executor import TaskThreadCaps
 from ._nanny import plan_mismatch
-from .options import PinOptions, slot_cores_for, task_thread_cap
+from ._notice import first_on_host
+from .options import PinOptions, host_shape, slot_cores_for, task_thread_cap
 
 __all__ = [
+    "CLOSE_REASON",
+    "EVENT_TOPIC",
     "PinRefused",
     "WorkerPin",
+    "close_worker",
     "current_pin",
     "pin_worker",
     "unpin_worker",
@@ -44,14 +62,28 @@ __all__ = [
 # client.get_worker_logs() show these lines with the worker's own.
 logger = logging.getLogger("distributed.worker.pinbackend")
 
+#: Scheduler event topic of every worker's outcome (the placement view reads it).
+EVENT_TOPIC = "pinbackend"
+#: The reason a worker closes with when pinbackend closes it (scheduler events show it).
+CLOSE_REASON = "pinbackend-pinning-refused"
+#: Outcomes of a worker that does not run tasks.
+GONE = ("closed", "refused")
+
 
 class PinRefused(RuntimeError):
-    """A worker with ``fail="closed"`` could not be pinned and refuses to run tasks."""
+    """A worker refused to run: ``oversubscribe="error"`` and no slot for it."""
 
 
 @dataclass
 class WorkerPin:
-    """How this worker process was pinned, or why it was not (reported to the client)."""
+    """How this worker process was pinned, or why it was not (reported to the client).
+
+    ``outcome``: ``pinned`` (a slot of its own), ``shared`` (a slot shared with other
+    workers, ``oversubscribe="share"``), ``closed`` (the policy closed it: the host's slots
+    are taken), ``refused`` (``oversubscribe="error"``, or it cannot be pinned and
+    ``fail="closed"``) or ``unpinned`` (it cannot be pinned and ``fail="open"``). ``note``
+    says what the host's shape is when the policy had to act.
+    """
 
     source: str
     options: PinOptions
@@ -61,6 +93,8 @@ class WorkerPin:
     reason: str | None = None
     original_cpus: frozenset[int] = frozenset()
     task_caps: TaskThreadCaps | None = None
+    outcome: str = "pinned"
+    note: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -77,6 +111,8 @@ class WorkerPin:
             "task_thread_cap": self.slot.threads if self.slot else None,
             "lease_id": self.lease.lease_id if self.lease else None,
             "reason": self.reason,
+            "outcome": self.outcome,
+            "note": self.note,
         }
 
 
@@ -85,13 +121,33 @@ def current_pin() -> WorkerPin | None:
     return STATE.worker_pin
 
 
+def member_command(worker_address: str, scheduler_address: str) -> str:
+    """The command a worker's lease records: ``status`` shows it; siblings recognize it."""
+    return f"dask worker {worker_address} of scheduler {scheduler_address}"
+
+
+def _sibling(scheduler_address: str):
+    tail = f" of scheduler {scheduler_address}"
+    me = os.getpid()
+
+    def is_sibling(info: LeaseInfo) -> bool:
+        return (
+            info.pid != me
+            and info.command.startswith("dask worker ")
+            and (info.command.endswith(tail))
+        )
+
+    return is_sibling
+
+
 async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
     """Claim a slot for ``worker``, pin all its threads and cap its pools per task thread.
 
     The first caller in a process wins; a later one (the preload pinned the worker, then a
     client registers :class:`PinPlugin`) keeps that slot and logs a warning if its own
-    options differ. Raises :class:`PinRefused` on failure with ``fail="closed"``; with
-    ``fail="open"`` logs one warning and returns an unpinned :class:`WorkerPin`.
+    options differ. Never raises for a worker that does not fit: the returned
+    :class:`WorkerPin`'s ``outcome`` says what the policy decided, and a caller closes the
+    worker when it is ``closed`` or ``refused`` (:func:`close_worker`).
     """
     if STATE.worker_pin is not None:
         previous = STATE.worker_pin
@@ -113,26 +169,30 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
     try:
         _refuse_shared_process(worker)
         # Read before pinning narrows this thread's allowed CPUs: as the nanny read them.
-        nanny_mismatch = plan_mismatch(os.environ, nthreads, read_topology(), options)
-        state.lease = await _claim_slot(worker, options, nthreads)
-        state.slot, state.reason = _apply(state.lease, nthreads)
+        topology = read_topology()
+        nanny_mismatch = plan_mismatch(os.environ, nthreads, topology, options)
+        await _claim_slot(worker, state, slot_cores_for(nthreads, topology, options))
+        if state.lease is not None:
+            state.slot, state.reason = _apply(state.lease, nthreads)
+            if state.reason is not None:
+                state.outcome = "unpinned"
     except (LeaseError, PlanError, PinningError, AffinityUnavailable) as error:
-        state.reason = str(error)
+        state.reason, state.outcome = str(error), "unpinned"
         _abandon(state)
     except Exception as error:  # never let an unexpected failure pass as "pinned"
-        state.reason = f"{type(error).__name__}: {error}"
+        state.reason, state.outcome = f"{type(error).__name__}: {error}", "unpinned"
         _abandon(state)
-    if state.reason is not None and options.fail == "closed":
+    if state.outcome == "unpinned" and options.fail == "closed":
         _abandon(state)
-        message = (
-            f"pinbackend: Dask worker {worker.address} refuses to start (fail=closed): "
-            f"{state.reason}. Free cores, start fewer workers, adjust --pin-cores-per-worker "
-            f"or --pin-reserve, or choose fail=open. "
-            f"See {troubleshooting('dask-worker-refuses-to-start')}"
+        state.outcome = "refused"
+        logger.error(
+            "pinbackend: Dask worker %s refuses to start (fail=closed): %s. Fix the cause, "
+            "or choose fail=open to run it unpinned. See %s",
+            worker.address,
+            state.reason,
+            troubleshooting("dask-worker-refuses-to-start"),
         )
-        logger.error(message)
-        raise PinRefused(message)
-    if state.reason is not None:
+    elif state.outcome == "unpinned":
         logger.warning(
             "pinbackend: Dask worker %s runs UNPINNED (fail=open): %s. Its tasks may share "
             "cores with other work. See %s",
@@ -156,15 +216,174 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
             )
     if state.pinned:
         logger.info(
-            "pinbackend: worker %s pinned to CPUs %s, %d task thread(s) x %d BLAS/OpenMP "
+            "pinbackend: worker %s pinned to CPUs %s%s, %d task thread(s) x %d BLAS/OpenMP "
             "thread(s) each",
             worker.address,
             format_cpu_list(state.slot.cores),
+            " (shared)" if state.outcome == "shared" else "",
             nthreads,
             state.slot.threads,
         )
     STATE.worker_pin = state
     return state
+
+
+async def _claim_slot(worker, state: WorkerPin, cores: int) -> None:
+    """Lease a slot of ``cores`` physical cores by policy; set ``state``'s lease and outcome.
+
+    The claim runs off the event loop. Under ``wait`` the wait for other jobs' cores has
+    no bound (claims are repeated); a refusal from siblings alone applies the policy at
+    once.
+    """
+    options, scheduler = state.options, worker.scheduler.address
+    policy = options.policy("clamp")
+    is_sibling = _sibling(scheduler)
+    claim = functools.partial(
+        lease_slot,
+        cores,
+        options,
+        command=member_command(worker.address, scheduler),
+        share=policy == "share",
+        members=is_sibling,
+    )
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            state.lease = await loop.run_in_executor(None, claim)
+            break
+        except LeaseConflict as error:
+            siblings_only = bool(error.holders) and all(map(is_sibling, error.holders))
+            if policy == "wait" and not siblings_only:
+                continue
+            break  # the policy decides below; the note says why
+    if state.lease is not None and not state.lease.info.shared:
+        return
+    view = await loop.run_in_executor(None, survey)
+    room = group_room(view, cores, options, is_sibling)
+    usable = view.topology.allowed - options.reserve
+    fit = room.free if state.lease is None else max(room.free, 1)
+    shape = host_shape(
+        fit, state.nthreads, view.topology.count_cores(usable), format_cpu_list(usable)
+    )
+    theirs = frozenset().union(*(info.cores for info in view.leases if is_sibling(info)))
+    strangers = view.held_by_others - theirs
+    if strangers:
+        shape += f"; other jobs hold CPUs {format_cpu_list(strangers)} ({view.holders(strangers)})"
+    if state.lease is not None:
+        state.outcome = "shared"
+        state.note = f"{shape}; the workers beyond them share cores (oversubscribe='share')"
+        _tell_host(
+            worker,
+            state,
+            view,
+            is_sibling,
+            "expect workers on shared cores to slow "
+            "each other down; start fewer workers here to avoid it",
+        )
+    elif policy == "error":
+        state.outcome = "refused"
+        state.note = f"{shape}; the workers beyond them are refused (oversubscribe='error')"
+        logger.error(
+            "pinbackend: Dask worker %s refuses to start: %s. Start fewer workers here, or "
+            "pass oversubscribe='clamp' or 'share'. See %s",
+            worker.address,
+            state.note,
+            troubleshooting("dask-worker-refuses-to-start"),
+        )
+    else:
+        state.outcome = "closed"
+        state.note = f"{shape}; the workers beyond them are closed (oversubscribe={policy!r})"
+        _tell_host(
+            worker,
+            state,
+            view,
+            is_sibling,
+            "start at most that many workers of "
+            "this size here, or pass oversubscribe='share' to run them on shared cores",
+        )
+
+
+def _tell_host(worker, state: WorkerPin, view, is_sibling, remedy: str) -> None:
+    """Warn once per host and outcome (the first worker there); the others log at INFO."""
+    key = f"{worker.scheduler.address} {state.outcome} {state.note}"
+    siblings = [info.lease_id for info in view.leases if is_sibling(info)]
+    anchor = "dask-workers-share-cores" if state.outcome == "shared" else "dask-workers-closed"
+    if first_on_host(key, siblings):
+        logger.warning(
+            "pinbackend: %s; %s. See %s",
+            state.note,
+            remedy,
+            troubleshooting(anchor),
+        )
+    else:
+        logger.info("pinbackend: worker %s %s: %s", worker.address, state.outcome, state.note)
+
+
+def outcome_event(worker, state: WorkerPin) -> dict:
+    """The scheduler event for ``state`` (plain, msgpack-able data)."""
+    return {
+        "worker": worker.address,
+        "name": str(worker.name),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "nthreads": state.nthreads,
+        "outcome": state.outcome,
+        "cores": sorted(state.slot.cores) if state.slot else None,
+        "reason": state.reason,
+        "note": state.note,
+        "source": state.source,
+    }
+
+
+async def report_outcome(worker, state: WorkerPin) -> None:
+    """Record ``state`` on the scheduler, awaited (best effort: a closing cluster may not
+    answer), so that a client asking right after sees it."""
+    try:
+        await asyncio.wait_for(
+            worker.scheduler.log_event(topic=EVENT_TOPIC, msg=outcome_event(worker, state)), 10
+        )
+    except Exception as error:  # the report is not worth failing the worker for
+        logger.debug("pinbackend: could not record %s on the scheduler: %s", state.outcome, error)
+
+
+async def close_worker(worker, state: WorkerPin) -> None:
+    """Close a worker whose outcome is ``closed`` or ``refused``, with its nanny (so that it
+    is not restarted), before it runs any task; record its outcome on the scheduler first.
+
+    A worker already registered (a plugin's setup) stops taking tasks at once (status
+    ``closing_gracefully``, as when the scheduler retires it; nothing is awaited between
+    that and the end of the setup, before which the scheduler's messages are not read), then
+    asks its nanny to end it: the nanny stops the worker process the way it stops any, so
+    distributed reports no dead process. A worker not registered yet (the preload) registers
+    first and ends instead of reading the scheduler's messages: no failed start, no wall of
+    tracebacks.
+    """
+    from distributed.core import Status
+
+    if worker.status == Status.init:
+
+        async def end_instead_of_handling(comm) -> None:
+            await report_outcome(worker, state)
+            worker.status = Status.closing_gracefully
+            await _end(worker)
+
+        worker.handle_scheduler = end_instead_of_handling
+        return
+    await report_outcome(worker, state)
+    worker.status = Status.closing_gracefully
+    worker.loop.add_callback(_end, worker)
+
+
+async def _end(worker) -> None:
+    """Have the nanny end this worker and itself; close the worker alone without one."""
+    if worker.nanny:
+        try:
+            async with worker.rpc(worker.nanny) as nanny:
+                await nanny.terminate(reason=CLOSE_REASON)
+            return
+        except Exception as error:  # the nanny is gone or unreachable: close ourselves
+            logger.debug("pinbackend: nanny %s did not end worker: %s", worker.nanny, error)
+    await worker.close(nanny=bool(worker.nanny), reason=CLOSE_REASON)
 
 
 def _abandon(state: WorkerPin) -> None:
@@ -225,19 +444,6 @@ def _refuse_shared_process(worker) -> None:
             f"would pin them all; run workers in their own processes "
             f"(LocalCluster(processes=True), dask worker)"
         )
-
-
-async def _claim_slot(worker, options: PinOptions, nthreads: int) -> Lease:
-    """The lifecycle's claim of one slot of this worker's size, off the event loop.
-
-    Waits up to ``options.claim_timeout`` while other leases hold cores (a predecessor
-    exiting, siblings starting at the same moment); an impossible plan fails at once.
-    """
-    cores = slot_cores_for(nthreads, read_topology(), options)
-    command = f"dask worker {worker.address}"
-    return await asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(lease_slot, cores, options, command=command)
-    )
 
 
 def _apply(lease: Lease, nthreads: int) -> tuple[AppliedSlot, str | None]:

@@ -9,13 +9,21 @@ from __future__ import annotations
 import math
 
 from ..core.topology import Topology
-from ..host.options import DEFAULT_CLAIM_TIMEOUT, FAIL_POLICIES, OptionsError, PinOptions
+from ..host.options import (
+    DEFAULT_CLAIM_TIMEOUT,
+    FAIL_POLICIES,
+    OVERSUBSCRIBE_POLICIES,
+    OptionsError,
+    PinOptions,
+)
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
     "FAIL_POLICIES",
+    "OVERSUBSCRIBE_POLICIES",
     "PinOptions",
     "PinOptionsError",
+    "host_shape",
     "slot_cores_for",
     "task_thread_cap",
 ]
@@ -57,3 +65,27 @@ def task_thread_cap(slot_size: int, nthreads: int) -> int:
             f"slot size and nthreads must be positive; got {slot_size} CPUs, {nthreads} threads"
         )
     return max(1, slot_size // nthreads)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def host_shape(fit: int, nthreads: int, cores: int, cpus: str) -> str:
+    """The shape that fits a host, for the one warning a host gives and the placement view.
+
+    ``fit`` workers of ``nthreads`` task threads fit ``cores`` physical cores (CPUs ``cpus``).
+
+    >>> host_shape(2, 1, 2, "0-1")
+    "2 workers x 1 thread fit this host's 2 cores (CPUs 0-1)"
+    >>> host_shape(1, 2, 2, "0-1")
+    "1 worker x 2 threads fits this host's 2 cores (CPUs 0-1)"
+    >>> host_shape(0, 4, 2, "0-1")
+    "no worker x 4 threads fits this host's 2 cores (CPUs 0-1)"
+    """
+    workers = _count(fit, "worker") if fit else "no worker"
+    verb = "fit" if fit > 1 else "fits"
+    return (
+        f"{workers} x {_count(nthreads, 'thread')} {verb} this host's "
+        f"{_count(cores, 'core')} (CPUs {cpus})"
+    )

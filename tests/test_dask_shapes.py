@@ -1,0 +1,191 @@
+"""Cluster shapes on one host: as many workers as fit are pinned, the rest handled by policy.
+
+Each shape is a real cluster on two cores, registered once (``client.register_plugin``), and
+read back from inside its tasks: every thread's CPU mask, the BLAS/OpenMP pools in each task
+thread and in a thread a task starts itself, the placement view. Then the same after
+``client.restart()`` and after a worker is killed (SIGKILL), as the OOM killer would.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+pytest.importorskip("sklearn")  # its wheels bundle GNU OpenMP: OpenMP's caps become visible
+
+import _dask_probes as probes  # noqa: E402
+from test_dask import (  # noqa: E402, F401 - restore_environ is an autouse fixture
+    CORES,
+    Client,
+    _exit_by_itself,
+    _spawn,
+    local_cluster,
+    restore_environ,
+    scheduler_process,
+    wait_until,
+    worker_command,
+)
+
+from pinbackend.dask import PinPlugin, PinRefused, format_placement, placement  # noqa: E402
+from pinbackend.host.leases import list_leases  # noqa: E402
+
+pytestmark = [
+    pytest.mark.dask,
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(len(CORES) != 2, reason="the shapes are sized for 2 physical cores"),
+]
+
+#: Generous: on an idle two-core machine every shape registers in well under a second
+#: (the figures are printed); the bound catches a claim that waits for its own siblings.
+REGISTER_SECONDS = 8.0
+
+# (workers, threads per worker, policy, outcomes expected on two cores)
+SHAPES = [
+    pytest.param(2, 1, None, {"pinned": 2}, id="2x1"),
+    pytest.param(1, 2, None, {"pinned": 1}, id="1x2"),
+    pytest.param(4, 1, None, {"pinned": 2, "closed": 2}, id="4x1-clamp"),
+    pytest.param(2, 2, None, {"pinned": 1, "closed": 1}, id="2x2-clamp"),
+    pytest.param(3, 1, "share", {"pinned": 2, "shared": 1}, id="3x1-share"),
+    pytest.param(4, 1, "error", {"pinned": 2, "refused": 2}, id="4x1-error"),
+]
+
+
+def check_shape(client, nthreads: int, expected: dict[str, int]) -> list:
+    """Read every running worker from inside its tasks; compare with ``expected`` outcomes
+    and with the placement view. Returns the placement rows."""
+    running = sum(n for outcome, n in expected.items() if outcome in ("pinned", "shared"))
+    wait_until(lambda: len(client.nthreads()) == running, what=f"{running} running workers")
+    seen = {}
+    for address in client.nthreads():
+        # nthreads tasks at once, each in its own task thread of this worker.
+        futures = [
+            client.submit(
+                probes.concurrent_task_report, nthreads, True, workers=[address], pure=False
+            )
+            for _ in range(nthreads)
+        ]
+        started = client.submit(
+            probes.pools_in_thread_started_by_task, workers=[address], pure=False
+        )
+        # Bounded: a worker that leaves meanwhile would leave its tasks waiting forever.
+        seen[address] = ([f.result(timeout=60) for f in futures], started.result(timeout=60))
+    slots = {"pinned": [], "shared": []}
+    for reports, started in seen.values():
+        assert len({r["task_thread"]["tid"] for r in reports}) == nthreads
+        pin = reports[0]["pin"]
+        slot = frozenset(pin["cores"])
+        cap = max(1, len(slot) // nthreads)
+        assert pin["pinned"] is True and pin["task_thread_cap"] == cap
+        slots[pin["outcome"]].append(slot)
+        for report in reports:
+            assert {frozenset(c) for c in report["threads"].values()} == {slot}
+            assert set(report["task_thread"]["blas"]) == {cap}
+            assert report["task_thread"]["openmp"] == [cap]
+        assert frozenset(started["mask"]) == slot
+        assert set(started["blas"]) == {cap} and started["openmp"] == [cap]
+    own = slots["pinned"]
+    assert sum(map(len, own)) == len(frozenset().union(*own)), own  # disjoint
+    assert all(slot in own for slot in slots["shared"])  # sharing only what is pinned
+    assert {o: len(s) for o, s in slots.items() if s} == {
+        o: n for o, n in expected.items() if o in slots
+    }
+    # Exclusive slots are held by live workers' leases; shared ones hold no lock.
+    leases = list_leases(scope=None)
+    assert sorted(sorted(lease.cores) for lease in leases) == sorted(map(sorted, own))
+    rows = placement(client)
+    assert Counter(row.outcome for row in rows) == Counter(expected)
+    for row in rows:
+        if row.running:
+            reports, _ = seen[row.worker]
+            assert row.cores == tuple(reports[0]["pin"]["cores"]) and row.threads_on_slot
+    return rows
+
+
+@pytest.mark.parametrize(("n_workers", "nthreads", "policy", "expected"), SHAPES)
+def test_a_hosts_workers_fit_its_cores_by_policy(
+    n_workers, nthreads, policy, expected, capfd, request
+):
+    with local_cluster(n_workers=n_workers, threads_per_worker=nthreads) as (_cluster, client):
+        start = time.monotonic()
+        if policy == "error":
+            with pytest.raises(PinRefused, match="refuses to start: 2 workers x 1 thread fit"):
+                client.register_plugin(PinPlugin(oversubscribe=policy))
+        else:
+            client.register_plugin(PinPlugin(oversubscribe=policy))
+        took = time.monotonic() - start
+        # Reported with -o junit_family=xunit1 --junitxml=FILE.
+        request.node.user_properties.append(("register_plugin_seconds", round(took, 3)))
+        assert took < REGISTER_SECONDS
+        rows = check_shape(client, nthreads, expected)
+        text = format_placement(rows)
+        counted = ", ".join(f"{n} {o}" for o, n in expected.items())
+        assert f"x {nthreads} thread" in text.splitlines()[0]
+        assert text.splitlines()[0].endswith(counted), text
+        if set(expected) != {"pinned"}:
+            fit = "2 workers x 1 thread fit" if nthreads == 1 else "1 worker x 2 threads fits"
+            assert f"  {fit} this host's 2 cores (CPUs 0-1)" in text.splitlines()[1]
+
+        client.restart()
+        check_shape(client, nthreads, expected)
+
+        victim = sorted(client.nthreads())[0]
+        victim_pid = client.run(os.getpid, workers=[victim])[victim]
+        client.run(probes.kill_own_process, workers=[victim], wait=False)
+        wait_until(lambda: victim not in client.nthreads(), what="the killed worker to be removed")
+        check_shape(client, nthreads, expected)
+        assert victim_pid not in client.run(os.getpid).values()
+    # One warning per host, whatever the number of workers the policy handled (restarts
+    # and replacements included); LocalCluster workers log to this process's stderr.
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if "pinbackend - WARNING" in line]
+    if policy == "error":
+        errors = [line for line in err.splitlines() if "pinbackend - ERROR" in line]
+        assert len(errors) == 2 and not warnings, errors
+    elif set(expected) == {"pinned"}:
+        assert not warnings, warnings
+    else:
+        (warning,) = warnings
+        outcome = "share cores" if policy == "share" else "are closed"
+        assert f"the workers beyond them {outcome}" in warning
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("n_workers", "policy", "expected"),
+    [
+        pytest.param(4, "clamp", {"pinned": 2, "closed": 2}, id="4x1-clamp"),
+        pytest.param(3, "share", {"pinned": 2, "shared": 1}, id="3x1-share"),
+    ],
+)
+def test_dask_worker_nworkers_beyond_the_cores_runs_the_shape_that_fits(
+    tmp_path, n_workers, policy, expected
+):
+    args = ["--nworkers", str(n_workers), "--nthreads", "1"]
+    args += ["--preload-nanny", "pinbackend", "--preload", "pinbackend"]
+    args += ["--pin-oversubscribe", policy]
+    with scheduler_process(tmp_path) as scheduler:
+        worker = _spawn(worker_command("dask worker", scheduler, *args))
+        try:
+            with Client(scheduler, timeout=60) as client:
+                running = expected["pinned"] + expected.get("shared", 0)
+                wait_until(
+                    lambda: len(placement(client)) == n_workers,
+                    what="every worker to be pinned, shared or closed",
+                )
+                check_shape(client, 1, expected)
+                assert worker.poll() is None  # the closed workers did not end the command
+                client.shutdown()
+        finally:
+            output = _exit_by_itself(worker)
+    lines = output.splitlines()
+    (warning,) = [line for line in lines if "pinbackend - WARNING" in line]
+    assert "2 workers x 1 thread fit this host's 2 cores (CPUs 0-1)" in warning
+    assert not [line for line in lines if "pinbackend - ERROR" in line]
+    assert output.count("pinned to CPUs") == running
+    # Nothing of a failed start: the closed workers registered, then closed like any worker.
+    assert "Nanny failed to start" not in output and "failed to setup" not in output
