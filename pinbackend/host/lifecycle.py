@@ -546,10 +546,13 @@ def group_room(
 ) -> GroupRoom:
     """Count the slots of ``cores`` physical cores a group has on the host of ``view`` (pure).
 
-    Member leases count once each, whatever their size; shared ones are not held.
+    Member leases count once each, whatever their size; shared ones are not held. The
+    host's CPUs are those of the CPU budget, when the survey read one.
     """
     topology = view.topology
     usable = topology.allowed - options.reserve
+    if view.budget is not None:  # the CPU budget (quota, cpuset, variables) bounds the host
+        usable = cores_within(topology, usable, view.budget.cpus)
     others = frozenset().union(
         *(info.cores - info.shared for info in view.leases if not members(info))
     )
