@@ -203,10 +203,10 @@ def pool_from(
     Under a CPU budget smaller than the slots' CPUs (a 1-CPU quota on an SMT core), each
     worker's threads are capped to its share of the budget: workers x threads never exceed it.
     """
-    if view.budget is not None:
-        share = max(view.budget // decision.plan.n_workers, 1)
-        if min(len(slot) for slot in decision.plan.slots) > share:
-            threads = share if threads is None else min(threads, share)
+    slots = set(decision.plan.slots)
+    if view.budget is not None and sum(map(len, slots)) > view.budget:
+        share = max(view.budget // len(slots), 1)
+        threads = share if threads is None else min(threads, share)
     return PoolPlan(
         slots=decision.plan.slots,
         scope=view.scope,
