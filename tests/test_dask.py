@@ -152,6 +152,15 @@ def test_local_cluster_two_workers_get_disjoint_pinned_slots():
         for report in reports(client).values():
             assert report["pin"] is None
             assert {frozenset(c) for c in report["threads"].values()} == {ALL_CPUS}
+        # With the other two halves gone too, a new registration (other options) applies.
+        client.unregister_worker_plugin("pinbackend-nanny", nanny=True)
+        client.unregister_scheduler_plugin("pinbackend")
+        client.register_plugin(PinPlugin(cores_per_worker=1, oversubscribe="share"))
+        again = reports(client)
+        assert_slots(assert_pinned_disjoint(again), count=2, cores_each=1)
+        assert {r["pin"]["options"] for r in again.values()} == {
+            PinPlugin(cores_per_worker=1, oversubscribe="share").options.describe()
+        }
 
 
 @needs_two_cores

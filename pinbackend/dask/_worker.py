@@ -29,18 +29,19 @@ import logging
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import _platform
 from .._docs import troubleshooting
 from .._platform import AffinityUnavailable
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
+from ..host.caps import THREAD_ENV_VARS
 from ..host.leases import Lease, LeaseConflict, LeaseError, LeaseInfo
 from ..host.lifecycle import group_room, lease_slot, survey
 from ..host.machine import read_topology
 from ..host.pinning import PinningError, PinningUnavailableWarning, pin
-from ..host.slot import AppliedSlot, apply_slot, reset_current_slot
+from ..host.slot import SCOPE_ENV, SLOT_ENV, AppliedSlot, apply_slot, reset_current_slot
 from ..host.state import STATE
 from ._executor import TaskThreadCaps
 from ._nanny import plan_mismatch
@@ -68,6 +69,9 @@ EVENT_TOPIC = "pinbackend"
 CLOSE_REASON = "pinbackend-pinning-refused"
 #: Outcomes of a worker that does not run tasks.
 GONE = ("closed", "refused")
+#: The variables applying a slot sets in the process (and unpinning restores): a slot's
+#: scope left behind would make the next claim a nested one, inside the old lease.
+_SLOT_VARS = (*THREAD_ENV_VARS, "PYTHON_CPU_COUNT", SCOPE_ENV, SLOT_ENV)
 
 
 class PinRefused(RuntimeError):
@@ -93,6 +97,9 @@ class WorkerPin:
     reason: str | None = None
     original_cpus: frozenset[int] = frozenset()
     task_caps: TaskThreadCaps | None = None
+    #: What applying the slot changes in the process, to give back on unpinning.
+    original_env: dict[str, str | None] = field(default_factory=dict)
+    original_cpu_count: object = None
     outcome: str = "pinned"
     note: str | None = None
 
@@ -164,7 +171,14 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
             )
         return previous
     nthreads = worker.state.nthreads
-    state = WorkerPin(source, options, nthreads, original_cpus=_platform.allowed_cpus())
+    state = WorkerPin(
+        source,
+        options,
+        nthreads,
+        original_cpus=_platform.allowed_cpus(),
+        original_env={name: os.environ.get(name) for name in _SLOT_VARS},
+        original_cpu_count=os.cpu_count,
+    )
     nanny_mismatch = None
     try:
         _refuse_shared_process(worker)
@@ -307,16 +321,22 @@ def _tell_host(worker, state: WorkerPin, view, is_sibling, remedy: str) -> None:
     """Warn once per host and outcome (the first worker there); the others log at INFO."""
     key = f"{worker.scheduler.address} {state.outcome} {state.note}"
     siblings = [info.lease_id for info in view.leases if is_sibling(info)]
-    anchor = "dask-workers-share-cores" if state.outcome == "shared" else "dask-workers-closed"
-    if first_on_host(key, siblings):
+    if not first_on_host(key, siblings):
+        logger.info("pinbackend: worker %s %s: %s", worker.address, state.outcome, state.note)
+    elif state.outcome == "shared":
         logger.warning(
             "pinbackend: %s; %s. See %s",
             state.note,
             remedy,
-            troubleshooting(anchor),
+            troubleshooting("dask-workers-share-cores"),
         )
     else:
-        logger.info("pinbackend: worker %s %s: %s", worker.address, state.outcome, state.note)
+        logger.warning(
+            "pinbackend: %s; %s. See %s",
+            state.note,
+            remedy,
+            troubleshooting("dask-workers-closed"),
+        )
 
 
 def outcome_event(worker, state: WorkerPin) -> dict:
@@ -397,6 +417,7 @@ def _abandon(state: WorkerPin) -> None:
     state.lease.release()
     state.lease, state.slot = None, None
     reset_current_slot()
+    _restore_process(state)
     try:
         pin(state.original_cpus)  # pinning may have failed half-way
     except (PinningError, AffinityUnavailable, OSError):
@@ -425,8 +446,20 @@ def unpin_worker(worker, source: str) -> None:
                 troubleshooting("dask-worker-cpus-not-restored"),
             )
     reset_current_slot()
+    _restore_process(state)
     if state.lease is not None:
         state.lease.release()
+
+
+def _restore_process(state: WorkerPin) -> None:
+    """Give the process the environment and ``os.cpu_count`` it had before its slot."""
+    for name, value in state.original_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if state.original_cpu_count is not None:
+        os.cpu_count = state.original_cpu_count
 
 
 def _refuse_shared_process(worker) -> None:
