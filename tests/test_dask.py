@@ -327,8 +327,10 @@ def test_worker_whose_cores_another_job_holds_waits_the_claim_timeout_then_close
         time.sleep(1)  # its nanny closed too: nothing restarts it
         assert not client.nthreads()
     assert (row.outcome, row.running, row.pinned) == ("closed", False, False)
-    assert row.note.startswith("no worker x 1 thread fits this host's 2 cores (CPUs 0-1)")
-    assert "other jobs hold CPUs 0-1" in row.note and "the test holds every core" in row.note
+    host = f"this host's {len(CORES)} cores (CPUs {format_cpu_list(ALL_CPUS)})"
+    assert row.note.startswith(f"no worker x 1 thread fits {host}"), row.note
+    assert f"other jobs hold CPUs {format_cpu_list(ALL_CPUS)}" in row.note
+    assert "the test holds every core" in row.note
     text = format_placement([row])
     assert "1 worker(s) on 1 host(s), 0 pinned, 1 closed." in text
 
@@ -372,7 +374,7 @@ def test_worker_restarted_by_its_nanny_closes_when_no_core_is_free(tmp_path, cap
     # LocalCluster workers log warnings and errors to this process's stderr.
     lines = [line for line in capfd.readouterr().err.splitlines() if "pinbackend - " in line]
     assert len(lines) == 1 and "pinbackend - WARNING" in lines[0], lines
-    assert "no worker x 1 thread fits this host's 2 cores" in lines[0]
+    assert f"no worker x 1 thread fits this host's {len(CORES)} cores" in lines[0]
     assert "the test holds every core" in lines[0]
     assert "#dask-workers-closed" in lines[0]
 
