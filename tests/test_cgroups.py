@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,10 @@ def test_cgroups_are_removed_even_with_a_process_left_inside_and_an_error():
         child_cgroup(quota=1, cpus=str(CPUS[0]), nested=True) as group,
     ):
         sleeper = group.popen(PYTHON, "-c", "import time; time.sleep(60)")
+        deadline = time.monotonic() + 10  # until the sleeper is in (it joins as it starts)
+        while "pinbackend-" not in Path(f"/proc/{sleeper.pid}/cgroup").read_text():
+            assert time.monotonic() < deadline and sleeper.poll() is None
+            time.sleep(0.05)
         made = [Path(folder) for folder in group.made]
         assert all(folder.is_dir() for folder in made)
         raise RuntimeError("on purpose")
