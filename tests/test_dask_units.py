@@ -54,7 +54,7 @@ def test_options_normalize_and_describe_themselves():
     assert options.reserve == frozenset({0, 2, 3}) and options.claim_timeout == 5.0
     assert options == PinOptions(reserve=[3, 2, 0], claim_timeout=5.0)
     assert options.describe() == (
-        "cores-per-worker=auto, reserve=0,2-3, fail=closed, claim-timeout=5"
+        "cores-per-worker=auto, reserve=0,2-3, oversubscribe=clamp, fail=closed, claim-timeout=5"
     )
 
 

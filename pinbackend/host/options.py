@@ -166,7 +166,8 @@ class PinOptions:
         """One line for logs, spelled as on the command line."""
         cores = "auto" if self.cores_per_worker is None else self.cores_per_worker
         reserve = format_cpu_list(self.reserve) or "none"
+        policy = self.oversubscribe or "clamp"
         return (
-            f"cores-per-worker={cores}, reserve={reserve}, fail={self.fail}, "
-            f"claim-timeout={self.claim_timeout:g}"
+            f"cores-per-worker={cores}, reserve={reserve}, oversubscribe={policy}, "
+            f"fail={self.fail}, claim-timeout={self.claim_timeout:g}"
         )
