@@ -26,7 +26,7 @@ from .host.options import DEFAULT_CLAIM_TIMEOUT, PinOptions, check_count, reject
 from .host.policy import JobCores
 from .host.pool import PoolPlan
 from .host.slot import in_slot
-from .joblib_threading import PinnedThreadingBackend
+from .joblib_threading import PinnedThreadingBackend, RunThrough
 
 __all__ = ["PinnedBackend", "shutdown_workers"]
 
@@ -62,18 +62,6 @@ def _start_worker(pool: PoolPlan) -> None:
         join_pool(pool, yield_when_idle=True)
     except Exception:
         pass  # kept in STATE.claim_error by join_pool
-
-
-class _InSlot:
-    """A task that runs holding its worker's slot, or raises why the worker has none."""
-
-    __slots__ = ("func",)
-
-    def __init__(self, func):
-        self.func = func
-
-    def __call__(self):
-        return task_in_slot(self.func)
 
 
 class PinnedBackend(LokyBackend):
@@ -249,7 +237,7 @@ class PinnedBackend(LokyBackend):
 
     def submit(self, func, callback=None):
         """Schedule ``func`` on a worker; it raises there why the worker has no slot."""
-        return super().submit(_InSlot(func), callback=callback)
+        return super().submit(RunThrough(task_in_slot, func), callback=callback)
 
     def get_nested_backend(self):
         """Nested calls subdivide the worker's own slot (workers import pinbackend)."""

@@ -16,19 +16,21 @@ from .host.options import PinOptions
 from .host.slot import in_slot
 from .host.threads import PinnedThreadPool, plan_thread_shares, run_capped
 
-__all__ = ["PinnedThreadingBackend"]
+__all__ = ["PinnedThreadingBackend", "RunThrough"]
 
 
-class _Capped:
-    """A task run by :func:`~pinbackend.host.threads.run_capped` on its pool thread."""
+class RunThrough:
+    """A joblib task run through one of the lifecycle's task runners (``run(func)``):
+    :func:`~pinbackend.host.lifecycle.task_in_slot` in pinned workers,
+    :func:`~pinbackend.host.threads.run_capped` on pinned threads. Small and picklable."""
 
-    __slots__ = ("func",)
+    __slots__ = ("func", "run")
 
-    def __init__(self, func):
-        self.func = func
+    def __init__(self, run, func):
+        self.run, self.func = run, func
 
     def __call__(self):
-        return run_capped(self.func)
+        return self.run(self.func)
 
 
 class PinnedThreadingBackend(ThreadingBackend):
@@ -59,7 +61,7 @@ class PinnedThreadingBackend(ThreadingBackend):
 
     def submit(self, func, callback=None):
         """Schedule ``func`` on a pinned thread (capped again if libraries loaded since)."""
-        return super().submit(_Capped(func), callback=callback)
+        return super().submit(RunThrough(run_capped, func), callback=callback)
 
     def _get_pool(self):
         if self._pool is None:
