@@ -13,14 +13,16 @@ import pytest
 
 from pinbackend.core.planner import OversubscriptionWarning
 from pinbackend.host.leases import claim
-from pinbackend.host.lifecycle import plan_pool, report_plan, survey
+from pinbackend.host.lifecycle import job_view, pool_from, report_plan, size_pool
 from pinbackend.host.options import PinOptions
 from pinbackend.host.pool import PoolPlan
 
 
 def plan(n_workers=None, policy="error", **options):
     """A pool planned on this host now, as the entry points plan it."""
-    return plan_pool(survey(), n_workers, PinOptions(**options), policy=policy)
+    options = PinOptions(oversubscribe=policy, **options)
+    decision, view = size_pool(lambda: job_view(options), options, n_workers, "a test pool")
+    return pool_from(decision, view, options)
 
 
 JOIN = """

@@ -1,7 +1,8 @@
 """The one slot lifecycle: survey, plan, claim, apply, release. Every entry point calls it.
 
 - **survey** (:func:`survey`): read the topology and the leases once per plan;
-- **plan** (:func:`plan_pool`): pure, on a survey (:func:`~pinbackend.core.planner.plan_slots`);
+- **plan** (:func:`size_pool`): the policy's pure decision (:func:`~pinbackend.host.policy.decide`)
+  on a survey, waiting where the policy says so;
 - **claim** (:func:`join_pool`, :func:`lease_slot`): all or nothing, bounded by the claim
   timeout, and watched for the pool owner's death from its first moment;
 - **apply** (:func:`pinbackend.host.slot.apply_slot`): pinning plus every cap;
@@ -49,7 +50,6 @@ __all__ = [
     "job_view",
     "join_pool",
     "lease_slot",
-    "plan_pool",
     "pool_from",
     "release_slot",
     "report_decision",
@@ -216,38 +216,6 @@ def pool_from(
         claim_timeout=options.claim_timeout,
         requested=decision.plan.requested,
         user_limits=tuple(sorted(user_thread_limits(os.environ).items())),
-    )
-
-
-def plan_pool(
-    view: Survey,
-    n_workers: int | None,
-    options: PinOptions,
-    *,
-    policy: str,
-    threads: int | None = None,
-) -> PoolPlan:
-    """Plan a pool of ``n_workers`` on the free cores of ``view`` (pure).
-
-    ``policy`` is one of the planner's (``"error"``, ``"clamp"``, ``"share"``); the facts it
-    produced (sharing) are reported by :func:`report_plan`, not here.
-    """
-    plan = plan_slots(
-        view.topology,
-        n_workers,
-        cores_per_worker=options.cores_per_worker,
-        reserve=options.reserve,
-        busy=view.held_by_others,
-        oversubscribe=policy,
-    )
-    return PoolPlan(
-        slots=plan.slots,
-        scope=view.scope,
-        owner=view.owner,
-        shared=plan.shared,
-        threads=threads,
-        claim_timeout=options.claim_timeout,
-        requested=plan.requested,
     )
 
 
