@@ -611,6 +611,7 @@ def test_a_relative_registry_variable_is_refused(monkeypatch):
 
 # --- every entry point on a full or read-only registry: one line, exit status 2 ------------
 
+
 @pytest.mark.parametrize("disk", ["full", "read-only"])
 @pytest.mark.parametrize("entry", ["run", "runner", "status"])
 def test_every_command_on_an_unusable_registry_ends_in_one_line(entry, disk, tiny_registry):
