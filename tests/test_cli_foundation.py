@@ -121,6 +121,9 @@ def test_plan_on_a_cpuset_uses_only_allowed_cpus(snapshot_root):
         (["info", "--root", "/nonexistent/machine"], "/nonexistent/machine"),
         (["run", "--cores", "999", "--", "true"], "CPUs 999 are not allowed here"),
         (["run"], "run needs a command"),
+        (["run", "-n", "1", "--reserve", "999", "--", "true"], "reserve names CPUs 999"),
+        (["run", "-n", "64", "--", "true"], "a slot of 64 physical core(s) cannot fit"),
+        (["run", "--wait", "nan", "-n", "1", "--", "true"], "must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
