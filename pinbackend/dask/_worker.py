@@ -37,12 +37,14 @@ from .._platform import AffinityUnavailable
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..host.caps import THREAD_ENV_VARS
+from ..host.groups import group_room
 from ..host.leases import Lease, LeaseConflict, LeaseError, LeaseInfo
-from ..host.lifecycle import group_room, lease_slot, survey
+from ..host.lifecycle import lease_slot
 from ..host.machine import read_topology
 from ..host.pinning import PinningError, PinningUnavailableWarning, pin
 from ..host.slot import SCOPE_ENV, SLOT_ENV, AppliedSlot, apply_slot, reset_current_slot
 from ..host.state import STATE
+from ..host.survey import survey
 from ._executor import TaskThreadCaps
 from ._nanny import plan_mismatch
 from ._notice import first_on_host

@@ -1,6 +1,7 @@
 """The one slot lifecycle: survey, plan, claim, apply, release. Every entry point calls it.
 
-- **survey** (:func:`survey`): read the topology and the leases once per plan;
+- **survey** (:mod:`pinbackend.host.survey`): read the topology, the leases and the CPU
+  budget once per plan;
 - **plan** (:func:`size_pool`): the policy's pure decision (:func:`~pinbackend.host.policy.decide`)
   on a survey, waiting where the policy says so;
 - **claim** (:func:`join_pool`, :func:`lease_slot`): all or nothing, bounded by the claim
@@ -20,16 +21,15 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .. import _platform
-from ..core.budget import Budget, cores_within
+from ..core.budget import cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
-from ..core.topology import Topology
 from . import notices
-from .budget import quota_peers, read_budget
 from .caps import user_thread_limits
+from .groups import group_room, share_least_crowded
 from .leases import (
     Lease,
     LeaseConflict,
@@ -38,12 +38,12 @@ from .leases import (
     claim_first_free,
     list_leases,
 )
-from .machine import read_topology
 from .options import PinOptions
-from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, decide, job_cores
+from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, decide
 from .pool import PoolPlan
-from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope, in_slot, reset_current_slot
+from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope, reset_current_slot
 from .state import STATE
+from .survey import Survey, job_view, survey, survey_scope
 
 __all__ = [
     "Survey",
@@ -64,83 +64,6 @@ _WAIT_POLL_SECONDS = 0.1
 #: An idle pool worker gives its lease back after this long without a task, so that
 #: another job can have its cores; its next task takes them (or others) back.
 IDLE_RELEASE_SECONDS = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class Survey:
-    """One reading of this host: its topology and the live leases of this process's scope.
-
-    ``owner`` is this process: leases of pools it planned (``LeaseInfo.owner``) are its own
-    workers, which a new plan reuses or replaces, never strangers.
-    """
-
-    topology: Topology
-    scope: str
-    owner: int
-    leases: tuple[LeaseInfo, ...]
-    budget: Budget | None = None
-    #: CPUs other processes in this process's CPU cgroup hold: its quota is theirs too.
-    budget_used: frozenset[int] = frozenset()
-
-    @property
-    def held_by_others(self) -> frozenset[int]:
-        """CPUs held (not shared) by leases of other jobs or other processes' pools."""
-        return frozenset().union(
-            *(info.cores - info.shared for info in self.leases if info.owner != self.owner)
-        )
-
-    def free(self, reserve: Iterable[int] = ()) -> frozenset[int]:
-        """Allowed CPUs minus ``reserve`` minus those other jobs hold."""
-        return self.topology.allowed - frozenset(reserve) - self.held_by_others
-
-    def beyond_budget(self, reserve: Iterable[int] = ()) -> frozenset[int]:
-        """Free CPUs that a new slot may not use: those beyond what is left of the budget."""
-        if self.budget is None:
-            return frozenset()
-        free = self.free(reserve)
-        left = self.budget.cpus - len(self.budget_used)
-        return free if left < 1 else free - cores_within(self.topology, free, left)
-
-    def holders(self, cpus: Iterable[int]) -> str:
-        """Who holds ``cpus``, for messages: ``pid 12 (python job.py)``, or ``nobody``."""
-        cpus = frozenset(cpus)
-        found = [
-            f"CPUs {format_cpu_list(info.cores & cpus)} by "
-            + (f"pid {info.pid} ({info.command})" if info.pid else "an unknown process")
-            for info in self.leases
-            if info.cores & cpus and info.owner != self.owner
-        ]
-        return "; ".join(found) or "nobody"
-
-
-def survey() -> Survey:
-    """Read this host once: topology (live affinity), the leases in this process's scope and
-    the CPU budget (cgroup quota and cpuset, ``PYTHON_CPU_COUNT``, ``PINBACKEND_CPU_COUNT``)."""
-    scope = current_scope()
-    topology = read_topology()
-    owner = os.getpid()
-    leases = tuple(list_leases(scope))
-    budget = read_budget(topology=topology)
-    used = frozenset()
-    if any(limit.kind == "quota" for limit in budget.binding):
-        used = quota_peers(info for info in leases if info.owner != owner)
-    return Survey(topology, scope, owner, leases, budget, used & topology.allowed)
-
-
-def job_view(options: PinOptions, view: Survey | None = None) -> JobCores:
-    """What this process may use for a new pool, from one survey (the joblib backend's view:
-    its own pools' workers are reused, never waited for)."""
-    view = view or survey()
-    return job_cores(
-        view.topology,
-        options,
-        nested=in_slot(),
-        scope=view.scope,
-        leases=view.leases,
-        me=view.owner,
-        budget=view.budget,
-        budget_used=view.budget_used,
-    )
 
 
 def size_pool(
@@ -415,7 +338,7 @@ def lease_slot(
     scope = current_scope() if scope is None else scope
     deadline = time.monotonic() + options.claim_timeout
     while True:
-        view = survey() if scope == current_scope() else _survey_scope(scope)
+        view = survey() if scope == current_scope() else survey_scope(scope)
         try:
             plan = plan_slots(
                 view.topology,
@@ -427,7 +350,7 @@ def lease_slot(
         except PlanError as error:
             _refuse_impossible(view, cores, options, error)
             if share and members is not None:
-                return _share_least_crowded(view, cores, options, scope, command)
+                return share_least_crowded(view, cores, options, scope, command)
             if share:
                 plan = plan_slots(view.topology, 1, cores_per_worker=cores, reserve=options.reserve)
                 return claim(plan.slots[0], scope=scope, share=True, command=command)
@@ -458,10 +381,6 @@ def lease_slot(
             continue  # another job took these cores between planning and claiming
 
 
-def _survey_scope(scope: str) -> Survey:
-    return Survey(read_topology(), scope, os.getpid(), tuple(list_leases(scope)))
-
-
 def _refuse_impossible(view: Survey, cores: int, options: PinOptions, error: PlanError) -> None:
     """Raise ``error`` when waiting cannot help: the slot could never fit this host."""
     topology = view.topology
@@ -488,61 +407,3 @@ def release_slot(lease: Lease | None) -> None:
     STATE.claim_error = None
     if lease is not None:
         lease.release()
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupRoom:
-    """Slots of one size for a group's members on this host (a Dask cluster's workers).
-
-    ``slots``: how many the host has (allowed CPUs minus reserved ones); ``free``: how many
-    other jobs leave to the group; ``held``: how many its members hold. ``full``: the
-    members hold every slot the host has, so a new member waiting for one would wait for
-    its own group.
-    """
-
-    slots: int
-    free: int
-    held: int
-
-    @property
-    def full(self) -> bool:
-        return self.held >= self.slots
-
-
-def group_room(
-    view: Survey, cores: int, options: PinOptions, members: Callable[[LeaseInfo], bool]
-) -> GroupRoom:
-    """Count the slots of ``cores`` physical cores a group has on the host of ``view`` (pure).
-
-    Member leases count once each, whatever their size; shared ones are not held. The
-    host's CPUs are those of the CPU budget, when the survey read one.
-    """
-    topology = view.topology
-    usable = topology.allowed - options.reserve
-    if view.budget is not None:  # the CPU budget (quota, cpuset, variables) bounds the host
-        usable = cores_within(topology, usable, view.budget.cpus)
-    others = frozenset().union(
-        *(info.cores - info.shared for info in view.leases if not members(info))
-    )
-    held = sum(1 for info in view.leases if members(info) and info.cores - info.shared)
-    return GroupRoom(
-        slots=topology.count_cores(usable) // cores,
-        free=topology.count_cores(usable - others) // cores,
-        held=held,
-    )
-
-
-def _share_least_crowded(
-    view: Survey, cores: int, options: PinOptions, scope: str, command: str
-) -> Lease:
-    """Share the slot of ``cores`` physical cores that the fewest live leases touch.
-
-    Shared leases hold no lock, so sharers cannot see each other: ties are broken by pid,
-    so that several sharers started together spread over the slots instead of piling up.
-    """
-    topology = view.topology
-    room = topology.count_cores(topology.allowed - options.reserve) // cores
-    slots = plan_slots(topology, room, cores_per_worker=cores, reserve=options.reserve).slots
-    crowd = [sum(1 for info in view.leases if info.cores & slot) for slot in slots]
-    pick = min(range(len(slots)), key=lambda i: (crowd[i], (i - os.getpid()) % len(slots)))
-    return claim(slots[pick], scope=scope, share=True, command=command)
