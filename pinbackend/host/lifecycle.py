@@ -64,6 +64,9 @@ _WAIT_POLL_SECONDS = 0.1
 #: An idle pool worker gives its lease back after this long without a task, so that
 #: another job can have its cores; its next task takes them (or others) back.
 IDLE_RELEASE_SECONDS = 0.5
+#: How long a pool that would be clamped by other jobs' cores waits for them first (an idle
+#: pool's workers release at different moments, within IDLE_RELEASE_SECONDS of each other).
+CLAMP_GRACE_SECONDS = 2 * IDLE_RELEASE_SECONDS
 
 
 def size_pool(
@@ -77,12 +80,24 @@ def size_pool(
 ) -> tuple[PoolDecision, JobCores]:
     """Decide a pool's slots by policy (:func:`pinbackend.host.policy.decide`), waiting
     when it says so: once announced (who holds the cores), polling ``read_view``; a bounded
-    wait fails after ``options.claim_timeout`` with the same message."""
+    wait fails after ``options.claim_timeout`` with the same message.
+
+    A pool clamped because other jobs hold cores first gives them :data:`CLAMP_GRACE_SECONDS`
+    to free up: idle pinned pools give their cores back that fast, and a job started just
+    after another one's call returned should get every core, not the first one freed.
+    """
     view = read_view()
     deadline = None
     announced = False
+    grace = None
     while True:
         decision = decide(view, options, requested, what, processes=processes, spelling=spelling)
+        if decision.plan is not None and decision.held_by_others:
+            grace = grace or time.monotonic() + min(CLAMP_GRACE_SECONDS, options.claim_timeout)
+            if time.monotonic() < grace:
+                time.sleep(_WAIT_POLL_SECONDS)
+                view = read_view()
+                continue
         if decision.plan is not None:
             return decision, view
         if decision.bounded:

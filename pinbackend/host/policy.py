@@ -168,6 +168,8 @@ class PoolDecision:
     #: The wait ends with an error after the claim timeout (clamp with no free core);
     #: otherwise it lasts until the cores are free (the ``"wait"`` policy).
     bounded: bool = False
+    #: A clamp that other jobs' cores caused (the job has more): they may free up at once.
+    held_by_others: bool = False
 
 
 def _holders_text(view: JobCores, cpus: frozenset[int]) -> str:
@@ -269,6 +271,7 @@ def decide(
                 f"{'is' if fit_free * size == 1 else 'are'} free "
                 f"(CPUs {format_cpu_list(free)}{budget_note}); pass {spelling.policy('error')} "
                 f"to get an error instead",
+                held_by_others=fit_job > fit_free,
             )
         return PoolDecision(
             None,
