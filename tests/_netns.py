@@ -34,6 +34,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import psutil
 import pytest
 
 __all__ = ["Host", "NetnsUnavailable", "Network", "network"]
@@ -81,16 +82,6 @@ def _ip(*args: str, timeout: float = 10) -> str:
     return result.stdout
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _namespaces() -> list[str]:
     return [line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()]
 
@@ -100,7 +91,7 @@ def _sweep() -> None:
     with contextlib.suppress(NetnsUnavailable, subprocess.TimeoutExpired):
         for name in _namespaces():
             match = re.fullmatch(rf"{_PREFIX}(\d+)-.+", name)
-            if match and not _pid_alive(int(match[1])):
+            if match and not psutil.pid_exists(int(match[1])):
                 _ip("netns", "del", name)
 
 

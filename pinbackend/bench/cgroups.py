@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from ..core._files import Files
 from ..core.cgroup import CgroupMount, cgroup_folder, cgroup_mounts
 
@@ -92,22 +94,12 @@ def _hierarchy(files: Files, controller: str) -> tuple[int, Path]:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep(parent: Path) -> None:
     """Remove cgroups made by earlier runs whose process is gone (best effort)."""
     with contextlib.suppress(OSError):
         for folder in parent.glob(f"{_PREFIX}*-*"):
             pid = folder.name.rsplit("-", 1)[1]
-            if pid.isdecimal() and not _pid_alive(int(pid)):
+            if pid.isdecimal() and not psutil.pid_exists(int(pid)):
                 for inner in sorted(folder.glob("**/"), key=lambda p: -len(p.parts)):
                     with contextlib.suppress(OSError):
                         inner.rmdir()
