@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..core.budget import cores_within
 from ..core.planner import plan_slots
@@ -17,7 +17,7 @@ from .leases import Lease, LeaseInfo, claim
 from .options import PinOptions
 from .survey import Survey
 
-__all__ = ["GroupRoom", "group_room", "share_least_crowded"]
+__all__ = ["GroupRoom", "group_room", "least_crowded", "share_least_crowded"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +65,19 @@ def group_room(
 def share_least_crowded(
     view: Survey, cores: int, options: PinOptions, scope: str, command: str
 ) -> Lease:
-    """Share the slot of ``cores`` physical cores that the fewest live leases touch.
-
-    Shared leases hold no lock, so sharers cannot see each other: ties are broken by pid,
-    so that several sharers started together spread over the slots instead of piling up.
-    """
+    """Share the slot of ``cores`` physical cores that the fewest live leases touch."""
     topology = view.topology
     room = topology.count_cores(topology.allowed - options.reserve) // cores
     slots = plan_slots(topology, room, cores_per_worker=cores, reserve=options.reserve).slots
     crowd = [sum(1 for info in view.leases if info.cores & slot) for slot in slots]
+    return claim(least_crowded(slots, crowd), scope=scope, share=True, command=command)
+
+
+def least_crowded(slots: Sequence[frozenset[int]], crowd: Sequence[int]) -> frozenset[int]:
+    """The slot with the fewest holders (``crowd[i]`` for ``slots[i]``).
+
+    Shared leases hold no lock, so sharers cannot see each other's choice: ties are broken
+    by pid, so that sharers started together spread over the slots instead of piling up.
+    """
     pick = min(range(len(slots)), key=lambda i: (crowd[i], (i - os.getpid()) % len(slots)))
-    return claim(slots[pick], scope=scope, share=True, command=command)
+    return slots[pick]

@@ -29,7 +29,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
 from . import notices
 from .caps import user_thread_limits
-from .groups import group_room, share_least_crowded
+from .groups import group_room, least_crowded, share_least_crowded
 from .leases import (
     Lease,
     LeaseConflict,
@@ -293,13 +293,8 @@ def _claim_pool_slot(pool: PoolPlan) -> Lease:
     except LeaseConflict:
         pass  # every slot is taken: share the least crowded one
     holders = Counter(info.cores for info in list_leases(pool.scope))
-    # Shared leases hold no lock, so workers cannot see each other's choice: break ties by
-    # pid so that workers started together spread over the slots instead of piling up.
     # (The pool's owner warned once that its workers share; workers say nothing more.)
-    least = min(
-        distinct,
-        key=lambda cores: (holders[cores], (distinct.index(cores) - os.getpid()) % len(distinct)),
-    )
+    least = least_crowded(distinct, [holders[cores] for cores in distinct])
     return claim(least, scope=pool.scope, share=True, owner=pool.owner)
 
 
