@@ -1,8 +1,9 @@
 """Command line: ``python -m pinbackend`` / ``pinbackend``.
 
-Subcommands are diagnostics and tools (``info``, ``plan``, ``run``, ``status``, ``bench``);
-each lives in its own module and registers itself here. Any other first word is a program to
-run with pinned pools (the runner, :mod:`pinbackend.cli.runner` decides which form a line is).
+Subcommands are diagnostics and tools (``info``, ``plan``, ``run``, ``status``, ``bench``,
+``explain``); each lives in its own module and registers itself here. Any other first word is
+a program to run with pinned pools (the runner, :mod:`pinbackend.cli.runner` decides which
+form a line is).
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import sys
 import warnings
 
 from .. import __version__
-from . import bench, info, plan, run, runner, status
+from . import bench, explain, info, plan, run, runner, status
 from ._common import OneLineErrorParser, UsageError, fail
 
-SUBCOMMANDS = {"info": info, "plan": plan, "run": run, "status": status, "bench": bench}
+SUBCOMMANDS = {
+    "info": info,
+    "plan": plan,
+    "run": run,
+    "status": status,
+    "bench": bench,
+    "explain": explain,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

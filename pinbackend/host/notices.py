@@ -68,11 +68,11 @@ def _user_stacklevel() -> int:
 
 
 def warn(category: type[Warning], message: str, anchor: str | None = None) -> None:
-    """Emit ``message`` at the user's line, with a link to its troubleshooting entry.
+    """Emit ``message`` at the user's line, naming the command that prints its entry.
 
     ``anchor`` defaults to the category's own.
     """
     anchor = anchor or getattr(category, "anchor", "")
     warnings.warn(
-        f"{message} (see {troubleshooting(anchor)})", category, stacklevel=_user_stacklevel()
+        f"{message}. See {troubleshooting(anchor)}", category, stacklevel=_user_stacklevel()
     )
