@@ -236,7 +236,7 @@ print(json.dumps({"first": first, "again": again, "outside": [str(w.message) for
     )
     report = last_json(run_python(code).stdout)
     assert report["first"].startswith("CPU pinning is unavailable here")
-    assert "troubleshooting/#pinning-unavailable" in report["first"]
+    assert "See python -m pinbackend explain pinning-unavailable (https://" in report["first"]
     assert report["again"] == "CPU affinity cannot be set here"
     # The pinning warning became the reason; the library's warning is not one, nor lost.
     assert report["outside"] == ["a warning from a library"]

@@ -57,6 +57,49 @@ def test_every_warning_links_to_an_existing_troubleshooting_entry():
     assert warn_sites >= 3
 
 
+def topics_named_in_the_code() -> dict[str, str]:
+    """Every troubleshooting topic a message of the package names, with a file naming it.
+
+    Three ways name one: ``troubleshooting("topic")`` in a message, a warning category's
+    ``anchor = "topic"`` and ``warn(category, message, "topic")`` (notices.warn's third
+    argument).
+    """
+    named = {}
+    for path in SOURCES:
+        source = path.read_text()
+        found = re.findall(r"troubleshooting\(\s*['\"]([\w-]+)['\"]\s*\)", source)
+        found += re.findall(r"^\s+anchor = ['\"]([\w-]+)['\"]$", source, flags=re.MULTILINE)
+        for match in re.finditer(r"(?<!warnings\.)(?<!def )\bwarn\(", source):
+            call = balanced_call(source, match.end() - 1)
+            found += re.findall(r",\s*['\"]([a-z0-9-]+)['\"],?\s*\)$", call)
+        for topic in found:
+            named.setdefault(topic, path.name)
+    return named
+
+
+def test_every_topic_the_code_names_is_an_entry_that_explain_prints(monkeypatch, capsys):
+    import warnings
+
+    from pinbackend import _docs
+    from pinbackend.cli import main
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() sets its own
+    entries = _docs.entries()
+    assert list(entries) == [slug(h) for h in re.findall(r"^## (.+)$", _page(), re.MULTILINE)]
+    named = topics_named_in_the_code()
+    assert {"workers-share-core-sets", "pool-resized", "dask-workers-closed"} <= set(named)
+    assert len(named) >= 15
+    for topic, where in sorted(named.items()):
+        assert topic in entries, f"{where} names a missing troubleshooting entry #{topic}"
+        assert main(["explain", topic]) == 0
+        title = entries[topic].title
+        assert capsys.readouterr().out.startswith(f"{title}\n{'=' * len(title)}\n\n"), topic
+
+
+def _page() -> str:
+    return (DOCS / "troubleshooting.md").read_text()
+
+
 def test_every_warning_category_with_an_anchor_has_an_entry():
     from pinbackend.host.notices import PinbackendWarning
     from pinbackend.runner._warnings import ForkAfterOpenMPWarning

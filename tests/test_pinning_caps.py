@@ -159,7 +159,7 @@ def test_unavailable_affinity_degrades_to_caps_with_one_warning(prelude, reason)
     (warning,) = result["warnings"]
     assert warning.startswith("PinningUnavailableWarning: CPU pinning is unavailable")
     assert reason in warning
-    assert "troubleshooting/#pinning-unavailable" in warning
+    assert "See python -m pinbackend explain pinning-unavailable (https://" in warning
     assert result["pinned"] == [False, False]
     assert blas_threads(result["report"]) == {1}
     assert len(result["report"]["affinity"]) == len(os.sched_getaffinity(0))

@@ -251,7 +251,7 @@ def test_p_beyond_the_free_cores_is_clamped_with_a_note():
     assert_pinned_workers(distinct(result.data["workers"]), len(ALLOWED))
     assert "PoolResizedWarning" in result.stderr
     assert f"instead of {too_many} (-p {too_many})" in result.stderr
-    assert "troubleshooting/#pool-resized" in result.stderr
+    assert "See python -m pinbackend explain pool-resized (https://" in result.stderr
     # The note points at the program's line that made the pool, not at pinbackend.
     assert "pools.py:" in result.stderr.split("PoolResizedWarning")[0].splitlines()[-1]
 
@@ -313,7 +313,7 @@ def test_fork_after_openmp_with_multi_cpu_workers_switches_to_forkserver(how):
     assert worker["affinity"] == ALLOWED
     assert worker["ppid"] != result.data["main_pid"]  # a forkserver child, not forked
     assert "ForkAfterOpenMPWarning" in result.stderr
-    assert "troubleshooting/#fork-after-openmp" in result.stderr
+    assert "See python -m pinbackend explain fork-after-openmp (https://" in result.stderr
 
 
 def test_without_the_runner_the_same_program_hangs():
