@@ -237,12 +237,13 @@ def decide(
     if n >= 1 and n <= fit_free:
         return PoolDecision(plan(n, busy))
     if fit_job == 0:
-        have = topology.count_cores(view.usable)
+        ever = view.within_budget(view.usable)  # the budget too: it may bind
+        have = topology.count_cores(ever)
         if have < size:
             raise PlanError(
                 f"no room for {what}: a worker needs {count(size, 'physical core')} "
                 f"({spelling.cores_per_worker}) but the job has only {have} "
-                f"(CPUs {format_cpu_list(view.usable) or 'none'}); ask for fewer cores per "
+                f"(CPUs {format_cpu_list(ever) or 'none'}{budget_note}); ask for fewer cores per "
                 f"worker, or give it {spelling.more_cores}"
             )
         raise PlanError(
