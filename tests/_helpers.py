@@ -6,13 +6,104 @@ import contextlib
 import ctypes.util
 import json
 import os
+import select
+import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 PYTHON = sys.executable
+
+#: Seconds a child has, after SIGABRT, to print its threads' stacks and exit. faulthandler
+#: writes them from its signal handler at once, without the GIL; 5 s allows for a loaded
+#: machine. A child still there is killed.
+STACK_DUMP_SECONDS = 5.0
+
+
+class ChildTimedOut(AssertionError):
+    """A child ran past its timeout; the message carries its stderr, stacks included."""
+
+
+def child_env(env: dict | None = None) -> dict[str, str]:
+    """The test process's environment with ``env`` on top, and faulthandler enabled in every
+    Python child (``PYTHONFAULTHANDLER``, inherited by its own children and by programs it
+    execs): SIGABRT makes such a child print the stack of each of its threads."""
+    return {"PYTHONFAULTHANDLER": "1", **os.environ, **(env or {})}
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+def _read_to_end(process: subprocess.Popen, seconds: float) -> tuple[str, str]:
+    """What the child writes until its pipes close, waiting ``seconds`` at most (a
+    grandchild that inherited them may keep them open): what came by then."""
+    if process.stdin is not None and process.stdin.closed:
+        process.stdin = None  # communicate() would flush it
+    try:
+        return process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired as partial:
+        return _text(partial.stdout), _text(partial.stderr)
+
+
+def _first_line(process: subprocess.Popen, timeout: float) -> str | None:
+    """The first line the child writes to stdout ("" if it closes stdout first), or None if
+    none came within ``timeout``. Reads the pipe itself: a blocked ``readline`` has no
+    timeout."""
+    deadline = time.monotonic() + timeout
+    fd = process.stdout.fileno()
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data.decode(errors="replace")
+        data += chunk
+    return data.decode(errors="replace").split("\n", 1)[0] + "\n"
+
+
+def abort_child(process: subprocess.Popen, timeout: float) -> ChildTimedOut:
+    """Stop a child that ran past ``timeout``: SIGABRT first, so that a Python child prints
+    every thread's stack, SIGKILL if it is still there. Returns the error to raise, whose
+    message holds the child's stderr (and the end of its stdout)."""
+    process.send_signal(signal.SIGABRT)
+    try:
+        process.wait(STACK_DUMP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    stdout, stderr = _read_to_end(process, STACK_DUMP_SECONDS)
+    command = shlex.join(str(arg) for arg in process.args)
+    tail = f"\nthe end of its stdout:\n{stdout[-2000:]}" if stdout.strip() else ""
+    return ChildTimedOut(
+        f"child still running after {timeout:g} s (its timeout), stopped with SIGABRT "
+        f"({command[:300]}); its stderr, with every thread's stack if it is Python:\n"
+        f"{stderr}{tail}"
+    )
+
+
+def run_child(command: list[str], *, timeout: float, env: dict | None = None):
+    """Run ``command`` to its end and return the CompletedProcess (text mode). A child still
+    running at ``timeout`` is stopped by ``abort_child`` and raises ChildTimedOut."""
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(env),
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise abort_child(process, timeout) from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
 
 #: Code that makes sched_setaffinity fail with EPERM in this process, as in a locked-down
 #: container; tests that run it are marked ``needs_seccomp``.
@@ -34,14 +125,11 @@ needs_seccomp = pytest.mark.skipif(
 
 
 def run_python(code: str, *, env: dict | None = None, timeout: float = 60, check: bool = True):
-    """Run ``code`` in a fresh interpreter; return the CompletedProcess (text mode)."""
-    result = subprocess.run(
-        [PYTHON, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    """Run ``code`` in a fresh interpreter; return the CompletedProcess (text mode).
+
+    A child still running at ``timeout`` is stopped and its threads' stacks are shown.
+    """
+    result = run_child([PYTHON, "-c", textwrap.dedent(code)], timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"child failed ({result.returncode}):\n{result.stderr}")
     return result
@@ -53,14 +141,11 @@ def last_json(stdout: str):
 
 
 def pinbackend_cli(*args: str, timeout: float = 60, env: dict | None = None, check: bool = False):
-    """Run ``python -m pinbackend ARGS`` and return the CompletedProcess."""
-    result = subprocess.run(
-        [PYTHON, "-m", "pinbackend", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    """Run ``python -m pinbackend ARGS`` and return the CompletedProcess.
+
+    A child still running at ``timeout`` is stopped and its threads' stacks are shown.
+    """
+    result = run_child([PYTHON, "-m", "pinbackend", *args], timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"pinbackend {' '.join(args)} failed:\n{result.stderr}")
     return result
@@ -70,7 +155,9 @@ def pinbackend_cli(*args: str, timeout: float = 60, env: dict | None = None, che
 def pinbackend_started(*args: str, timeout: float = 60):
     """Start ``python -m pinbackend ARGS`` whose program prints one line, then waits on stdin.
 
-    Yields the process and that line; closing stdin ends the program.
+    Yields the process and that line; closing stdin ends the program. ``timeout`` bounds
+    the wait for the line and the wait for the program's end after stdin closed: a program
+    still running then is stopped and its threads' stacks are shown.
     """
     with subprocess.Popen(
         [PYTHON, "-m", "pinbackend", *args],
@@ -78,15 +165,21 @@ def pinbackend_started(*args: str, timeout: float = 60):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     ) as process:
         try:
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
+            line = _first_line(process, timeout)
+            if line is None:
+                raise abort_child(process, timeout)
+            assert line, _read_to_end(process, timeout)[1]
             yield process, line
         finally:
             if process.poll() is None:
                 process.stdin.close()
-            process.wait(timeout=timeout)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise abort_child(process, timeout) from None
 
 
 def blas_threads(report: dict) -> set[int]:
