@@ -7,11 +7,12 @@ do. Each lease is shown with the job whose process started its holder.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from ..core.cpuset import format_cpu_list
 from ..host.jobs import job_of, list_jobs
-from ..host.leases import LeaseError, list_leases, registry_dir
+from ..host.leases import LeaseError, RegistryError, UnsafeLeaseFile, list_leases, registry_dir
 from ._common import add_json_option, fail, print_json
 
 HELP = "list the core leases held on this host"
@@ -26,12 +27,16 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the runner jobs, the leases (top-level and nested) and the registry directory."""
+    problems: list[RegistryError] = []
     try:
         directory = registry_dir()
-        leases = list_leases(scope=None)
+        leases = list_leases(scope=None, problems=problems)
         jobs = list_jobs()
     except LeaseError as error:
         fail(str(error))
+    # Lock files no claim can trust: every plan refuses them, so say so first (stderr).
+    for problem in problems:
+        print(f"pinbackend: error: {problem}", file=sys.stderr)
     owners = {info.lease_id: job_of(info, jobs) for info in leases}
     if args.json:
         print_json(
@@ -42,10 +47,15 @@ def run(args: argparse.Namespace) -> int:
                     {**info.to_dict(), "job": owners[info.lease_id] and owners[info.lease_id].pid}
                     for info in leases
                 ],
+                "problems": [_problem_dict(problem) for problem in problems],
             }
         )
         return 0
     print(f"lease registry: {directory}")
+    if problems:
+        print("refused lock files (no plan uses this registry until they are removed):")
+        for problem in problems:
+            print(f"  {_printable(_problem_line(problem))}")
     now = time.time()
     if jobs:
         print("runner jobs:")
@@ -67,6 +77,22 @@ def run(args: argparse.Namespace) -> int:
             f"{info.scope or '-':<12}  {job.pid if job else '-':>8}  {_printable(info.command)}"
         )
     return 0
+
+
+def _problem_dict(problem: RegistryError) -> dict:
+    """``status --json``'s form of a refused lock file: its path, what is wrong, the message."""
+    unsafe = isinstance(problem, UnsafeLeaseFile)
+    return {
+        "path": problem.path if unsafe else None,
+        "problem": problem.problem if unsafe else None,
+        "message": str(problem),
+    }
+
+
+def _problem_line(problem: RegistryError) -> str:
+    if isinstance(problem, UnsafeLeaseFile):
+        return f"{problem.path}: {problem.problem}"
+    return str(problem)
 
 
 def _printable(text: str) -> str:

@@ -8,8 +8,10 @@ different set of CPUs. A nested pool claims inside its parent lease's *scope* (a
 sub-directory), subdividing the parent's cores instead of competing for them.
 
 Whatever goes wrong fails closed with one line that names the cause and the remedy: a claim
-that cannot finish holds nothing, and a lock file whose record cannot be trusted counts as
-held by an unknown process.
+that cannot finish holds nothing; a held lock whose record cannot be trusted (garbage, another
+version, a record being written) counts as held by an unknown process; and a lock file path
+that holds something no claim makes (a symlink, FIFO, directory, hard-linked or foreign-owned
+file) is refused at once, by every reader and every claim (:class:`UnsafeLeaseFile`).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ __all__ = [
     "LeaseError",
     "LeaseInfo",
     "RegistryError",
+    "UnsafeLeaseFile",
     "busy_cpus",
     "claim",
     "claim_first_free",
+    "describe_holder",
     "held_leases",
     "list_leases",
     "registry_dir",
@@ -86,6 +90,28 @@ class LeaseError(RuntimeError):
 
 class RegistryError(LeaseError):
     """The lease registry directory or one of its files is unsafe or unusable (fails closed)."""
+
+
+class UnsafeLeaseFile(RegistryError):
+    """A lock file path holds something no claim of ours makes: planted, or another user's.
+
+    A symlink, FIFO, socket, device or directory, a file with a second name (hard link) or
+    a file another user owns. Its lock would guard nothing we can trust, so no plan goes on
+    around it either: the survey and the claim refuse at once, naming the file.
+    """
+
+    def __init__(self, path: Path | str, problem: str):
+        super().__init__(
+            f"refusing lease file {path}: {problem}, not a lock file pinbackend made; "
+            f"remove it (pinbackend makes a new one when needed) or set {REGISTRY_ENV} to "
+            f"another private directory. See {troubleshooting('unsafe-lease-file')}"
+        )
+        self.path = str(path)
+        self.problem = problem
+
+    def __reduce__(self):
+        # Raised in pool workers too: the caller gets it pickled, with its fields.
+        return type(self), (self.path, self.problem)
 
 
 class LeaseConflict(LeaseError):
@@ -222,7 +248,48 @@ def _scope_dir(scope: str, *, create: bool = True) -> Path | None:
 
 def _is_lock_file(info: os.stat_result) -> bool:
     """A lock file we made: a regular file of ours that no other name aliases."""
-    return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_nlink == 1
+    return _unsafe_problem(info) is None
+
+
+def _unsafe_problem(info: os.stat_result) -> str | None:
+    """What makes a lock file path unsafe (``it is a FIFO``), or None for a lock file we made.
+
+    Only a regular file of ours with one name is: a lock on a hard-linked file is shared with
+    a name outside the registry, and another user's file is not ours to trust.
+    """
+    kind = stat.S_IFMT(info.st_mode)
+    if kind != stat.S_IFREG:
+        return f"it is {_FILE_KINDS.get(kind, 'not a regular file')}"
+    if info.st_uid != os.getuid():
+        return f"its owner is uid {info.st_uid}, not you (uid {os.getuid()})"
+    if info.st_nlink > 1:
+        return f"it has {info.st_nlink} hard links (other names share its lock)"
+    return None
+
+
+_FILE_KINDS = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _refuse_path(path: Path, error: OSError) -> RegistryError:
+    """The error for a lock file path that ``open()`` refused: unsafe, or unusable.
+
+    ``O_NOFOLLOW`` and the open mode turn a planted path into an errno (see
+    :data:`_PLANTED_ERRNOS`); ``lstat`` says what it is.
+    """
+    if error.errno in _PLANTED_ERRNOS:
+        try:
+            problem = _unsafe_problem(os.lstat(path))
+        except OSError:
+            problem = None
+        return UnsafeLeaseFile(path, problem or f"it cannot be opened ({error.strerror})")
+    return registry_failure("open lease file", path, error)
 
 
 def _open_lock(directory: Path, cpu: int) -> int | None:
@@ -237,22 +304,15 @@ def _open_lock(directory: Path, cpu: int) -> int | None:
         _ensure_private_dir(directory)
         return None
     except OSError as error:
-        if error.errno not in _PLANTED_ERRNOS:
-            raise registry_failure("open lease file", path, error) from None
-        raise RegistryError(
-            f"refusing lease file {path}: {error.strerror} (a symbolic link or something that "
-            f"is not a regular file was planted there?); remove it or set {REGISTRY_ENV}"
-        ) from None
+        raise _refuse_path(path, error) from None
     info = os.fstat(fd)
     if info.st_nlink == 0:
         os.close(fd)
         return None
-    if not _is_lock_file(info):
+    problem = _unsafe_problem(info)
+    if problem:
         os.close(fd)
-        raise RegistryError(
-            f"refusing lease file {path}: not a private regular file of yours "
-            f"(uid {info.st_uid}, {info.st_nlink} links); remove it or set {REGISTRY_ENV}"
-        )
+        raise UnsafeLeaseFile(path, problem)
     return fd
 
 
@@ -532,14 +592,15 @@ def _conflict(directory: Path, busy: frozenset[int], scope: str) -> LeaseConflic
     holders = _holders(directory, busy, scope)
     return LeaseConflict(
         f"CPUs {format_cpu_list(busy)} are held by "
-        + "; ".join(_describe_holder(h) for h in holders)
+        + "; ".join(describe_holder(h) for h in holders)
         + ". Pick other CPUs, wait for those jobs, or allow sharing",
         busy,
         holders,
     )
 
 
-def _describe_holder(holder: LeaseInfo) -> str:
+def describe_holder(holder: LeaseInfo) -> str:
+    """Who holds a lease, for messages: ``pid 12 (python job.py)``, or an unknown process."""
     if holder.pid is None:
         return (
             f"an unknown process (its record of CPU {format_cpu_list(holder.cores)} is "
@@ -623,24 +684,28 @@ def _own_command() -> str:
 
 
 def _holder_of(directory: Path, cpu: int, scope: str) -> LeaseInfo | None:
-    """Who holds one CPU's lock: None if nobody; an unknown holder if nobody can be trusted.
+    """Who holds one CPU's lock: None if nobody; an unknown holder if its record is untrusted.
 
-    Fails closed: a path no claim could lock (a symlink, FIFO, directory, another user's or a
-    hard-linked file) and a held lock with a record that does not check out both make the
-    CPU busy, never free.
+    Fails closed two ways. A held lock whose record does not check out (a live process wrote
+    garbage, or is writing right now) makes the CPU busy, held by an unknown process. A path
+    no claim could lock (a symlink, FIFO, directory, another user's or a hard-linked file)
+    raises :class:`UnsafeLeaseFile` at once: waiting cannot help, and planning around it
+    would hide it.
     """
+    path = directory / f"cpu-{cpu}.lock"
     try:
-        fd = os.open(directory / f"cpu-{cpu}.lock", os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
+        fd = os.open(path, os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
     except FileNotFoundError:
         return None
-    except OSError:
-        return _unknown_holder(cpu, scope)
+    except OSError as error:
+        raise _refuse_path(path, error) from None
     try:
         info = os.fstat(fd)
         if info.st_nlink == 0:
             return None  # the scope collector removed it after we opened it
-        if not _is_lock_file(info):
-            return _unknown_holder(cpu, scope)
+        problem = _unsafe_problem(info)
+        if problem:
+            raise UnsafeLeaseFile(path, problem)
         if not _platform.probe_lock(fd):
             return None
         return _read_record(fd, cpu, scope)
@@ -650,33 +715,50 @@ def _holder_of(directory: Path, cpu: int, scope: str) -> LeaseInfo | None:
         os.close(fd)
 
 
-def _holders(directory: Path, cpus: Iterable[int], scope: str) -> list[LeaseInfo]:
+def _holders(
+    directory: Path,
+    cpus: Iterable[int],
+    scope: str,
+    problems: list[RegistryError] | None = None,
+) -> list[LeaseInfo]:
     found: dict[str, LeaseInfo] = {}
     for cpu in sorted(cpus):
-        info = _holder_of(directory, cpu, scope)
+        try:
+            info = _holder_of(directory, cpu, scope)
+        except RegistryError as error:
+            if problems is None:
+                raise
+            problems.append(error)
+            continue
         if info is not None:
             found.setdefault(info.lease_id, info)
     return list(found.values())
 
 
-def list_leases(scope: str | None = "") -> list[LeaseInfo]:
+def list_leases(
+    scope: str | None = "", *, problems: list[RegistryError] | None = None
+) -> list[LeaseInfo]:
     """Return the live leases in a scope, oldest first.
 
     ``""`` is the host scope (top-level leases); a lease id is the scope of the pools nested
     inside that lease; ``None`` lists every scope, and removes the scope folders of leases
     that ended without :meth:`Lease.release` (killed, or handed to a program by ``exec``).
+
+    A lock file that cannot be trusted (:class:`UnsafeLeaseFile`) or opened raises, unless
+    ``problems`` is given: then each such error is appended to it and the listing goes on
+    (``status`` shows them beside the leases).
     """
     if scope is not None:
-        return _leases_in(scope)
+        return _leases_in(scope, problems)
     # Folders first, leases second: a parent lease held when its folder was listed is then
     # among the leases read (see _remove_stale_scopes).
     names = _scope_names()
-    leases = [info for name in ["", *names] for info in _leases_in(name)]
+    leases = [info for name in ["", *names] for info in _leases_in(name, problems)]
     _remove_stale_scopes(names, leases)
     return leases
 
 
-def _leases_in(scope: str) -> list[LeaseInfo]:
+def _leases_in(scope: str, problems: list[RegistryError] | None = None) -> list[LeaseInfo]:
     directory = _scope_dir(scope, create=False)
     try:
         entries = os.listdir(directory) if directory is not None else []
@@ -685,7 +767,7 @@ def _leases_in(scope: str) -> list[LeaseInfo]:
     except OSError as error:
         raise registry_failure("list the lease directory", directory, error) from None
     cpus = [int(match[1]) for match in map(_LOCK_NAME.fullmatch, entries) if match]
-    leases = _holders(directory, cpus, scope) if cpus else []
+    leases = _holders(directory, cpus, scope, problems) if cpus else []
     return sorted(leases, key=lambda info: (info.since or 0.0, info.lease_id))
 
 

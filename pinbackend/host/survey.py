@@ -16,7 +16,7 @@ from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.topology import Topology
 from .budget import quota_peers, read_budget
-from .leases import LeaseInfo, list_leases
+from .leases import LeaseInfo, describe_holder, list_leases
 from .machine import read_topology
 from .options import PinOptions
 from .policy import JobCores, job_cores
@@ -64,8 +64,7 @@ class Survey:
         """Who holds ``cpus``, for messages: ``pid 12 (python job.py)``, or ``nobody``."""
         cpus = frozenset(cpus)
         found = [
-            f"CPUs {format_cpu_list(info.cores & cpus)} by "
-            + (f"pid {info.pid} ({info.command})" if info.pid else "an unknown process")
+            f"CPUs {format_cpu_list(info.cores & cpus)} by {describe_holder(info)}"
             for info in self.leases
             if info.cores & cpus and info.owner != self.owner
         ]

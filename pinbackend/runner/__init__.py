@@ -62,11 +62,14 @@ def start_job(config: RunnerConfig, target: Target) -> None:
 
     Records the job (for ``pinbackend status``), applies ``--pin-main``/``--threads`` to this
     process and installs the patches. Raises :class:`TargetError` (with python's message and
-    status) when the target cannot run, ``PlanError`` when ``--pin-main`` finds no free CPU.
+    status) when the target cannot run, ``PlanError`` when ``--pin-main`` finds no free CPU,
+    ``RegistryError`` when the lease registry is unusable or holds an unsafe lock file.
     """
     check_target(target)
+    # One survey before the program runs: an unusable registry or an unsafe lock file ends
+    # the job here in one line, not in the program's first pool.
+    view = survey(config)
     if config.pin_main or config.threads is not None:
-        view = survey(config)
         prepare_main_process(config, view.usable - view.strangers)
     job = register_job(_command_line(), config.record())
     atexit.register(job.end)
