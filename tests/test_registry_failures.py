@@ -24,6 +24,7 @@ import pytest
 from _helpers import pinbackend_cli
 
 from pinbackend.cli import status
+from pinbackend.core.planner import PlanError
 from pinbackend.host import jobs, leases
 from pinbackend.host.jobs import list_jobs, register_job
 from pinbackend.host.leases import (
@@ -254,6 +255,21 @@ def test_a_hostile_record_reads_as_an_unknown_holder_and_fails_closed(
         assert_unknown_holder_of_cpu(2, capsys)
         with pytest.raises(LeaseConflict, match=r"CPUs 2 are held by an unknown process"):
             claim({2})
+
+
+def test_a_plan_names_a_held_lock_with_a_hostile_record_as_an_unknown_process(lease_registry):
+    from joblib import Parallel, delayed
+
+    cpu = min(os.sched_getaffinity(0))
+    path = lease_registry / f"cpu-{cpu}.lock"
+    with held_by_a_stranger(path, HOSTILE_RECORDS["pid NaN"]), pytest.raises(PlanError) as error:
+        # The pinned backend (registered by importing pinbackend) refuses before any worker.
+        Parallel(n_jobs=2, backend="pinned", oversubscribe="error")(
+            delayed(abs)(i) for i in range(2)
+        )
+    message = str(error.value)
+    assert f"taken: CPUs {cpu} by an unknown process (its record of CPU {cpu} is" in message
+    assert "pid None" not in message
 
 
 def test_status_on_the_command_line_survives_a_hostile_record(lease_registry):

@@ -105,11 +105,9 @@ def size_pool(
                 deadline = time.monotonic() + options.claim_timeout
             if time.monotonic() >= deadline:
                 raise PlanError(
-                    decision.waiting.replace(
-                        "waiting up to the claim timeout",
-                        f"none freed up within {options.claim_timeout:g}s",
-                    )
-                    + "; share them, wait longer, or free some cores"
+                    f"{decision.shortage}; none freed up within {options.claim_timeout:g}s "
+                    f"({spelling.timeout}); use {spelling.policy('share')}, a longer "
+                    f"{spelling.timeout}, or free some cores"
                 )
         if not announced:
             notices.warn(notices.WaitingForCoresWarning, decision.waiting)

@@ -17,7 +17,7 @@ from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.planner import Plan, PlanError, plan_slots
 from ..core.topology import Topology
-from .leases import LeaseInfo
+from .leases import LeaseInfo, describe_holder
 from .options import PinOptions
 
 __all__ = [
@@ -170,11 +170,13 @@ class PoolDecision:
     bounded: bool = False
     #: A clamp that other jobs' cores caused (the job has more): they may free up at once.
     held_by_others: bool = False
+    #: What is missing (who holds the cores), for the message that ends a bounded wait.
+    shortage: str | None = None
 
 
 def _holders_text(view: JobCores, cpus: frozenset[int]) -> str:
     parts = [
-        f"CPUs {format_cpu_list(info.cores & cpus)} by pid {info.pid} ({info.command})"
+        f"CPUs {format_cpu_list(info.cores & cpus)} by {describe_holder(info)}"
         for info in view.holders
         if info.cores & cpus
     ]
@@ -279,6 +281,7 @@ def decide(
             waiting=f"{shortage}; waiting up to the claim timeout ({spelling.timeout}) for "
             f"a core to free up",
             bounded=True,
+            shortage=shortage,
         )
     if policy == "share":
         if fit_free >= 1:
