@@ -548,12 +548,19 @@ def test_a_claim_racing_the_collector_holds_the_file_that_stays(lease_registry, 
 # --- 6: one registry per user, whatever the session's environment says ---------------------
 
 
-def test_registry_is_one_fixed_place_per_user_whatever_the_session_says(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variable", ["unset", "empty"])
+def test_registry_is_one_fixed_place_per_user_whatever_the_session_says(
+    variable, tmp_path, monkeypatch
+):
+    # Set but empty counts as unset (docs/configuration.md): the user's one default folder.
     expected = Path(f"/tmp/pinbackend-{os.getuid()}")
     existed = expected.exists()
     try:
         with monkeypatch.context() as patch:
-            patch.delenv(REGISTRY_ENV)
+            if variable == "unset":
+                patch.delenv(REGISTRY_ENV)
+            else:
+                patch.setenv(REGISTRY_ENV, "")
             patch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
             patch.setenv("TMPDIR", str(tmp_path))
             patch.setattr("tempfile.tempdir", str(tmp_path))

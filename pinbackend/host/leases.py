@@ -167,13 +167,15 @@ def registry_dir() -> Path:
     """Return the checked per-user lease directory, creating it (mode 0700) when missing.
 
     ``$PINBACKEND_RUNTIME_DIR`` if set (it must be absolute), else ``/tmp/pinbackend-<uid>``:
-    the same folder for every process of a user, whatever its session's environment. It must
+    the same folder for every process of a user, whatever its session's environment. Set but
+    empty counts as unset, as for ``PINBACKEND_CPU_COUNT`` (``DIR=$UNSET`` in a script lands
+    in the default folder, where the user's other jobs are, not in a new one). It must
     be a real directory owned by us with no access for group or others; anything else raises
     :class:`RegistryError`.
     """
     if not _platform.CAN_LOCK_FILES:
         raise RegistryError(f"core leases need flock(), which {sys.platform} does not have")
-    override = os.environ.get(REGISTRY_ENV)
+    override = os.environ.get(REGISTRY_ENV, "")
     if override:
         path = Path(override)
         if not path.is_absolute():
