@@ -321,3 +321,40 @@ def test_info_names_the_file_instead_of_failing(planted):
     assert result.returncode == 0, result.stderr
     assert f"refusing lease file {planted.path}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+DASK = """
+    import json, time
+    from distributed import Client, LocalCluster
+    from pinbackend.dask import PinPlugin, placement
+
+    if __name__ == "__main__":
+        options = dict(n_workers=1, threads_per_worker=1, dashboard_address=None)
+        with LocalCluster(**options) as cluster, Client(cluster, timeout=60) as client:
+            start = time.monotonic()
+            client.register_plugin(PinPlugin())
+            seconds = time.monotonic() - start
+            (worker,) = placement(client)
+            print(json.dumps({"seconds": seconds, **worker.to_dict()}))
+"""
+
+
+def test_a_dask_worker_refuses_to_start_at_once(lease_registry, tmp_path):
+    # One kind is enough here: the worker's claim goes through the same survey (lease_slot)
+    # as run -n, tested above for every kind.
+    pytest.importorskip("distributed")
+    path = lease_registry / f"cpu-{CPU}.lock"
+    plant("fifo", path, tmp_path / "elsewhere")
+    script = tmp_path / "cluster.py"
+    script.write_text(textwrap.dedent(DASK))
+    try:
+        result = subprocess.run(
+            [PYTHON, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        worker = last_json(result.stdout)
+        assert (worker["outcome"], worker["pinned"], worker["cores"]) == ("refused", False, None)
+        assert_names_the_file(worker["reason"], path, "fifo")
+        assert worker["seconds"] < AT_ONCE
+    finally:
+        remove(path)
