@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import threading
 from collections.abc import Mapping
 from typing import ClassVar
+
+from .locks import PinLock
 
 __all__ = [
     "THREAD_ENV_VARS",
@@ -82,7 +83,7 @@ def _limit_for(kind: str, n_threads: int, lower: Mapping[str, int]) -> int:
 
 
 # threadpoolctl is not thread-safe (threadpoolctl#205): every call goes through this lock.
-_THREADPOOLCTL_LOCK = threading.RLock()
+_THREADPOOLCTL_LOCK = PinLock("threadpoolctl", reentrant=True)
 
 
 class CapController:

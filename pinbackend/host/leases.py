@@ -24,7 +24,6 @@ import os
 import re
 import stat
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 from .. import _platform
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
+from .locks import PinLock
 
 __all__ = [
     "REGISTRY_ENV",
@@ -479,14 +479,13 @@ class Lease:
 
 
 _HELD: dict[str, Lease] = {}
-_TABLE_LOCK = threading.Lock()
+_TABLE_LOCK = PinLock("lease table")
 
 
 def _forget_leases_in_child() -> None:
     # A forked child shares the parent's lock descriptions; closing our copies keeps the
     # parent's locks intact (no LOCK_UN) and makes sure the child never holds them alone.
-    global _TABLE_LOCK
-    _TABLE_LOCK = threading.Lock()
+    # (The table's lock is made anew in the child with every PinLock.)
     for lease in _HELD.values():
         for fd in lease._fds.values():
             try:

@@ -32,9 +32,11 @@ from collections.abc import Callable
 
 from .. import _platform
 from ..core.planner import plan_slots
+from . import loads
 from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread
 from .leases import Lease, LeaseConflict, claim
 from .lifecycle import job_view, report_decision, size_pool
+from .locks import PinLock, call_when_unlocked
 from .options import PinOptions
 from .policy import JobCores
 from .slot import current_slot
@@ -144,19 +146,20 @@ def _process_wide_blas() -> list:
 class _ProcessWideCap:
     """Caps process-wide BLAS pools while pinned thread pools live; restores them after.
 
-    Counted: nested or concurrent pools keep the smallest cap until the last one ends.
+    Counted: nested or concurrent pools keep the smallest cap until the last one ends. A
+    BLAS library that an import brings in meanwhile is capped too (and restored after).
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = PinLock("process-wide BLAS cap")
         self._active: list[int] = []
-        self._saved: list[tuple[object, int]] = []
+        # (path, controller class) -> (controller, size to restore)
+        self._saved: dict[tuple[str, type], tuple[object, int]] = {}
 
     def enter(self, n_threads: int) -> None:
+        loads.watch_extension_loads()
+        loads.add_listener(self.after_load)
         with self._lock:
-            if not self._active:
-                with _THREADPOOLCTL_LOCK:
-                    self._saved = [(lib, lib.num_threads) for lib in _process_wide_blas()]
             self._active.append(n_threads)
             self._set(min(self._active))
 
@@ -167,13 +170,20 @@ class _ProcessWideCap:
                 self._set(min(self._active))
                 return
             with _THREADPOOLCTL_LOCK:
-                for lib, size in self._saved:
+                for lib, size in self._saved.values():
                     self._force(lib, size)
-            self._saved = []
+            self._saved = {}
+
+    def after_load(self) -> None:
+        """An import loaded libraries: while pools live, cap new process-wide BLAS too."""
+        with self._lock:
+            if self._active:
+                self._set(min(self._active))
 
     def _set(self, n_threads: int) -> None:
         with _THREADPOOLCTL_LOCK:
             for lib in _process_wide_blas():
+                self._saved.setdefault((lib.filepath, type(lib)), (lib, lib.num_threads))
                 self._force(lib, n_threads)
 
     @staticmethod
@@ -205,7 +215,8 @@ def hold_process_wide_cap(
 
     for end in ends:
         setattr(owner, end, _then(getattr(owner, end), release))
-    weakref.finalize(owner, release)
+    # The collector may run this in a thread that holds one of our locks right now.
+    weakref.finalize(owner, call_when_unlocked, release)
 
 
 def _then(method: Callable, release: Callable[[], None]) -> Callable:
@@ -240,21 +251,25 @@ def enter_share(pending: queue.SimpleQueue, initializer: Callable | None, initar
 
 
 def _cap_this_thread(n_threads: int) -> None:
+    loads.watch_extension_loads()
     _THIS_THREAD.cap = n_threads
-    _THIS_THREAD.libraries = _platform.loaded_libraries()
+    # Read before capping: a load that lands while we cap is seen at the next task.
+    _THIS_THREAD.generation = loads.generation()
     cap_openmp_in_this_thread(n_threads)
     _cap_thread_local_blas(n_threads)
 
 
 def run_capped(func: Callable[[], object]) -> object:
-    """Run one task on a pinned pool thread, capping again first if a library was loaded
-    since this thread last capped (limits reach only libraries already loaded, and an
-    OpenMP runtime loaded later starts every thread at the process default)."""
+    """Run one task on a pinned pool thread, capping again first if an import loaded
+    libraries since this thread last capped (limits reach only libraries already loaded,
+    and an OpenMP runtime loaded later starts every thread at the process default).
+
+    The test is one integer comparison (:func:`pinbackend.host.loads.generation`): it never
+    asks the dynamic loader, whose lock must not be held while Python runs.
+    """
     cap = getattr(_THIS_THREAD, "cap", None)
-    if cap is not None:
-        loaded = _platform.loaded_libraries()
-        if loaded is None or loaded != _THIS_THREAD.libraries:
-            _cap_this_thread(cap)
+    if cap is not None and _THIS_THREAD.generation != loads.generation():
+        _cap_this_thread(cap)
     return func()
 
 
