@@ -7,6 +7,7 @@ parent and makes every new worker claim one and apply it before it runs any task
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 from collections.abc import Iterable
 
@@ -20,10 +21,17 @@ from .host.lifecycle import (
     pool_from,
     report_decision,
     size_pool,
+    survey,
     task_in_slot,
 )
-from .host.options import DEFAULT_CLAIM_TIMEOUT, PinOptions, check_count, reject_unknown
-from .host.policy import JobCores
+from .host.options import (
+    DEFAULT_CLAIM_TIMEOUT,
+    PinOptions,
+    check_count,
+    check_seconds,
+    reject_unknown,
+)
+from .host.policy import JobCores, decide
 from .host.pool import PoolPlan
 from .host.slot import in_slot
 from .joblib_threading import PinnedThreadingBackend, RunThrough
@@ -48,6 +56,13 @@ _JOBLIB_KEYWORDS = frozenset(
     }
 )
 _OPTION_NAMES = frozenset(PinOptions.names()) - {"fail"}
+
+
+def _check_idle_timeout(seconds: object) -> None:
+    """loky takes any number (a negative one acts as 0: idle workers exit at once); refuse
+    what the options' one wording refuses: a timeout is a finite number of seconds >= 0."""
+    if seconds is not None:
+        check_seconds("idle_worker_timeout", seconds)
 
 
 def _start_worker(pool: PoolPlan) -> None:
@@ -101,6 +116,7 @@ class PinnedBackend(LokyBackend):
         **backend_kwargs,
     ):
         reject_unknown(backend_kwargs, _OPTION_NAMES | _JOBLIB_KEYWORDS, "the pinned backend")
+        _check_idle_timeout(backend_kwargs.get("idle_worker_timeout"))
         super().__init__(
             nesting_level=nesting_level,
             inner_max_num_threads=inner_max_num_threads,
@@ -112,6 +128,7 @@ class PinnedBackend(LokyBackend):
             oversubscribe=oversubscribe,
             claim_timeout=claim_timeout,
         )
+        self._fits: PinOptions | None = None  # the options an inline call last checked
 
     @property
     def inner_max_num_threads(self) -> int | None:
@@ -149,6 +166,8 @@ class PinnedBackend(LokyBackend):
             )
         if n_jobs is None:
             n_jobs = self.default_n_jobs
+        if n_jobs == 1:
+            self._refuse_slots_that_never_fit()
         if n_jobs == 1 or mp.current_process().daemon:
             return None, 1  # inline, as joblib does (and daemons cannot have children)
         if not (self.in_main_thread() or self.nesting_level == 0):
@@ -163,6 +182,21 @@ class PinnedBackend(LokyBackend):
         if self.policy == "clamp" or in_slot():
             expected = max(min(expected, fit), 1)
         return requested, self._reported(expected)
+
+    def _refuse_slots_that_never_fit(self) -> None:
+        """Raise, as ``n_jobs=2`` would, where no worker could ever have its slot
+        (``cores_per_worker`` beyond the job's cores or its CPU budget, ``reserve`` naming
+        CPUs this machine lacks or every one it has), although an inline call uses none:
+        whatever the policy, waiting cannot help, and the mistake should not wait for the
+        first call with more workers. The policy's own rule decides (one survey with no
+        other job's leases counted); checked once per set of options."""
+        options = self.options
+        if options == self._fits or in_slot():
+            return
+        if options.cores_per_worker is not None or options.reserve:
+            nobody_else = dataclasses.replace(survey(), leases=(), budget_used=frozenset())
+            decide(job_view(options, nobody_else), options, 1, "Parallel(n_jobs=1)")
+        self._fits = options
 
     def _view(self) -> JobCores:
         """What a new pool of this process may use now (one survey of the host)."""
@@ -216,6 +250,7 @@ class PinnedBackend(LokyBackend):
         idle = executor_kwargs.pop("idle_worker_timeout", 300)
         if idle_worker_timeout is not None:
             idle = idle_worker_timeout
+        _check_idle_timeout(idle)
         what = f"Parallel(n_jobs={n_jobs})"
         decision, view = size_pool(self._view, self.options, requested, what)
         report_decision(decision, what)

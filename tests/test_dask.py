@@ -692,19 +692,51 @@ def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path)
     assert lines[0].endswith("#dask-worker-runs-unpinned")
 
 
-def test_dask_worker_rejects_bad_preload_options_before_starting(tmp_path):
-    result = subprocess.run(
-        [
-            *worker_command("dask worker", "tcp://127.0.0.1:1"),
-            *("--preload", "pinbackend", "--pin-fail", "sometimes"),
-        ],
-        env=_child_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "--pin-fail" in result.stderr and "'closed', 'open'" in result.stderr
+BAD_PRELOAD_OPTIONS = {
+    # click's own FloatRange(min=0) let nan and inf through; PinOptions refused them in the
+    # worker, distributed logged "Failed to start preload" and the worker ran unpinned.
+    "nan": (["--pin-claim-timeout", "nan"], "--pin-claim-timeout must be a finite number"),
+    "inf": (["--pin-claim-timeout", "inf"], "--pin-claim-timeout must be a finite number"),
+    "empty-entry": (["--pin-reserve", "0,,1"], "an empty entry between commas"),
+    "fraction": (["--pin-cores-per-worker", "1.5"], "a positive integer or 'auto'"),
+    "choice": (["--pin-fail", "sometimes"], "'closed', 'open'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PRELOAD_OPTIONS))
+def test_dask_worker_rejects_bad_preload_options_before_starting(tmp_path, case):
+    # A real scheduler: a worker that started despite its options would join it and run
+    # tasks unpinned (it would not end by itself: the test then fails with its output).
+    args, says = BAD_PRELOAD_OPTIONS[case]
+    with scheduler_process(tmp_path) as scheduler:
+        worker = _spawn(worker_command("dask worker", scheduler, "--preload", "pinbackend", *args))
+        output = _exit_by_itself(worker, timeout=60)
+    assert worker.returncode == 2, output
+    assert says in output and args[0] in output, output
+    assert "Failed to start preload" not in output and "Registered to:" not in output
+
+
+@pytest.mark.parametrize("half", ["worker", "nanny"])
+def test_dask_worker_with_invalid_options_from_dask_config_refuses_to_start(tmp_path, half):
+    # Options from Dask's configuration reach only the worker (or nanny) process, where
+    # distributed parses them, logs a failure and starts the worker unpinned: no command
+    # line checks them. The worker must refuse instead, saying why, and end by itself.
+    env = _child_env()
+    bad = json.dumps(["--pin-claim-timeout", "nan"])
+    if half == "worker":
+        env["DASK_DISTRIBUTED__WORKER__PRELOAD_ARGV"] = bad
+        args = ["--preload", "pinbackend"]
+    else:  # the nanny preload alone adds the worker preload, with the nanny's options
+        env["DASK_DISTRIBUTED__NANNY__PRELOAD_ARGV"] = bad
+        args = ["--preload-nanny", "pinbackend"]
+    with scheduler_process(tmp_path) as scheduler:
+        worker = _spawn(worker_command("dask worker", scheduler, "--nthreads", "1", *args), env)
+        output = _exit_by_itself(worker, timeout=60)
+    lines = [line for line in output.splitlines() if "pinbackend - " in line]
+    assert len(lines) == 1 and "pinbackend - ERROR - " in lines[0], output
+    assert "refuses to start: its pinbackend options are invalid: --pin-claim-timeout" in lines[0]
+    assert "Failed to start preload" not in output and "pinned to CPUs" not in output, output
+    assert "Traceback" not in output, output
 
 
 # --- registration on distributed versions that still have register_worker_plugin ---------

@@ -36,7 +36,7 @@ def test_placement_examples_hold():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cores_per_worker": 0}, "cores_per_worker must be a positive integer or None"),
+        ({"cores_per_worker": 0}, "cores_per_worker must be a positive integer or 'auto'"),
         ({"cores_per_worker": True}, "got True"),
         ({"reserve": "0-x"}, "reserve: invalid CPU list '0-x'"),
         ({"reserve": [-1]}, r"reserve must hold CPU numbers .* got \[-1\]"),

@@ -170,7 +170,7 @@ def test_clamping_runs_as_many_workers_as_fit():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cores_per_worker": 0}, "cores_per_worker must be a positive integer or None"),
+        ({"cores_per_worker": 0}, "cores_per_worker must be a positive integer or 'auto'"),
         ({"reserve": "x"}, "reserve: invalid CPU list 'x'"),
         ({"reserve": [-1]}, "reserve must hold CPU numbers .non-negative integers."),
         ({"oversubscribe": "maybe"}, "oversubscribe must be one of 'clamp', 'error', 'share'"),

@@ -20,15 +20,23 @@ class CpuListError(ValueError):
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
-    """Parse a kernel CPU list such as ``"0-3,8,10-11"`` (an empty string is the empty set).
+    """Parse a kernel CPU list such as ``"0-3,8,10-11"`` (an empty string is the empty set;
+    an empty entry, as in ``"0,,1"`` or ``"0,"``, is an error).
 
     Also accepts the ``"0-15:2/4"`` stride form that ``cpulist_parse`` in the kernel allows.
     """
     cpus: set[int] = set()
+    if not text.strip():
+        return frozenset()
     for part in text.strip().split(","):
         part = part.strip()
         if not part:
-            continue
+            # taskset refuses "0,,1" and "0," too (util-linux 2.38): an empty entry is a
+            # typo (a CPU left out?), never silently skipped.
+            raise CpuListError(
+                f"invalid CPU list {text.strip()!r}: an empty entry between commas; expected "
+                f"CPU numbers or ranges separated by single commas, e.g. '0-3,8'"
+            )
         try:
             cpus.update(_parse_range(part))
         except ValueError:

@@ -58,6 +58,7 @@ __all__ = [
     "close_worker",
     "current_pin",
     "pin_worker",
+    "refuse_invalid_options",
     "unpin_worker",
 ]
 
@@ -240,6 +241,28 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
             nthreads,
             state.slot.threads,
         )
+    STATE.worker_pin = state
+    return state
+
+
+def refuse_invalid_options(worker, source: str, error: str) -> WorkerPin:
+    """The outcome of a worker whose options are invalid: it refuses to start, whatever
+    ``fail`` says (an invalid value could be the ``fail`` itself); a caller closes it."""
+    state = WorkerPin(
+        source,
+        PinOptions(),
+        worker.state.nthreads,
+        reason=f"invalid options: {error}",
+        outcome="refused",
+    )
+    logger.error(
+        "pinbackend: Dask worker %s refuses to start: its pinbackend options are invalid: "
+        "%s. Fix them (options from Dask's configuration, distributed.worker.preload-argv, "
+        "reach only the worker; `dask worker` checks its own command line). See %s",
+        worker.address,
+        error,
+        troubleshooting("dask-worker-refuses-to-start"),
+    )
     STATE.worker_pin = state
     return state
 

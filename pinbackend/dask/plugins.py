@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 from distributed.diagnostics.plugin import NannyPlugin, SchedulerPlugin, WorkerPlugin
 
+from ..host.options import reject_unknown
 from ._nanny import configure_nanny, running_worker, spawned_otherwise
 from ._worker import GONE, PinRefused, close_worker, pin_worker, report_outcome, unpin_worker
 from .options import DEFAULT_CLAIM_TIMEOUT, PinOptions
@@ -33,13 +34,16 @@ class _Options:
 
     def __init__(
         self,
-        cores_per_worker: int | None = None,
+        cores_per_worker: int | str | None = None,
         *,
         reserve: Iterable[int] | str = (),
         oversubscribe: str | None = None,
         fail: str = "closed",
         claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
+        **unknown,
     ):
+        # The joblib backend's check: an unknown keyword names the closest valid one.
+        reject_unknown(unknown, PinOptions.names(), type(self).__name__)
         self.options = PinOptions(
             cores_per_worker,
             reserve=reserve,
@@ -112,7 +116,7 @@ class PinPlugin(_Options, SchedulerPlugin):
     been pinned, closed or set to share. pinbackend must be importable on the scheduler.
 
     Parameters are those of :class:`~pinbackend.host.options.PinOptions`:
-    ``cores_per_worker`` (default: ``nthreads`` CPUs), ``reserve``, ``oversubscribe``
+    ``cores_per_worker`` (default ``"auto"``: ``nthreads`` CPUs), ``reserve``, ``oversubscribe``
     (``"clamp"``, the default, closes the workers a host has no slot for, with one warning
     per host; ``"share"`` runs them on shared slots; ``"error"`` refuses them and raises
     :class:`PinRefused` here; ``"wait"`` waits without bound for cores other jobs hold),
@@ -176,7 +180,10 @@ class PinNannyPlugin(NannyPlugin):
     idempotent = True
     restart: bool = False
 
-    def __init__(self, cores_per_worker: int | None = None, *, restart: bool | str = False):
+    def __init__(
+        self, cores_per_worker: int | str | None = None, *, restart: bool | str = False, **unknown
+    ):
+        reject_unknown(unknown, ("cores_per_worker", "restart"), type(self).__name__)
         if restart not in (True, False, "auto"):
             raise ValueError(f"restart must be True, False or 'auto'; got {restart!r}")
         self.options = PinOptions(cores_per_worker)

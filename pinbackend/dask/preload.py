@@ -15,49 +15,83 @@ from __future__ import annotations
 
 import click
 
-from ..core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
+from ..core.cpuset import format_cpu_list
+from ..host.options import OptionsError, check_option
 from .options import DEFAULT_CLAIM_TIMEOUT, FAIL_POLICIES, OVERSUBSCRIBE_POLICIES, PinOptions
 
 __all__ = ["dask_setup", "dask_teardown"]
 
 
-def _cores_per_worker(ctx, param, value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        cores = int(value)
-    except ValueError:
-        cores = 0
-    if cores < 1:
-        raise click.BadParameter(f"expected 'auto' or a positive number of cores; got {value!r}")
-    return cores
+def _checked(option: str, parse=str):
+    """A click callback that validates ``--pin-...`` with :class:`PinOptions`' own validator
+    for ``option`` (:func:`~pinbackend.host.options.check_option`), after ``parse`` turned the
+    text into the value a keyword would have: the command line refuses, with exit status 2,
+    exactly what the worker would refuse, so no refused option reaches a worker (which
+    distributed would start unpinned after logging the failed preload)."""
+
+    def callback(ctx, param, value):
+        name = param.opts[0]
+        try:
+            return check_option(option, parse(value) if isinstance(value, str) else value, name)
+        except OptionsError as error:
+            raise click.UsageError(str(error)) from None
+
+    return callback
 
 
-def _cpu_list(ctx, param, value: str) -> frozenset[int]:
-    try:
-        return parse_cpu_list(value)
-    except CpuListError as error:
-        raise click.BadParameter(str(error)) from None
+def _number(text: str) -> int | float | str:
+    """``"2"`` -> 2, ``"0.5"`` -> 0.5, ``"nan"`` -> nan; other text stays text (refused by
+    the validator, which then names it as given)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
-@click.command(name="pinbackend")
+class _PreloadCommand(click.Command):
+    """The preload's options as a click command that, in the worker, never fails to parse.
+
+    ``dask worker`` checks the options on its command line first (``parse_args``: a usage
+    error, exit status 2). Options from Dask's configuration
+    (``distributed.worker.preload-argv``) reach only the worker, where distributed parses
+    them with ``make_context``, logs a failure as "Failed to start preload" and starts the
+    worker unpinned. Here ``make_context`` hands the error to :func:`dask_setup` instead
+    (as ``invalid``), which refuses the worker: invalid options never run unpinned.
+
+    It also parses a copy of ``args``: click consumes the list it parses, and that list is
+    the preload's own ``argv``, which the nanny preload reads back (:func:`_own_argv`).
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, list(args), parent=parent, **extra)
+        except click.UsageError as error:
+            ctx = click.Context(self, info_name=info_name, parent=parent, **extra)
+            ctx.params = {"invalid": error.format_message()}
+            return ctx
+
+
+@click.command(name="pinbackend", cls=_PreloadCommand)
 @click.option(
     "--pin-cores-per-worker",
     default="auto",
     show_default=True,
-    callback=_cores_per_worker,
+    callback=_checked("cores_per_worker", _number),
     help="Physical cores per worker; 'auto' gives each task thread one CPU.",
 )
 @click.option(
     "--pin-reserve",
     default="",
-    callback=_cpu_list,
+    callback=_checked("reserve"),
     help="CPUs no worker may use, as a list like '0' or '0-1,8'.",
 )
 @click.option(
     "--pin-oversubscribe",
     type=click.Choice(OVERSUBSCRIBE_POLICIES),
     default="clamp",
+    callback=_checked("oversubscribe"),
     show_default=True,
     help="Workers beyond the slots a host has: clamp closes them (one warning per host), "
     "share runs them on shared slots, error refuses them, wait waits for other jobs' cores.",
@@ -66,22 +100,36 @@ def _cpu_list(ctx, param, value: str) -> frozenset[int]:
     "--pin-fail",
     type=click.Choice(FAIL_POLICIES),
     default="closed",
+    callback=_checked("fail"),
     show_default=True,
     help="A worker that cannot be pinned at all (no CPU affinity here, a slot larger than "
     "the host): closed closes it; open warns and runs it unpinned.",
 )
 @click.option(
     "--pin-claim-timeout",
-    type=click.FloatRange(min=0),
+    type=str,
     default=DEFAULT_CLAIM_TIMEOUT,
+    callback=_checked("claim_timeout", _number),
     show_default=True,
     help="Seconds a starting worker waits for cores other jobs hold.",
 )
 def dask_setup(
-    server, pin_cores_per_worker, pin_reserve, pin_oversubscribe, pin_fail, pin_claim_timeout
+    server,
+    pin_cores_per_worker=None,
+    pin_reserve=frozenset(),
+    pin_oversubscribe=None,
+    pin_fail="closed",
+    pin_claim_timeout=DEFAULT_CLAIM_TIMEOUT,
+    *,
+    invalid: str | None = None,
 ):
     """Pin a starting worker (``--preload``) or set a nanny's spawn environment
-    (``--preload-nanny``)."""
+    (``--preload-nanny``); refuse a worker whose options are ``invalid`` (see
+    :class:`_PreloadCommand`)."""
+    from distributed import Nanny, Worker
+
+    if invalid is not None and isinstance(server, Worker | Nanny):
+        return _refuse(server, invalid)
     options = PinOptions(
         pin_cores_per_worker,
         reserve=pin_reserve,
@@ -89,8 +137,6 @@ def dask_setup(
         fail=pin_fail,
         claim_timeout=pin_claim_timeout,
     )
-    from distributed import Nanny, Worker
-
     if isinstance(server, Worker):
         return _setup_worker(server, options)
     if isinstance(server, Nanny):
@@ -100,6 +146,22 @@ def dask_setup(
         f"pinbackend is a worker or nanny preload (dask worker --preload pinbackend, "
         f"--preload-nanny pinbackend); it cannot set up a {type(server).__name__}"
     )
+
+
+def _refuse(server, invalid: str):
+    """A worker with invalid options refuses to start and closes with its nanny; a nanny
+    whose own options are invalid gives its worker the worker preload with those options
+    where it has none, so that the worker refuses (and says why)."""
+    from distributed import Worker
+
+    from ._worker import close_worker, refuse_invalid_options
+    from .plugins import _PreloadPinPlugin
+
+    if isinstance(server, Worker):
+        return close_worker(server, refuse_invalid_options(server, _PreloadPinPlugin.name, invalid))
+    if _worker_preload_argv(server) is None:
+        _add_worker_preload(server, _own_argv(server))
+    return None
 
 
 async def _setup_worker(worker, options: PinOptions) -> None:
@@ -160,18 +222,10 @@ def _setup_nanny(nanny, options: PinOptions) -> None:
 
     theirs = _worker_preload_argv(nanny)
     if theirs is None:
-        preload, argv = list(nanny.preload or []), list(nanny.preload_argv or [])
-        if argv and isinstance(argv[0], str):
-            argv = [argv] * len(preload)  # one flat list serves every preload
-        elif not argv:
-            argv = [[] for _ in preload]
-        nanny.preload, nanny.preload_argv = [*preload, "pinbackend"], [*argv, _argv(options)]
+        _add_worker_preload(nanny, _argv(options))
     elif theirs and not _own_argv(nanny):
-        try:
-            params = dask_setup.make_context("pinbackend", theirs).params
-        except click.ClickException:
-            pass  # the worker preload reports its bad options itself
-        else:
+        params = dask_setup.make_context("pinbackend", theirs).params
+        if "invalid" not in params:  # else the worker preload refuses the worker itself
             options = PinOptions(
                 params["pin_cores_per_worker"],
                 reserve=params["pin_reserve"],
@@ -180,6 +234,16 @@ def _setup_nanny(nanny, options: PinOptions) -> None:
                 claim_timeout=params["pin_claim_timeout"],
             )
     configure_nanny(nanny, options)
+
+
+def _add_worker_preload(nanny, argv: list[str]) -> None:
+    """Add the worker preload ``pinbackend`` with ``argv`` to the workers ``nanny`` starts."""
+    preload, argvs = list(nanny.preload or []), list(nanny.preload_argv or [])
+    if argvs and isinstance(argvs[0], str):
+        argvs = [argvs] * len(preload)  # one flat list serves every preload
+    elif not argvs:
+        argvs = [[] for _ in preload]
+    nanny.preload, nanny.preload_argv = [*preload, "pinbackend"], [*argvs, argv]
 
 
 def dask_teardown(server) -> None:

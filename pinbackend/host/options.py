@@ -4,7 +4,9 @@ The joblib backend, the Dask plugin and preload, the runner and ``run`` all desc
 the same way: how many cores per worker, which CPUs to keep free, what to do when the cores
 do not suffice, how long to wait for a claim, and (Dask) whether a worker that cannot be
 pinned may still run. :class:`PinOptions` holds them; the small ``check_*`` functions are
-the only validators of counts, CPU sets and timeouts in the package.
+the only validators of counts, CPU sets and timeouts in the package, and
+:func:`check_option` (one validator per option) is what the command lines that spell these
+options derive their own checks from.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ __all__ = [
     "OVERSUBSCRIBE_POLICIES",
     "OptionsError",
     "PinOptions",
+    "check_cores_per_worker",
     "check_count",
     "check_cpus",
+    "check_option",
     "check_seconds",
     "reject_unknown",
 ]
@@ -97,9 +101,51 @@ def check_seconds(name: str, value: object) -> float:
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``."""
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise OptionsError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_cores_per_worker(name: str, value: object) -> int | None:
+    """Return the physical cores per worker: a positive integer, or None for ``"auto"``
+    (and None itself): the entry point's default size."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return None
+    if not _is_int(value) or value < 1:
+        raise OptionsError(
+            f"{name} must be a positive integer or 'auto' (the default size); got {value!r}"
+        )
+    return value
+
+
+def _check_policy(name: str, value: object) -> str | None:
+    return None if value is None else check_choice(name, value, OVERSUBSCRIBE_POLICIES)
+
+
+def _check_fail(name: str, value: object) -> str:
+    return check_choice(name, value, FAIL_POLICIES)
+
+
+#: The one validator of each option: ``(name in messages, value) -> normalised value``.
+_CHECKS = {
+    "cores_per_worker": check_cores_per_worker,
+    "reserve": check_cpus,
+    "oversubscribe": _check_policy,
+    "claim_timeout": check_seconds,
+    "fail": _check_fail,
+}
+
+
+def check_option(option: str, value: object, name: str | None = None) -> object:
+    """Validate ``value`` for the :class:`PinOptions` field ``option`` and return it
+    normalised (``"auto"`` becomes None, a CPU list a set, a number of seconds a float).
+
+    ``name`` is how messages spell the option (``--pin-claim-timeout`` on a command line;
+    default: the keyword). Raises :class:`OptionsError`. Every front door that spells these
+    options itself (the Dask preload's command line) validates through this, so that it
+    refuses exactly what :class:`PinOptions` refuses.
+    """
+    return _CHECKS[option](name or option, value)
 
 
 def reject_unknown(names: Iterable[str], known: Iterable[str], where: str) -> None:
@@ -109,7 +155,7 @@ def reject_unknown(names: Iterable[str], known: Iterable[str], where: str) -> No
         if name in known:
             continue
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close else "."
         raise TypeError(
             f"{where} got an unexpected option {name!r}{hint} Valid options: {', '.join(known)}"
         )
@@ -119,11 +165,12 @@ def reject_unknown(names: Iterable[str], known: Iterable[str], where: str) -> No
 class PinOptions:
     """How workers size, place and claim their slots.
 
-    ``cores_per_worker``: physical cores per worker (None: the entry point's default: share
-    the free cores among the workers, or one CPU per Dask task thread). ``reserve``: CPUs no
-    worker may use. ``oversubscribe``: one of :data:`OVERSUBSCRIBE_POLICIES` (None: the entry
-    point's default). ``claim_timeout``: seconds a worker waits for a free slot. ``fail``:
-    one of :data:`FAIL_POLICIES` (Dask workers).
+    ``cores_per_worker``: physical cores per worker (None or ``"auto"``: the entry point's
+    default: share the free cores among the workers, or one CPU per Dask task thread).
+    ``reserve``: CPUs no worker may use. ``oversubscribe``: one of
+    :data:`OVERSUBSCRIBE_POLICIES` (None: the entry point's default). ``claim_timeout``:
+    seconds a worker waits for a free slot. ``fail``: one of :data:`FAIL_POLICIES` (Dask
+    workers).
     """
 
     cores_per_worker: int | None = None
@@ -133,14 +180,8 @@ class PinOptions:
     fail: str = "closed"
 
     def __post_init__(self) -> None:
-        check_count("cores_per_worker", self.cores_per_worker, none_means="the default size")
-        object.__setattr__(self, "reserve", check_cpus("reserve", self.reserve))
-        if self.oversubscribe is not None:
-            check_choice("oversubscribe", self.oversubscribe, OVERSUBSCRIBE_POLICIES)
-        object.__setattr__(
-            self, "claim_timeout", check_seconds("claim_timeout", self.claim_timeout)
-        )
-        check_choice("fail", self.fail, FAIL_POLICIES)
+        for option in _CHECKS:
+            object.__setattr__(self, option, check_option(option, getattr(self, option)))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
