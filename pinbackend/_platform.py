@@ -32,6 +32,7 @@ __all__ = [
     "list_thread_ids",
     "loaded_libraries",
     "lock_exclusive",
+    "main_thread_cpus",
     "probe_lock",
     "set_thread_affinity",
     "thread_affinities",
@@ -60,6 +61,19 @@ def allowed_cpus() -> frozenset[int]:
     if CAN_SET_AFFINITY:
         return frozenset(os.sched_getaffinity(0))
     return frozenset(range(os.cpu_count() or 1))
+
+
+def main_thread_cpus() -> frozenset[int]:
+    """Return the CPUs this process's main thread may run on (what its pools size by).
+
+    On Linux the main thread's id is the process id; elsewhere, the calling thread's CPUs.
+    """
+    if CAN_SET_AFFINITY and IS_LINUX:
+        try:
+            return frozenset(os.sched_getaffinity(os.getpid()))
+        except OSError:
+            pass
+    return allowed_cpus()
 
 
 def list_thread_ids(pid: int | str = "self") -> list[int]:

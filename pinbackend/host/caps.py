@@ -9,11 +9,14 @@ small adapter per library kind, as threadpoolctl does for its controllers.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Mapping
 from typing import ClassVar
 
+from .. import _platform
 from .locks import PinLock
+from .state import STATE
 
 __all__ = [
     "THREAD_ENV_VARS",
@@ -23,6 +26,7 @@ __all__ = [
     "register",
     "report_caps",
     "thread_env",
+    "unpinned_default",
     "user_thread_limits",
 ]
 
@@ -80,6 +84,18 @@ _KIND_VARS = {
 
 def _limit_for(kind: str, n_threads: int, lower: Mapping[str, int]) -> int:
     return min([n_threads, *(lower[var] for var in _KIND_VARS.get(kind, ()) if var in lower)])
+
+
+def unpinned_default(kind: str) -> int:
+    """The size a ``kind`` pool ("blas", "openmp") gets when it loads outside pinned threads:
+    the user's variable, else the CPUs the process's main thread may use, and never above
+    the process's own cap (the runner's ``--threads``).
+
+    A library loaded inside a pinned thread sizes itself by that thread's share instead;
+    once the pinned pools end, it is set back to this.
+    """
+    limit = _limit_for(kind, len(_platform.main_thread_cpus()), user_thread_limits(os.environ))
+    return limit if STATE.main_cap is None else min(limit, STATE.main_cap)
 
 
 # threadpoolctl is not thread-safe (threadpoolctl#205): every call goes through this lock.

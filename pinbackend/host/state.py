@@ -26,7 +26,9 @@ class ProcessState:
     ``runner_config``: the settings of the runner job this process belongs to.
     ``worker_pin``: a Dask worker's pinning record. ``watched_owner``: the pool owner whose
     death ends this worker. ``keeper``: what gives an idle joblib worker's lease back and takes
-    it again for its next task. ``warned``: one-time warnings given.
+    it again for its next task. ``main_cap``: the thread cap of the process itself (the runner's
+    ``--threads``), None when its libraries keep their own defaults. ``warned``: one-time
+    warnings given.
     """
 
     slot: Any = None
@@ -36,6 +38,7 @@ class ProcessState:
     worker_pin: Any = None
     watched_owner: int | None = None
     keeper: Any = None
+    main_cap: int | None = None
     warned: set[str] = field(default_factory=set)
 
     def warn_once(self, key: str) -> bool:

@@ -30,10 +30,12 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from threadpoolctl import ThreadpoolController
+
 from .. import _platform
 from ..core.planner import plan_slots
 from . import loads
-from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread
+from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread, unpinned_default
 from .leases import Lease, LeaseConflict, claim
 from .lifecycle import job_view, report_decision, size_pool
 from .locks import PinLock, call_when_unlocked
@@ -134,8 +136,6 @@ def assignments_queue(assignments: list[tuple[frozenset[int], int]]) -> queue.Si
 
 def _process_wide_blas() -> list:
     """threadpoolctl controllers of BLAS libraries whose pool is shared by every thread."""
-    from threadpoolctl import ThreadpoolController
-
     return [
         lib
         for lib in ThreadpoolController().select(user_api="blas").lib_controllers
@@ -143,23 +143,33 @@ def _process_wide_blas() -> list:
     ]
 
 
+def _key(lib) -> tuple[str, type]:
+    return (lib.filepath, type(lib))
+
+
 class _ProcessWideCap:
     """Caps process-wide BLAS pools while pinned thread pools live; restores them after.
 
     Counted: nested or concurrent pools keep the smallest cap until the last one ends. A
-    BLAS library that an import brings in meanwhile is capped too (and restored after).
+    library that a task loads meanwhile sizes itself by the loading thread's share: BLAS
+    pools loaded so are capped too, and set to the unpinned default
+    (:func:`~pinbackend.host.caps.unpinned_default`) when the last pool ends, as are the
+    OpenMP runtimes loaded so, in the thread that ends it (OpenMP limits are per thread).
     """
 
     def __init__(self) -> None:
         self._lock = PinLock("process-wide BLAS cap")
         self._active: list[int] = []
-        # (path, controller class) -> (controller, size to restore)
-        self._saved: dict[tuple[str, type], tuple[object, int]] = {}
+        self._before: set[tuple[str, type]] = set()  # every library loaded before the pools
+        self._saved: dict[tuple[str, type], tuple[object, int]] = {}  # BLAS -> size after
 
     def enter(self, n_threads: int) -> None:
         loads.watch_extension_loads()
         loads.add_listener(self.after_load)
         with self._lock:
+            if not self._active:
+                with _THREADPOOLCTL_LOCK:
+                    self._before = {_key(lib) for lib in ThreadpoolController().lib_controllers}
             self._active.append(n_threads)
             self._set(min(self._active))
 
@@ -172,6 +182,11 @@ class _ProcessWideCap:
             with _THREADPOOLCTL_LOCK:
                 for lib, size in self._saved.values():
                     self._force(lib, size)
+                if getattr(_THIS_THREAD, "cap", None) is None:  # not a pinned thread itself
+                    openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
+                    for lib in openmp:
+                        if _key(lib) not in self._before:
+                            lib.set_num_threads(unpinned_default("openmp"))
             self._saved = {}
 
     def after_load(self) -> None:
@@ -183,7 +198,10 @@ class _ProcessWideCap:
     def _set(self, n_threads: int) -> None:
         with _THREADPOOLCTL_LOCK:
             for lib in _process_wide_blas():
-                self._saved.setdefault((lib.filepath, type(lib)), (lib, lib.num_threads))
+                if _key(lib) not in self._saved:
+                    loaded_before = _key(lib) in self._before
+                    after = lib.num_threads if loaded_before else unpinned_default("blas")
+                    self._saved[_key(lib)] = (lib, after)
                 self._force(lib, n_threads)
 
     @staticmethod
@@ -275,8 +293,6 @@ def run_capped(func: Callable[[], object]) -> object:
 
 def _cap_thread_local_blas(n_threads: int) -> None:
     """Cap the BLAS libraries whose limit is per thread (MKL, OpenBLAS on OpenMP)."""
-    from threadpoolctl import ThreadpoolController
-
     with _THREADPOOLCTL_LOCK:
         for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
             if getattr(lib, "threading_layer", None) != "pthreads":

@@ -21,6 +21,7 @@ from ..core.planner import PlanError
 from ..host import loads
 from ..host.caps import cap_threads
 from ..host.pinning import pin_or_warn
+from ..host.state import STATE
 from ._config import RunnerConfig
 
 __all__ = ["LibraryWatch", "prepare_main_process"]
@@ -107,6 +108,7 @@ def prepare_main_process(config: RunnerConfig, job_cpus: frozenset[int]) -> list
             done.append(f"main process pinned to CPUs {format_cpu_list(job_cpus)}")
         threads = threads or len(job_cpus)
     if threads is not None:
+        STATE.main_cap = threads
         kinds = cap_threads(threads)
         LibraryWatch(threads).install()
         done.append(f"main process thread pools capped to {threads} ({', '.join(kinds)})")
