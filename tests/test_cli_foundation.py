@@ -9,6 +9,9 @@ import pytest
 from _helpers import PYTHON, pinbackend_cli, pinbackend_started
 from conftest import SNAPSHOTS
 
+from pinbackend.core.cpuset import format_cpu_list
+from pinbackend.host.machine import read_topology
+
 REPORT = (
     "import json, os; from pinbackend.diagnostics import process_report; "
     "import numpy; print(json.dumps(process_report()), flush=True)"
@@ -122,7 +125,7 @@ def test_plan_on_a_cpuset_uses_only_allowed_cpus(snapshot_root):
         (["run", "--cores", "999", "--", "true"], "CPUs 999 are not allowed here"),
         (["run"], "run needs a command"),
         (["run", "-n", "1", "--reserve", "999", "--", "true"], "reserve names CPUs 999"),
-        (["run", "-n", "64", "--", "true"], "a slot of 64 physical core(s) cannot fit"),
+        (["run", "-n", "64", "--", "true"], "a slot of 64 physical cores cannot fit"),
         (["run", "--wait", "nan", "-n", "1", "--", "true"], "must be a finite number"),
     ],
 )
@@ -152,10 +155,101 @@ def test_run_pins_caps_and_returns_the_exit_code():
     assert [p["num_threads"] for p in report["thread_pools"] if p["user_api"] == "blas"] == [1]
 
 
-def test_run_of_a_missing_command_is_127():
-    result = pinbackend_cli("run", "-n", "1", "--", "no-such-command-pinbackend")
-    assert result.returncode == 127
-    assert "command not found" in result.stderr
+def _script(path, text: str, mode: int = 0o755) -> str:
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+# What bash says and exits with for each (checked with bash 5.2 and taskset 2.38).
+@pytest.mark.parametrize(
+    ("make", "status", "says"),
+    [
+        (lambda tmp: "no-such-command-pinbackend", 127, "command not found: "),
+        (lambda tmp: str(tmp / "missing"), 127, "no such file: "),
+        (lambda tmp: "/etc/passwd", 126, "permission denied (it is not executable by you)"),
+        (lambda tmp: _script(tmp / "plain", "echo hi\n", 0o644), 126, "permission denied"),
+        (lambda tmp: str(tmp), 126, "it is a directory"),
+        (lambda tmp: _script(tmp / "bad", "#!/nonexistent/interpreter\n"), 127, "interpreter"),
+    ],
+    ids=[
+        "not-on-path",
+        "no-such-file",
+        "not-executable",
+        "script-not-executable",
+        "directory",
+        "bad-interpreter",
+    ],
+)
+def test_run_of_a_command_that_cannot_run_exits_as_a_shell_would(tmp_path, make, status, says):
+    command = make(tmp_path)
+    result = pinbackend_cli("run", "-n", "1", "--", command)
+    assert result.returncode == status, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("pinbackend: error: ") and says in line and repr(command) in line
+
+
+def test_run_of_a_script_without_a_shebang_runs_it_with_sh(tmp_path):
+    script = _script(tmp_path / "plain", "echo ran on $PINBACKEND_SLOT; exit 3\n")
+    result = pinbackend_cli("run", "--cores", "0", "--", script)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "ran on 0\n", "")
+
+
+def test_run_with_every_cpu_reserved_says_so_whole():
+    cpus = format_cpu_list(os.sched_getaffinity(0))
+    result = pinbackend_cli("run", "--reserve", cpus, "-n", "1", "--", "true")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"pinbackend: error: a slot of 1 physical core cannot fit: every CPU this process may "
+        f"use ({cpus}) is reserved (reserve {cpus}); reserve fewer CPUs\n"
+    )
+
+
+def test_run_with_some_cpus_reserved_names_what_is_left():
+    cores = read_topology().cores
+    if len(cores) < 2:
+        pytest.skip("needs 2 physical cores")
+    first, rest = sorted(cores[0]), sorted(set().union(*cores[1:]))
+    result = pinbackend_cli("run", "--reserve", format_cpu_list(rest), "-n", "2", "--", "true")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"pinbackend: error: a slot of 2 physical cores cannot fit: this process may use 1 "
+        f"physical core (CPUs {format_cpu_list(first)}, with {format_cpu_list(rest)} reserved); "
+        f"ask for at most 1 core, or reserve fewer CPUs\n"
+    )
+
+
+def test_run_beyond_the_cpu_budget_names_the_budget():
+    cores = read_topology().cores
+    if len(cores) < 2:
+        pytest.skip("needs 2 physical cores")
+    result = pinbackend_cli("run", "-n", "2", "--", "true", env={"PINBACKEND_CPU_COUNT": "1"})
+    assert result.returncode == 2
+    assert "a slot of 2 physical cores cannot fit: this process may use 1 physical core" in (
+        result.stderr
+    )
+    assert "the CPU budget is 1 CPU, set by PINBACKEND_CPU_COUNT=1); ask for at most 1 core\n" in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("modules", "says"),
+    [
+        ("nosuchmod", "--import nosuchmod: no module named 'nosuchmod' in this Python"),
+        ("json,nosuchmod", "--import json,nosuchmod: no module named 'nosuchmod'"),
+        ("json.nosuch", "no module named 'json.nosuch'"),
+        ("pinbackend_test_broken", "importing 'pinbackend_test_broken' failed: RuntimeError: boom"),
+    ],
+)
+def test_info_refuses_a_module_it_cannot_import(tmp_path, modules, says):
+    (tmp_path / "pinbackend_test_broken.py").write_text("raise RuntimeError('boom')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    for args in (["info", "--import", modules], ["info", "--json", "--import", modules]):
+        result = pinbackend_cli(*args, env={"PYTHONPATH": path})
+        assert result.returncode == 2 and result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("pinbackend: error: ") and says in line, line
 
 
 WAIT = REPORT + "; import sys; sys.stdin.read()"

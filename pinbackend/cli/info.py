@@ -13,7 +13,7 @@ from ..core.topology import TopologyError
 from ..host.budget import read_budget
 from ..host.leases import LeaseError, list_leases
 from ..host.machine import read_topology
-from ._common import add_json_option, add_root_option, fail, print_json
+from ._common import UsageError, add_json_option, add_root_option, fail, print_json
 from .render import budget_cores, describe_budget, describe_topology
 
 HELP = "show the topology, allowed CPUs, CPU budget and BLAS/OpenMP thread pools"
@@ -36,21 +36,45 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--import",
         dest="modules",
-        default=DEFAULT_IMPORTS,
+        default=None,
         metavar="MODULES",
-        help=f"comma-separated modules to import before listing thread pools "
-        f"(default: {DEFAULT_IMPORTS}; missing ones are skipped; '' for none)",
+        help=f"comma-separated modules to import before listing thread pools (default: "
+        f"{DEFAULT_IMPORTS}, skipped where it is not installed; '' for none); a module named "
+        f"here that cannot be imported is an error",
     )
     parser.set_defaults(handler=run)
 
 
-def thread_pools(modules: str) -> list[dict]:
-    """Import the installed ``modules`` and return threadpoolctl's view of the loaded pools."""
+def thread_pools(modules: str | None) -> list[dict]:
+    """Import ``modules`` and return threadpoolctl's view of the loaded pools.
+
+    ``None`` means the default (:data:`DEFAULT_IMPORTS`), skipped where not installed; a
+    module the user named that is missing or fails to import raises :class:`UsageError`:
+    an empty list would say "no thread pools" for a typo.
+    """
     from threadpoolctl import threadpool_info
 
-    for name in filter(None, (m.strip() for m in modules.split(","))):
-        if importlib.util.find_spec(name) is not None:
+    named = modules is not None
+    names = (DEFAULT_IMPORTS if modules is None else modules).split(",")
+    for name in filter(None, map(str.strip, names)):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a missing parent package, a name like '.x'
+            found = False
+        if not found:
+            if named:
+                raise UsageError(
+                    f"--import {modules}: no module named {name!r} in this Python "
+                    f"({sys.executable}); install it there, or leave it out of --import"
+                )
+            continue
+        try:
             importlib.import_module(name)
+        except Exception as error:
+            raise UsageError(
+                f"--import {modules}: importing {name!r} failed: "
+                f"{type(error).__name__}: {error}; fix or leave out that module"
+            ) from None
     return threadpool_info()
 
 

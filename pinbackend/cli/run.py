@@ -8,6 +8,7 @@ command and its children inherit the CPU mask and the thread-cap environment var
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import warnings
@@ -74,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         fail("run needs a command: pinbackend run [--cores LIST | -n K] -- COMMAND [ARGS...]")
-    executable = shutil.which(command[0])
-    if executable is None:
-        fail(f"command not found: {command[0]!r}", status=127)
+    executable = _find(command[0])
     lease = _lease(args, " ".join(command))
     if lease.info.shared:
         warnings.warn(
@@ -91,8 +90,54 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, **slot_env(lease.cores, lease)}
     for fd in lease.fds():
         os.set_inheritable(fd, True)
-    os.execve(executable, command, env)
-    return 127  # not reached: execve raises on failure
+    _exec(executable, command, env)
+    return 127  # not reached: _exec replaces this process or exits
+
+
+def _find(name: str) -> str:
+    """The file ``name`` runs, found as a shell finds it; where none can run, exit with a
+    shell's status: 127 when nothing of that name exists, 126 when it exists but cannot be
+    executed (not executable, a directory)."""
+    executable = shutil.which(name)
+    if executable is not None:
+        return executable
+    if "/" in name:
+        found = [name] if os.path.exists(name) else []
+    else:
+        path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        found = [f for f in (os.path.join(d or ".", name) for d in path) if os.path.exists(f)]
+    if not found:
+        if "/" in name:
+            fail(f"no such file: {name!r}; check the path", status=127)
+        fail(f"command not found: {name!r}; check its name, or give its path", status=127)
+    if os.path.isdir(found[0]):
+        fail(f"cannot run {found[0]!r}: it is a directory; name a program", status=126)
+    fail(
+        f"cannot run {found[0]!r}: permission denied (it is not executable by you); make it "
+        f"executable (chmod +x) or run it through its interpreter",
+        status=126,
+    )
+
+
+def _exec(executable: str, command: list[str], env: dict[str, str]) -> None:
+    """``execve``, with a shell's fallback and statuses where it fails."""
+    try:
+        os.execve(executable, command, env)
+    except OSError as error:
+        if error.errno == errno.ENOEXEC:
+            # A script without '#!': run it with /bin/sh, as shells, env and taskset do
+            # (POSIX execvp).
+            try:
+                os.execve("/bin/sh", ["/bin/sh", executable, *command[1:]], env)
+            except OSError as sh_error:
+                error = sh_error
+        if error.errno == errno.ENOENT:  # the file is there: its interpreter is not
+            fail(
+                f"cannot run {executable!r}: the interpreter its '#!' line names (or a "
+                f"library it needs) was not found; fix that line or install it",
+                status=127,
+            )
+        fail(f"cannot run {executable!r}: {error.strerror}", status=126)
 
 
 def _lease(args: argparse.Namespace, command: str) -> Lease:

@@ -39,7 +39,7 @@ from .leases import (
     list_leases,
 )
 from .options import PinOptions
-from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, decide
+from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, count, decide
 from .pool import PoolPlan
 from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope, reset_current_slot
 from .state import STATE
@@ -390,22 +390,34 @@ def lease_slot(
 
 
 def _refuse_impossible(view: Survey, cores: int, options: PinOptions, error: PlanError) -> None:
-    """Raise ``error`` when waiting cannot help: the slot could never fit this host."""
+    """Raise when waiting cannot help: the slot could never fit this host (its allowed CPUs
+    less the reserved ones, within the CPU budget)."""
     topology = view.topology
     if options.reserve - topology.online:
         raise error
-    room = topology.count_cores(topology.allowed - options.reserve)
+    usable = topology.allowed - options.reserve
+    room_cpus, budget_note = usable, ""
     if view.budget is not None:
-        room = min(
-            room, topology.count_cores(cores_within(topology, topology.allowed, view.budget.cpus))
-        )
-    if cores > room:
+        within = cores_within(topology, usable, view.budget.cpus)
+        if topology.count_cores(within) < topology.count_cores(usable):
+            room_cpus, budget_note = within, f"; the CPU budget is {view.budget.reason()}"
+    room = topology.count_cores(room_cpus)
+    if cores <= room:
+        return
+    slot = count(cores, "physical core")
+    allowed, reserve = format_cpu_list(topology.allowed), format_cpu_list(options.reserve)
+    if not usable:
         raise PlanError(
-            f"a slot of {cores} physical core(s) cannot fit: this process may use "
-            f"{room} (CPUs {format_cpu_list(topology.allowed - options.reserve)}"
-            + (f", reserved {format_cpu_list(options.reserve)}" if options.reserve else "")
-            + f"); ask for at most {room} core(s)"
+            f"a slot of {slot} cannot fit: every CPU this process may use ({allowed}) is "
+            f"reserved (reserve {reserve}); reserve fewer CPUs"
         ) from None
+    reserved = f", with {reserve} reserved" if options.reserve & topology.allowed else ""
+    raise PlanError(
+        f"a slot of {slot} cannot fit: this process may use {count(room, 'physical core')} "
+        f"(CPUs {format_cpu_list(room_cpus)}{reserved}{budget_note}); ask for at most "
+        f"{count(room, 'core')}"
+        + (", or reserve fewer CPUs" if reserved and not budget_note else "")
+    ) from None
 
 
 def release_slot(lease: Lease | None) -> None:
