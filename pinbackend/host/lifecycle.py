@@ -46,7 +46,9 @@ from .state import STATE
 from .survey import Survey, job_view, survey, survey_scope
 
 __all__ = [
+    "SlotHold",
     "Survey",
+    "hold_slot",
     "job_view",
     "join_pool",
     "lease_slot",
@@ -230,6 +232,13 @@ class _SlotKeeper:
     find no core free. A released worker stays pinned but idle; its next task claims the
     same cores again (a few lock operations) or, if another job took them, another free
     slot of its pool, waiting up to the claim timeout.
+
+    The claim comes before the worker does any work for the task (:meth:`hold`): loky reads
+    the whole pickled task from a pipe and unpickles it in the worker's main thread before
+    running it, and a large argument took up to 0.7 s of CPU on cores that another job held
+    by then. As the task arrives, the worker takes a slot that is free at once (the message
+    may be loky's shutdown sentinel: no waiting for it); as it unpickles, before the
+    arguments, it waits for one if it has none yet.
     """
 
     def __init__(self, pool: PoolPlan, lease: Lease):
@@ -238,18 +247,45 @@ class _SlotKeeper:
         self.running = 0
         self.last_task = time.monotonic()
         self.lock = threading.Lock()
+        #: True: a task arrived and holds the lease (counted in ``running``) until it runs.
+        #: An exception: holding failed, and the task raises it.
+        self.held: bool | Exception = False
 
     def start(self) -> None:
         """Start watching for idleness (once this keeper is the process's keeper)."""
         threading.Thread(target=self._watch, name="pinbackend-idle-release", daemon=True).start()
 
+    def hold(self, *, wait: bool) -> None:
+        """Hold a slot for the task that is arriving (``wait=False``: only a slot free at
+        once) or being unpickled (``wait=True``: up to the claim timeout).
+
+        Never raises (an error while loky reads a task ends the worker): a failed claim is
+        kept, and the task raises it (:meth:`busy`) without waiting again.
+        """
+        with self.lock:
+            if self.held is not False:
+                return  # held (or failed) for this task already
+            if self.lease is None:
+                try:
+                    self.lease = self._reclaim(wait=wait)
+                except Exception as error:
+                    if wait:
+                        self.held = error
+                    return
+            self.running += 1
+            self.held = True
+
     @contextlib.contextmanager
     def busy(self):
         """Hold the slot's lease while a task runs (claiming it again if it was released)."""
         with self.lock:
-            if self.lease is None:
-                self.lease = self._reclaim()
-            self.running += 1
+            held, self.held = self.held, False
+            if isinstance(held, Exception):
+                raise held
+            if not held:  # counted in running since it arrived, if held
+                if self.lease is None:
+                    self.lease = self._reclaim()
+                self.running += 1
         try:
             yield
         finally:
@@ -266,18 +302,39 @@ class _SlotKeeper:
                     self.lease.release()
                     self.lease = None
 
-    def _reclaim(self) -> Lease:
+    def _reclaim(self, *, wait: bool = True) -> Lease:
         slot = STATE.slot
         try:
             lease = claim(slot.cores, scope=self.pool.scope, owner=self.pool.owner)
         except LeaseConflict:
-            lease = _claim_pool_slot(self.pool)  # another job took them: any free slot
+            # Another job took them: any free slot of the pool (waiting, unless told not to).
+            pool = self.pool if wait else dataclasses.replace(self.pool, claim_timeout=0.0)
+            lease = _claim_pool_slot(pool)
             _apply_pool_slot(self.pool, lease)
             return lease
         # Same cores, still pinned and capped: only the lease (and nested pools' scope) moves.
         STATE.slot = dataclasses.replace(slot, lease_id=lease.lease_id)
         os.environ[SCOPE_ENV] = lease.lease_id
         return lease
+
+
+def hold_slot(*, wait: bool = True) -> None:
+    """In a pool worker that gives its lease back when idle: hold a slot for the task that
+    arrives (``wait=False``) or is being unpickled (see :meth:`_SlotKeeper.hold`).
+    Elsewhere (no keeper: a parent, a worker whose claim failed) nothing."""
+    keeper = STATE.keeper
+    if keeper is not None:
+        keeper.hold(wait=wait)
+
+
+class SlotHold:
+    """Pickled ahead of a task's arguments: unpickling it in a pool worker calls
+    :func:`hold_slot`, so that the worker holds its cores before it unpickles them."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (hold_slot, ())
 
 
 def _claim_pool_slot(pool: PoolPlan) -> Lease:
