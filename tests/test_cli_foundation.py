@@ -201,7 +201,7 @@ def test_run_with_every_cpu_reserved_says_so_whole():
     assert result.returncode == 2
     assert result.stderr == (
         f"pinbackend: error: a slot of 1 physical core cannot fit: every CPU this process may "
-        f"use ({cpus}) is reserved (reserve {cpus}); reserve fewer CPUs\n"
+        f"use is reserved (allowed {cpus}, reserved {cpus}); reserve fewer CPUs\n"
     )
 
 

@@ -465,8 +465,8 @@ def _refuse_impossible(view: Survey, cores: int, options: PinOptions, error: Pla
     allowed, reserve = format_cpu_list(topology.allowed), format_cpu_list(options.reserve)
     if not usable:
         raise PlanError(
-            f"a slot of {slot} cannot fit: every CPU this process may use ({allowed}) is "
-            f"reserved (reserve {reserve}); reserve fewer CPUs"
+            f"a slot of {slot} cannot fit: every CPU this process may use is reserved "
+            f"(allowed {allowed}, reserved {reserve}); reserve fewer CPUs"
         ) from None
     reserved = f", with {reserve} reserved" if options.reserve & topology.allowed else ""
     raise PlanError(
