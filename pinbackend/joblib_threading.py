@@ -69,8 +69,10 @@ class PinnedThreadingBackend(ThreadingBackend):
         return self._pool
 
     def terminate(self):
-        """Stop the threads and give their cores back (also when no task ever ran)."""
+        """Stop the threads and give their cores back (also when no task ever ran): a pool
+        gives each back once its thread has ended (see ``PinnedThreadPool.terminate``)."""
+        started = self._pool is not None
         super().terminate()
-        shares = getattr(self, "_shares", None)
-        if shares is not None:
+        shares, self._shares = getattr(self, "_shares", None), None
+        if shares is not None and not started:
             shares.release()

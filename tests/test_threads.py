@@ -115,3 +115,34 @@ def test_the_pool_releases_its_leases_even_when_no_task_ran():
     with parallel_config(backend="pinned", n_jobs=2):
         assert Parallel(require="sharedmem")(delayed(abs)(-i) for i in range(0)) == []
     assert list_leases() == []
+
+
+def test_a_thread_still_running_when_the_call_aborts_keeps_its_cores_until_it_ends():
+    """Another task's error aborts the call while one thread runs a long task: nothing can
+    stop that thread, so its cores stay leased until its task ends, then are given back."""
+    import time
+
+    finished = threading.Event()
+
+    def task(i):
+        if i == 0:
+            time.sleep(0.2)
+            raise ValueError("task 0 fails")
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # busy on its pinned core
+            pass
+        finished.set()
+        return os.sched_getaffinity(0)
+
+    with pytest.raises(ValueError, match="task 0 fails"):
+        Parallel(n_jobs=2, backend="pinned", prefer="threads", batch_size=1)(
+            delayed(task)(i) for i in range(2)
+        )
+    assert not finished.is_set()
+    held_while_running = sorted(sorted(info.cores) for info in list_leases())
+    assert finished.wait(10)
+    deadline = time.monotonic() + 5
+    while list_leases() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(held_while_running) >= 1, "the running thread's cores were given back early"
+    assert list_leases() == []

@@ -111,4 +111,3 @@ def _loaded() -> None:
         listeners = [listener for _, listener in _listeners]
     for listener in listeners:
         listener()
-

@@ -288,7 +288,20 @@ def run_capped(func: Callable[[], object]) -> object:
     cap = getattr(_THIS_THREAD, "cap", None)
     if cap is not None and _THIS_THREAD.generation != loads.generation():
         _cap_this_thread(cap)
-    return func()
+    me = threading.get_ident()
+    with _RUNNING_LOCK:
+        _RUNNING.add(me)
+    try:
+        return func()
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(me)
+
+
+#: Pinned threads running a task now (thread idents): a pool that ends keeps their cores
+#: until they are done.
+_RUNNING: set[int] = set()
+_RUNNING_LOCK = threading.Lock()
 
 
 def _cap_thread_local_blas(n_threads: int) -> None:
@@ -333,9 +346,28 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
         self._thread_shares.release()
 
     def terminate(self) -> None:
-        """Stop the threads, then give the cores and the process-wide caps back."""
+        """Stop the threads, then give the cores and the process-wide caps back.
+
+        A thread still running a task (a call aborted by another task's error: nothing can
+        stop a running thread) keeps its cores until it ends: they are given back then,
+        from a small thread that waits for it, never while it still runs on them. (Tasks
+        are known as running when they go through :func:`run_capped`, as joblib's do.)
+        """
         super().terminate()
-        self._end()
+        with _RUNNING_LOCK:
+            running = [thread for thread in self._pool if thread.ident in _RUNNING]
+        if not running:
+            self._end()
+            return
+
+        def end_after_tasks() -> None:
+            for thread in running:
+                thread.join()
+            self._end()
+
+        threading.Thread(
+            target=end_after_tasks, name="pinbackend-thread-pool-release", daemon=True
+        ).start()
 
     def join(self) -> None:
         """Wait for the threads (after ``close()``), then give the cores and caps back."""
