@@ -84,59 +84,33 @@ def test_n_jobs_minus_one_resolving_to_one_worker_still_runs_leased_and_pinned(h
 # A released worker (its keeper gave the lease back after IDLE_RELEASE_SECONDS idle) must
 # not work on cores another job took meanwhile: loky reads and unpickles the next task,
 # arguments included, before running it. Job B (`pinbackend run`) takes the last worker's
-# CPU while the pool is idle; then job A sends tasks with a large argument. Every thread of
-# A's workers is sampled from /proc (schedstat: nanoseconds on CPU, and its CPU mask).
+# CPU while the pool is idle; then job A sends tasks with a large argument whose first item
+# reports, as it is unpickled in the worker, the worker's CPUs and the lease it holds then.
 RELEASED_WORKER = """
-import json, os, subprocess, sys, threading, time
-import psutil
+import json, os, subprocess, sys, time
 from joblib import Parallel, delayed
 import pinbackend
 from pinbackend.host.leases import list_leases
 
 B_CPU, KIND = {b_cpu}, {kind!r}
-on_b, state = {{}}, {{"b_holds": False, "stop": False}}
 
-def threads(pid):
-    for tid in os.listdir(f"/proc/{{pid}}/task"):
-        base = f"/proc/{{pid}}/task/{{tid}}"
-        with open(base + "/schedstat") as f:
-            ns = int(f.read().split()[0])
-        with open(base + "/status") as f:
-            mask = next(l.split()[1] for l in f if l.startswith("Cpus_allowed_list"))
-        yield tid, ns, mask
+def unpickled_where():
+    from pinbackend.host.state import STATE
+    lease = STATE.keeper.lease if STATE.keeper is not None else None
+    return {{
+        "mask": sorted(os.sched_getaffinity(0)),
+        "held": sorted(lease.cores) if lease is not None and lease.held else None,
+    }}
 
-def workers():
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "popen_loky_posix" in " ".join(child.cmdline()):
-                yield child.pid
-        except psutil.Error:
-            pass
-
-def sample():
-    last = {{}}
-    while not state["stop"]:
-        for pid in list(workers()):
-            try:
-                for tid, ns, mask in list(threads(pid)):
-                    before = last.get(tid)
-                    last[tid] = (ns, mask)
-                    if before and state["b_holds"] and ns > before[0]:
-                        cpus = set()
-                        for part in before[1].split(","):
-                            low, _, high = part.partition("-")
-                            cpus.update(range(int(low), int(high or low) + 1))
-                        if B_CPU in cpus:
-                            on_b[tid] = on_b.get(tid, 0) + ns - before[0]
-            except (OSError, StopIteration):
-                pass
-        time.sleep(0.002)
+class Probe:
+    def __reduce__(self):
+        return (unpickled_where, ())
 
 def where(_):
     return os.getpid(), sorted(os.sched_getaffinity(0))
 
-def size(big):
-    return len(big), sorted(os.sched_getaffinity(0))
+def report(big):
+    return big[0], sorted(os.sched_getaffinity(0))
 
 def tasks():
     yield from (delayed(where)(i) for i in range(2))
@@ -146,29 +120,27 @@ def tasks():
     state["b"] = b
     while not any(info.pid == b.pid for info in list_leases(scope=None)):
         time.sleep(0.01)
-    state["b_holds"] = True
-    big = b"x" * 64_000_000 if KIND == "bytes" else list(range(3_000_000))
-    yield from (delayed(size)(big) for _ in range(2))
+    data = b"x" * 64_000_000 if KIND == "bytes" else list(range(3_000_000))
+    yield from (delayed(report)([Probe(), data]) for _ in range(2))
 
-threading.Thread(target=sample, daemon=True).start()
+state = {{}}
 out = Parallel(n_jobs=2, backend="pinned", batch_size=1, pre_dispatch="2")(tasks())
-state["stop"] = True
-time.sleep(0.05)
 state["b"].kill()
 state["b"].wait()
 pinbackend.shutdown_workers()
-print(json.dumps({{"on_b_ms": sum(on_b.values()) / 1e6, "results": out[2:]}}))
+print(json.dumps({{"results": out[2:]}}))
 """
 
 
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs")
 @pytest.mark.parametrize("kind", ["bytes", "objects"])
 def test_a_released_worker_does_not_read_its_next_task_on_cores_another_job_took(kind):
-    # Before the fix: 110-670 ms of CPU on B's core (the pipe read and the unpickling ran
-    # before the worker claimed again). Now the worker claims first, and only the claim's
-    # polling while it waits for a slot runs there: 1.5-14 ms measured.
+    # Before the fix the task was unpickled with no lease, on B's CPU (110-670 ms of CPU
+    # there, sampled from /proc); now the worker holds a slot of its pool, and is pinned to
+    # it, before its next task's arguments are unpickled.
     b_cpu = ALLOWED[-1]
     result = run_python(RELEASED_WORKER.format(b_cpu=b_cpu, kind=kind), timeout=120)
-    report = last_json(result.stdout)
-    assert all(b_cpu not in cpus for _, cpus in report["results"]), report
-    assert report["on_b_ms"] < 40, report
+    for unpickled, ran_on in last_json(result.stdout)["results"]:
+        assert unpickled["held"] is not None, unpickled  # it held a lease as it unpickled
+        assert set(unpickled["mask"]) <= set(unpickled["held"]), unpickled
+        assert b_cpu not in unpickled["mask"] and b_cpu not in ran_on, (unpickled, ran_on)
