@@ -689,7 +689,10 @@ def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path)
     lines = [line for line in output.splitlines() if "pinbackend - " in line]
     assert len(lines) == 1 and " - WARNING - " in lines[0], output
     assert f"Dask worker {row.worker} runs UNPINNED (fail=open): {row.reason}" in lines[0]
-    assert lines[0].endswith("#dask-worker-runs-unpinned")
+    assert lines[0].endswith(
+        "python -m pinbackend explain dask-worker-runs-unpinned "
+        "(https://pinbackend.readthedocs.io/en/latest/troubleshooting/#dask-worker-runs-unpinned)"
+    )
 
 
 BAD_PRELOAD_OPTIONS = {
