@@ -219,16 +219,16 @@ import json, warnings
 import pinbackend.host.slot as slot_module
 from pinbackend.dask._worker import _apply
 from pinbackend.host.leases import claim
-cap_threads = slot_module.cap_threads
-def noisy_cap_threads(threads, *args):
+apply_caps = slot_module.apply_caps
+def noisy_apply_caps(threads, *args):
     # As threadpoolctl does when it finds two OpenMP runtimes.
     warnings.warn("a warning from a library", RuntimeWarning)
-    return cap_threads(threads, *args)
+    return apply_caps(threads, *args)
 with warnings.catch_warnings(record=True) as outside:
     warnings.simplefilter("always")
     lease = claim({0})
     _, first = _apply(lease, 1)
-    slot_module.cap_threads = noisy_cap_threads
+    slot_module.apply_caps = noisy_apply_caps
     _, again = _apply(lease, 1)  # pinning warns once per process: no warning this time
     lease.release()
 print(json.dumps({"first": first, "again": again, "outside": [str(w.message) for w in outside]}))

@@ -3,7 +3,9 @@
 Two moments matter. Before a process starts, its environment sets the pools' sizes at load
 time (:func:`thread_env` returns those variables as a dict; it never touches ``os.environ``).
 After it started, libraries already loaded are capped at run time (:func:`cap_threads`), one
-small adapter per library kind, as threadpoolctl does for its controllers.
+small adapter per library kind, as threadpoolctl does for its controllers. As threadpoolctl's
+``threadpool_limits`` does, :func:`apply_caps` remembers the sizes it changed and puts them
+back (:meth:`AppliedCaps.restore`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .. import _platform
@@ -20,7 +23,9 @@ from .state import STATE
 
 __all__ = [
     "THREAD_ENV_VARS",
+    "AppliedCaps",
     "CapController",
+    "apply_caps",
     "cap_openmp_in_this_thread",
     "cap_threads",
     "register",
@@ -102,6 +107,10 @@ def unpinned_default(kind: str) -> int:
 _THREADPOOLCTL_LOCK = PinLock("threadpoolctl", reentrant=True)
 
 
+#: What puts one pool back to the size it had before a cap (see :meth:`CapController.apply`).
+Restore = Callable[[], None]
+
+
 class CapController:
     """One kind of thread pool that can be capped at run time and report its size.
 
@@ -115,9 +124,14 @@ class CapController:
         """Whether this kind of pool is loaded (or loadable) in this process."""
         raise NotImplementedError
 
-    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> Restore | None:
         """Cap the pool to ``n_threads`` for this process, from now on; ``lower`` holds the
-        user's smaller thread-count variables (:func:`user_thread_limits`) to honour."""
+        user's smaller thread-count variables (:func:`user_thread_limits`) to honour.
+
+        Return a callable that puts the pool back to the size it had before, for
+        :meth:`AppliedCaps.restore` (an undone slot); None where the controller cannot, and
+        its cap then stays for the life of the process.
+        """
         raise NotImplementedError
 
     def report(self) -> dict[str, int]:
@@ -139,15 +153,22 @@ class _ThreadpoolctlCap(CapController):
     def available(self) -> bool:
         return True
 
-    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> Restore:
         from threadpoolctl import threadpool_limits
 
         limits: int | dict = n_threads
         if lower:
             limits = {kind: _limit_for(kind, n_threads, lower) for kind in ("blas", "openmp")}
-        # Applies now, for good; OpenMP's limit is per calling thread (see docs).
+        # Applies now, until restored; OpenMP's limit is per calling thread (see docs): it is
+        # set, and restored, in the thread that calls.
         with _THREADPOOLCTL_LOCK:
-            threadpool_limits(limits=limits)
+            limiter = threadpool_limits(limits=limits)
+
+        def restore() -> None:
+            with _THREADPOOLCTL_LOCK:
+                limiter.restore_original_limits()
+
+        return restore
 
     def report(self) -> dict[str, int]:
         from threadpoolctl import threadpool_info
@@ -172,13 +193,20 @@ class _TbbCap(CapController):
             return _ready("tbb", "global_control")
         return importlib.util.find_spec("tbb") is not None
 
-    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> Restore:
         import tbb
 
-        # The control object caps TBB only while it is alive: keep it for the process.
-        type(self)._control = tbb.global_control(
-            tbb.global_control.max_allowed_parallelism, n_threads
-        )
+        # The control object caps TBB only while it is alive: keep it until restored, when
+        # the one it replaced (if any) is in force again.
+        cls, before = type(self), type(self)._control
+        ours = tbb.global_control(tbb.global_control.max_allowed_parallelism, n_threads)
+        cls._control = ours
+
+        def restore() -> None:
+            if cls._control is ours:
+                cls._control = before
+
+        return restore
 
     def report(self) -> dict[str, int]:
         if not _ready("tbb", "global_control"):
@@ -196,11 +224,13 @@ class _NumbaCap(CapController):
     def available(self) -> bool:
         return _ready("numba", "set_num_threads")
 
-    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> Restore:
         import numba
 
         n_threads = _limit_for("numba", n_threads, lower or {})
+        before = numba.get_num_threads()  # per calling thread, as the cap itself
         numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+        return lambda: numba.set_num_threads(before)
 
     def report(self) -> dict[str, int]:
         if not _ready("numba", "get_num_threads"):
@@ -218,10 +248,11 @@ class _NumexprCap(CapController):
     def available(self) -> bool:
         return _ready("numexpr", "set_num_threads")
 
-    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> None:
+    def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> Restore:
         import numexpr
 
-        numexpr.set_num_threads(_limit_for("numexpr", n_threads, lower or {}))
+        before = numexpr.set_num_threads(_limit_for("numexpr", n_threads, lower or {}))
+        return lambda: numexpr.set_num_threads(before)
 
     def report(self) -> dict[str, int]:
         if not self.available():
@@ -247,19 +278,47 @@ def register(controller: CapController) -> None:
         CAPS.append(controller)
 
 
-def cap_threads(n_threads: int, lower: Mapping[str, int] | None = None) -> list[str]:
+@dataclass
+class AppliedCaps:
+    """The pools :func:`apply_caps` capped (``kinds``, controller names) and how to put each
+    back as it was before."""
+
+    kinds: list[str] = field(default_factory=list)
+    restores: list[Restore] = field(default_factory=list)
+
+    def restore(self) -> None:
+        """Put every pool back to its size before the caps, last capped first (idempotent;
+        a pool whose controller returned no restore keeps its cap)."""
+        while self.restores:
+            self.restores.pop()()
+
+
+def apply_caps(n_threads: int, lower: Mapping[str, int] | None = None) -> AppliedCaps:
     """Cap every thread pool loaded in this process to ``n_threads`` (or the user's smaller
-    value of its variable, in ``lower``); return which kinds."""
+    value of its variable, in ``lower``); return which kinds, and how to restore them.
+
+    Where a controller fails, the pools capped before it are restored and the error raised.
+    """
     _check_threads(n_threads)
-    applied = []
-    for cap in CAPS:
-        if cap.available():
-            if lower:
-                cap.apply(n_threads, lower)
-            else:  # controllers registered by users may take the count alone
-                cap.apply(n_threads)
-            applied.append(cap.name)
+    applied = AppliedCaps()
+    try:
+        for cap in CAPS:
+            if cap.available():
+                # Controllers registered by users may take the count alone.
+                restore = cap.apply(n_threads, lower) if lower else cap.apply(n_threads)
+                applied.kinds.append(cap.name)
+                if restore is not None:
+                    applied.restores.append(restore)
+    except BaseException:
+        applied.restore()
+        raise
     return applied
+
+
+def cap_threads(n_threads: int, lower: Mapping[str, int] | None = None) -> list[str]:
+    """Cap every thread pool loaded in this process like :func:`apply_caps`, for good (a
+    process's own cap, a task thread's); return which kinds."""
+    return apply_caps(n_threads, lower).kinds
 
 
 def cap_openmp_in_this_thread(n_threads: int) -> None:

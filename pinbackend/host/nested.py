@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 __all__ = ["share_caps_with_nested_loky"]
 
 
-def share_caps_with_nested_loky(threads: int) -> None:
+def share_caps_with_nested_loky(threads: int) -> Callable[[], None]:
     """Make ``Parallel(backend="loky", n_jobs=n)`` in this process give each worker
     ``threads // n`` threads (at least 1), where the caps in force are this slot's own.
 
     A cap the user set explicitly (``inner_max_num_threads``) or a thread variable that is
-    not the slot's value is left as loky decides. Idempotent.
+    not the slot's value is left as loky decides. Idempotent. Returns what puts loky's
+    method back as it was before this call (the undo of an applied slot).
     """
     from joblib._parallel_backends import LokyBackend
 
-    original = LokyBackend._prepare_worker_env
+    before = original = LokyBackend._prepare_worker_env
     if getattr(original, "_slot_threads", None) is not None:
         original = original.__wrapped__
     ours = str(threads)
@@ -41,3 +43,9 @@ def share_caps_with_nested_loky(threads: int) -> None:
 
     _prepare_worker_env._slot_threads = threads
     LokyBackend._prepare_worker_env = _prepare_worker_env
+
+    def undo() -> None:
+        if LokyBackend._prepare_worker_env is _prepare_worker_env:
+            LokyBackend._prepare_worker_env = before
+
+    return undo

@@ -3,20 +3,21 @@
 ``sched_setaffinity`` acts on one thread: threads that already run (a BLAS or OpenMP pool
 started at import, Dask's event loop and executor) keep their old mask. So :func:`pin`
 applies the mask to every thread id of the process, repeats until no new thread appears,
-then reads every mask back.
+then reads every mask back. :func:`restore_affinity` puts every thread back on the CPUs
+it had before, read with :func:`pinbackend._platform.thread_affinities`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .. import _platform
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from .state import STATE
 
-__all__ = ["PinningError", "PinningUnavailableWarning", "pin", "pin_or_warn"]
+__all__ = ["PinningError", "PinningUnavailableWarning", "pin", "pin_or_warn", "restore_affinity"]
 
 _MAX_ROUNDS = 20
 
@@ -48,28 +49,57 @@ def pin(cores: Iterable[int]) -> frozenset[int]:
     forbidden.
     """
     cores = _check_cores(cores)
+    _set_every_thread(lambda tid: cores)
+    _verify(cores)
+    return cores
+
+
+def restore_affinity(before: Mapping[int, frozenset[int]], started_since: frozenset[int]) -> None:
+    """Put every thread of this process back on its CPUs in ``before`` (thread id to CPUs,
+    read before pinning); threads started since get ``started_since`` (the process's CPUs
+    then: they inherited a pinned mask instead).
+
+    Raises :class:`PinningError` where a thread cannot have its CPUs back (one went offline
+    or left the cpuset meanwhile), once every other thread has had them.
+    """
+    failed: list[PinningError] = []
+    _set_every_thread(lambda tid: before.get(tid, started_since), failed)
+    if failed:
+        raise failed[0]
+
+
+def _set_every_thread(
+    cpus_of: Callable[[int], frozenset[int]], failed: list[PinningError] | None = None
+) -> None:
+    """Set every thread's CPUs to ``cpus_of(tid)``, again for threads that appear meanwhile.
+
+    A thread whose CPUs cannot be set raises :class:`PinningError` at once, or, given a
+    ``failed`` list, is added to it and the other threads are still set.
+    """
     done: set[int] = set()
     for _ in range(_MAX_ROUNDS):
         new = set(_platform.list_thread_ids()) - done
         if not new:
-            break
+            return
         for tid in sorted(new):
+            cpus = cpus_of(tid)
             try:
-                _platform.set_thread_affinity(tid, cores)
+                _platform.set_thread_affinity(tid, cpus)
             except ProcessLookupError:
                 continue  # the thread ended meanwhile
             except _platform.AffinityUnavailable:
                 raise
             except OSError as error:
-                raise PinningError(
-                    f"cannot pin to CPUs {format_cpu_list(cores)}: {error.strerror or error}; "
+                problem = PinningError(
+                    f"cannot pin to CPUs {format_cpu_list(cpus)}: {error.strerror or error}; "
                     f"allowed CPUs here are {format_cpu_list(_platform.allowed_cpus())}"
-                ) from error
+                )
+                if failed is None:
+                    raise problem from error
+                problem.__cause__ = error
+                failed.append(problem)
         done |= new
-    else:
-        raise PinningError("threads keep appearing faster than they can be pinned")
-    _verify(cores)
-    return cores
+    raise PinningError("threads keep appearing faster than they can be pinned")
 
 
 def _verify(cores: frozenset[int]) -> None:
