@@ -6,8 +6,9 @@
   on a survey, waiting where the policy says so;
 - **claim** (:func:`join_pool`, :func:`lease_slot`): all or nothing, bounded by the claim
   timeout, and watched for the pool owner's death from its first moment;
-- **apply** (:func:`pinbackend.host.slot.apply_slot`): pinning plus every cap;
-- **release** (:func:`release_slot`): on exit (the kernel drops the locks) and on demand.
+- **apply** (:func:`pinbackend.host.slot.apply_slot`): pinning plus every cap, undoable;
+- **release** (:func:`release_slot`): the lease given back and the applied slot undone (an
+  idle pool worker, a Dask worker's teardown); on exit the kernel drops the locks.
 
 The joblib backend, the Dask plugin and preload, the runner and ``run`` only wire these
 steps into their frameworks.
@@ -41,7 +42,7 @@ from .leases import (
 from .options import PinOptions
 from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, count, decide
 from .pool import PoolPlan
-from .slot import SCOPE_ENV, AppliedSlot, apply_slot, current_scope, reset_current_slot
+from .slot import AppliedSlot, apply_slot, current_scope
 from .state import STATE
 from .survey import Survey, job_view, survey, survey_scope
 
@@ -193,7 +194,7 @@ def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
         raise
     STATE.claim_error = None
     if yield_when_idle:
-        STATE.keeper = _SlotKeeper(pool, lease)
+        STATE.keeper = _SlotKeeper(pool, lease, applied)
         STATE.keeper.start()
     return applied
 
@@ -225,13 +226,15 @@ def task_in_slot(func: Callable[[], object]) -> object:
 
 
 class _SlotKeeper:
-    """Gives an idle pool worker's lease back, and takes it again for the next task.
+    """Releases an idle pool worker's slot, and claims and applies one again for the next task.
 
     Idle workers of a pool whose call has returned would otherwise keep their cores for as
     long as the executor keeps them (loky: 300 s), and every other job on the host would
-    find no core free. A released worker stays pinned but idle; its next task claims the
-    same cores again (a few lock operations) or, if another job took them, another free
-    slot of its pool, waiting up to the claim timeout.
+    find no core free. A released worker (:func:`release_slot`: lease back, slot undone) is
+    back on the CPUs, caps and environment it had before its slot, and idle; its next task
+    claims the same cores again or, if another job took them, another free slot of its
+    pool, waiting up to the claim timeout, and applies it (a few lock operations, pinning
+    and caps: about 1-2 ms).
 
     The claim comes before the worker does any work for the task (:meth:`hold`): loky reads
     the whole pickled task from a pipe and unpickles it in the worker's main thread before
@@ -241,9 +244,11 @@ class _SlotKeeper:
     arguments, it waits for one if it has none yet.
     """
 
-    def __init__(self, pool: PoolPlan, lease: Lease):
+    def __init__(self, pool: PoolPlan, lease: Lease, applied: AppliedSlot):
         self.pool = pool
         self.lease: Lease | None = lease
+        #: The slot applied last: undone while released, its cores claimed first again.
+        self.applied = applied
         self.running = 0
         self.last_task = time.monotonic()
         self.lock = threading.Lock()
@@ -299,22 +304,24 @@ class _SlotKeeper:
             with self.lock:
                 idle = time.monotonic() - self.last_task >= IDLE_RELEASE_SECONDS
                 if self.running == 0 and idle and self.lease is not None:
-                    self.lease.release()
-                    self.lease = None
+                    lease, self.lease = self.lease, None
+                    try:
+                        release_slot(self.applied, lease, keep_pool=True)
+                    except Exception:
+                        pass  # a thread kept the slot's CPUs (one went offline): re-pinned soon
 
     def _reclaim(self, *, wait: bool = True) -> Lease:
-        slot = STATE.slot
         try:
-            lease = claim(slot.cores, scope=self.pool.scope, owner=self.pool.owner)
+            lease = claim(self.applied.cores, scope=self.pool.scope, owner=self.pool.owner)
         except LeaseConflict:
             # Another job took them: any free slot of the pool (waiting, unless told not to).
             pool = self.pool if wait else dataclasses.replace(self.pool, claim_timeout=0.0)
             lease = _claim_pool_slot(pool)
-            _apply_pool_slot(self.pool, lease)
-            return lease
-        # Same cores, still pinned and capped: only the lease (and nested pools' scope) moves.
-        STATE.slot = dataclasses.replace(slot, lease_id=lease.lease_id)
-        os.environ[SCOPE_ENV] = lease.lease_id
+        try:
+            self.applied = _apply_pool_slot(self.pool, lease)
+        except BaseException:
+            lease.release()
+            raise
         return lease
 
 
@@ -477,10 +484,22 @@ def _refuse_impossible(view: Survey, cores: int, options: PinOptions, error: Pla
     ) from None
 
 
-def release_slot(lease: Lease | None) -> None:
-    """Release ``lease`` (idempotent) and forget this process's slot and pool."""
-    reset_current_slot()
-    STATE.pool = None
-    STATE.claim_error = None
-    if lease is not None:
-        lease.release()
+def release_slot(
+    applied: AppliedSlot | None = None, lease: Lease | None = None, *, keep_pool: bool = False
+) -> None:
+    """The one release: undo ``applied`` in this process (:meth:`AppliedSlot.undo`: CPUs,
+    caps, environment, ``os.cpu_count``) and give ``lease`` back, both idempotent; then
+    forget the pool this process worked for, unless ``keep_pool`` (an idle pool worker, which
+    claims again for its next task).
+
+    The lease is given back even where the undo fails, whose error is raised after.
+    """
+    try:
+        if applied is not None:
+            applied.undo()
+    finally:
+        if lease is not None:
+            lease.release()
+        if not keep_pool:
+            STATE.pool = None
+            STATE.claim_error = None
