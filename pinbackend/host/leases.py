@@ -34,6 +34,7 @@ from .. import _platform
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from .locks import PinLock
+from .state import STATE
 
 __all__ = [
     "REGISTRY_ENV",
@@ -465,11 +466,24 @@ class Lease:
     def release(self) -> None:
         """Drop the lease (idempotent) and clean up the scope its nested pools used."""
         with _TABLE_LOCK:
-            _HELD.pop(self.lease_id, None)
+            STATE.leases.pop(self.lease_id, None)
             fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
         _remove_idle_scope(self.info)
+
+    def forget_inherited(self) -> None:
+        """In a forked child: let go of the parent's lease without releasing it.
+
+        The child shares the parent's lock descriptions; closing its copies keeps the
+        parent's locks intact (no ``LOCK_UN``) and makes sure the child never holds them alone.
+        """
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __enter__(self) -> Lease:
         return self
@@ -478,31 +492,14 @@ class Lease:
         self.release()
 
 
-_HELD: dict[str, Lease] = {}
+#: Guards this process's table of held leases (``STATE.leases``).
 _TABLE_LOCK = PinLock("lease table")
-
-
-def _forget_leases_in_child() -> None:
-    # A forked child shares the parent's lock descriptions; closing our copies keeps the
-    # parent's locks intact (no LOCK_UN) and makes sure the child never holds them alone.
-    # (The table's lock is made anew in the child with every PinLock.)
-    for lease in _HELD.values():
-        for fd in lease._fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        lease._fds = {}
-    _HELD.clear()
-
-
-_platform.forget_in_forked_child(_forget_leases_in_child)
 
 
 def held_leases() -> list[Lease]:
     """Leases held by this process."""
     with _TABLE_LOCK:
-        return list(_HELD.values())
+        return list(STATE.leases.values())
 
 
 def claim(
@@ -648,7 +645,7 @@ def _hold(
         raise
     lease = Lease(info, fds)
     with _TABLE_LOCK:
-        _HELD[info.lease_id] = lease
+        STATE.leases[info.lease_id] = lease
     return lease
 
 

@@ -8,7 +8,9 @@ Two hazards that plain ``threading.Lock`` objects leave open:
   itself forever. :func:`call_when_unlocked` runs such work at once where the thread holds
   none of our locks, and otherwise when it lets go of its last one.
 - **Fork.** A child forked while another thread held a lock inherits it held, by a thread
-  that does not exist in the child. Every :class:`PinLock` is made anew in forked children.
+  that does not exist in the child. Every :class:`PinLock` is made anew in forked children
+  (:func:`remake_in_forked_child`, called first by the process's one at-fork hook in
+  :mod:`pinbackend.host.state`).
 
 The order (see docs/how-it-works.md, "Lock order") is the order of :data:`ORDER`: a thread
 holding one lock takes only locks later in it, and never calls into Python under a lock
@@ -21,9 +23,7 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from .. import _platform
-
-__all__ = ["ORDER", "PinLock", "call_when_unlocked", "holds_any"]
+__all__ = ["ORDER", "PinLock", "call_when_unlocked", "holds_any", "remake_in_forked_child"]
 
 #: Lock names, outermost first. A thread may take a lock only if it holds none later in
 #: this list.
@@ -32,6 +32,7 @@ ORDER = (
     "threadpoolctl",  # host.caps: threadpoolctl is not thread-safe (threadpoolctl#205)
     "lease table",  # host.leases: the leases this process holds
     "extension-load watch",  # host.loads: the load counter and its listeners
+    "process state",  # host.state: STATE's small tables (live pools, running tasks, ...)
 )
 
 _THREAD = threading.local()
@@ -98,11 +99,9 @@ def _leave() -> None:
             pending.pop(0)()
 
 
-def _reinit_in_forked_child() -> None:
+def remake_in_forked_child() -> None:
+    """Make every lock anew (in a forked child, before anything takes one)."""
     # The forking thread holds none of them (nothing forks under our locks); other threads
     # are gone, and so is whatever they held.
     for lock in list(_ALL):
         lock._reinit()
-
-
-_platform.forget_in_forked_child(_reinit_in_forked_child)

@@ -1,19 +1,33 @@
-"""This process's pinbackend state, in one place, with one reset.
+"""This process's pinbackend state, in one place, with one reset and one at-fork hook.
 
 A process holds at most one slot (a pool worker, a Dask worker, a command under ``run``),
-may run a runner job, may be a Dask worker, and gives some warnings only once. Every module
-reads and writes these fields here instead of keeping globals of its own, so that tests and
-a process that leaves its slot can forget all of it with :func:`reset_process_state`.
+holds leases, may start runner pools and pinned thread pools, may run a runner job, may be
+a Dask worker, may watch extension-module loads, and gives some warnings only once. Every
+module keeps what the process *has* in :data:`STATE` (or in an object it owns), so that:
+
+- a forked child forgets what is not its own in one hook (:func:`_forget_in_forked_child`):
+  the locks other threads held, the parent's leases, pools, claim error and keeper;
+- tests forget all of it with :func:`reset_process_state`.
+
+What stays at module level elsewhere is not a process's state: constants, registries that
+code fills on import (cap controllers, the runner's patches, slot hooks), lock objects
+(remade in a forked child by the same hook) and per-thread data (``threading.local``).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _platform
+from .locks import PinLock, remake_in_forked_child
 
 __all__ = ["STATE", "ProcessState", "reset_process_state"]
+
+
+def _state_lock() -> PinLock:
+    return PinLock("process state")
 
 
 @dataclass
@@ -29,6 +43,16 @@ class ProcessState:
     it again for its next task. ``main_cap``: the thread cap of the process itself (the runner's
     ``--threads``), None when its libraries keep their own defaults. ``warned``: one-time
     warnings given.
+
+    ``leases``: the leases this process holds, by id (:mod:`~pinbackend.host.leases`).
+    ``live_pools``: the runner pools this process started, with their plan and a function
+    telling whether their workers still run (:mod:`pinbackend.runner._plan`).
+    ``running_tasks``: pinned pool threads running a task now (thread idents).
+    ``blas_cap``: the cap on process-wide BLAS pools while pinned thread pools live
+    (:mod:`~pinbackend.host.threads`). ``load_watch``: the extension-load watch
+    (:mod:`~pinbackend.host.loads`). ``library_watch``: the runner's ``--threads`` watch.
+    ``lock`` guards the tables and ``watched_owner``, and making the objects on first use;
+    it is held for no call out.
     """
 
     slot: Any = None
@@ -40,6 +64,13 @@ class ProcessState:
     keeper: Any = None
     main_cap: int | None = None
     warned: set[str] = field(default_factory=set)
+    leases: dict[str, Any] = field(default_factory=dict)
+    live_pools: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    running_tasks: set[int] = field(default_factory=set)
+    blas_cap: Any = None
+    load_watch: Any = None
+    library_watch: Any = None
+    lock: PinLock = field(default_factory=_state_lock, repr=False, compare=False)
 
     def warn_once(self, key: str) -> bool:
         """Return True the first time ``key`` is asked for in this process, False after."""
@@ -53,17 +84,39 @@ STATE = ProcessState()
 
 
 def reset_process_state() -> None:
-    """Forget everything pinbackend set up in this process (tests; a process leaving its
-    slot). Leases are not released here: their owners release them."""
+    """Undo and forget everything pinbackend set up in this process (tests use it).
+
+    The applied slot is undone and the extension-load watch taken out. Leases are kept:
+    their owners release them.
+    """
     from .machine import clear_topology_cache
 
-    STATE.__init__()
-    clear_topology_cache()
+    slot, watch, leases = STATE.slot, STATE.load_watch, STATE.leases
+    try:
+        if slot is not None:
+            slot.undo()
+    finally:
+        if watch is not None:
+            watch.stop()
+        STATE.__init__()
+        STATE.leases = leases
+        clear_topology_cache()
 
 
 def _forget_in_forked_child() -> None:
-    # A forked child is a new process: its parent's claim failure and lease keeper (whose
-    # thread did not survive the fork) are not its own.
+    # A forked child is a new process with one thread. Locks first: another thread may have
+    # held one at the fork, and what follows takes them.
+    remake_in_forked_child()
+    # The parent's leases: close our copies of their descriptors (the parent keeps its
+    # locks), so that the child never holds them alone.
+    for lease in STATE.leases.values():
+        lease.forget_inherited()
+    STATE.leases.clear()
+    # The parent's runner pools are not the child's: keeping them would hide every core of
+    # its slot from the pools it starts. The threads that ran tasks did not survive.
+    STATE.live_pools.clear()
+    STATE.running_tasks.clear()
+    # Nor are its claim failure and its lease keeper (whose thread did not survive).
     STATE.claim_error = None
     STATE.keeper = None
 
