@@ -9,17 +9,15 @@ whose cores a second pool must not reuse while they live.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
 
-from .. import _platform
 from ..core.topology import Topology
 from ..host import lifecycle, policy
 from ..host.options import PinOptions
 from ..host.policy import COMMAND_LINE, JobCores, PoolDecision
 from ..host.pool import PoolPlan
 from ..host.slot import current_slot
+from ..host.state import STATE
 from ..host.threads import assign_threads, assignments_queue, plan_thread_shares
 from ._config import RunnerConfig
 
@@ -36,32 +34,17 @@ __all__ = [
 ]
 
 
-# Pools this process started, with a function telling whether their workers still run.
-_LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LIVE_LOCK = threading.Lock()
-
-
-def _forget_pools_in_child() -> None:
-    # A forked worker inherits the table, but its parent's pools are not its own: keeping
-    # them would hide every core of its slot from the pools it starts.
-    global _LIVE_LOCK
-    _LIVE_LOCK = threading.Lock()
-    _LIVE.clear()
-
-
-_platform.forget_in_forked_child(_forget_pools_in_child)
-
-
 def track_pool(pool: object, plan: PoolPlan, alive: Callable[[object], bool]) -> None:
-    """Remember ``pool``'s slots until it is collected or ``alive(pool)`` turns false."""
-    with _LIVE_LOCK:
-        _LIVE[pool] = (plan, alive)
+    """Remember ``pool``'s slots until it is collected or ``alive(pool)`` turns false (in
+    ``STATE.live_pools``, which a forked child forgets: its parent's pools are not its own)."""
+    with STATE.lock:
+        STATE.live_pools[pool] = (plan, alive)
 
 
 def live_pool_cpus() -> frozenset[int]:
     """CPUs of this process's runner pools whose workers may still run."""
-    with _LIVE_LOCK:
-        entries = list(_LIVE.items())
+    with STATE.lock:
+        entries = list(STATE.live_pools.items())
     cpus: set[int] = set()
     for pool, (plan, alive) in entries:
         try:
@@ -71,8 +54,8 @@ def live_pool_cpus() -> frozenset[int]:
         if running:
             cpus.update(*plan.slots)
         else:
-            with _LIVE_LOCK:
-                _LIVE.pop(pool, None)
+            with STATE.lock:
+                STATE.live_pools.pop(pool, None)
     return frozenset(cpus)
 
 
