@@ -360,9 +360,6 @@ def _claim_pool_slot(pool: PoolPlan) -> Lease:
     return claim(least, scope=pool.scope, share=True, owner=pool.owner)
 
 
-_WATCH_LOCK = threading.Lock()
-
-
 def _exit_with_owner(owner: int) -> None:
     """End this worker when the process that planned its pool dies (SIGKILL included).
 
@@ -372,7 +369,7 @@ def _exit_with_owner(owner: int) -> None:
     """
     if owner == os.getpid():
         return
-    with _WATCH_LOCK:
+    with STATE.lock:
         if STATE.watched_owner == owner:
             return
         STATE.watched_owner = owner
