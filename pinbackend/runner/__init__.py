@@ -20,9 +20,13 @@ import shlex
 import sys
 
 from ..host.jobs import register_job
+from ._children import ChildProcessPatch
 from ._config import RUNNER_POLICIES, RunnerConfig
-from ._install import install, installed, uninstall
+from ._futures import ProcessPoolExecutorPatch, ThreadPoolExecutorPatch
+from ._install import install, installed, register, uninstall
+from ._joblib import JoblibPatch
 from ._main_process import prepare_main_process
+from ._mp_pool import MultiprocessingPoolPatch
 from ._plan import survey
 from ._target import Target, TargetError, check_target, run_target
 from ._warnings import (
@@ -51,6 +55,16 @@ __all__ = [
     "start_job",
     "uninstall",
 ]
+
+# The registry's patches, in install order. Filled here, on the package's import, which runs
+# before any submodule's: a spawned worker unpickling its initializer has them all.
+register(
+    MultiprocessingPoolPatch(),
+    ProcessPoolExecutorPatch(),
+    ThreadPoolExecutorPatch(),
+    JoblibPatch(),
+    ChildProcessPatch(),
+)
 
 
 def _command_line() -> str:

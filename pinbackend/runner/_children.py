@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing.context as mp_context
 
 from ._config import RunnerConfig
+from ._install import install
 from ._state import Patch, active_config
 
 __all__ = ["ChildProcessPatch", "reinstall"]
@@ -23,8 +24,6 @@ _ATTRIBUTE = "_pinbackend_runner"
 
 def reinstall(config: RunnerConfig) -> None:
     """Install the runner's patches in this (child) process with ``config``."""
-    from ._install import install  # _install imports this module
-
     install(config)
 
 

@@ -1,27 +1,26 @@
 """Install and remove the runner's patches: one small patch class per kind of pool.
 
-The registry is a plain list, as threadpoolctl lists its controllers. Installing records
-the job's settings first, so that every patch finds them when a pool is created.
+The registry is a plain list, as threadpoolctl lists its controllers; the package fills it
+when it is imported (:mod:`pinbackend.runner`), so it is full before any code of the runner
+runs, in a spawned worker too. This module imports no patch: the patches' worker-start code
+calls :func:`install`. Installing records the job's settings first, so that every patch
+finds them when a pool is created.
 """
 
 from __future__ import annotations
 
-from ._children import ChildProcessPatch
 from ._config import RunnerConfig
-from ._futures import ProcessPoolExecutorPatch, ThreadPoolExecutorPatch
-from ._joblib import JoblibPatch
-from ._mp_pool import MultiprocessingPoolPatch
 from ._state import Patch, active_config, set_active_config
 
-__all__ = ["PATCHES", "install", "installed", "uninstall"]
+__all__ = ["PATCHES", "install", "installed", "register", "uninstall"]
 
-PATCHES: list[Patch] = [
-    MultiprocessingPoolPatch(),
-    ProcessPoolExecutorPatch(),
-    ThreadPoolExecutorPatch(),
-    JoblibPatch(),
-    ChildProcessPatch(),
-]
+#: The runner's patches, in install order (removed in reverse).
+PATCHES: list[Patch] = []
+
+
+def register(*patches: Patch) -> None:
+    """Add patches to the registry (each once), in install order."""
+    PATCHES.extend(patch for patch in patches if patch not in PATCHES)
 
 
 def install(config: RunnerConfig) -> None:

@@ -13,6 +13,7 @@ from ..host.pool import PoolPlan
 from ..host.threads import ThreadShares, hold_process_wide_cap
 from ._claim_errors import ClaimErrors
 from ._config import RunnerConfig
+from ._install import install
 
 __all__ = ["hold_shares", "start_process_worker"]
 
@@ -33,9 +34,6 @@ def start_process_worker(
     is raised here: a replacement would fail the same way, so the pool stops instead (see
     :mod:`._claim_errors`). The user's own initializer is not guarded: as without the runner.
     """
-    # Imported here: _install imports the patch modules, which import this one.
-    from ._install import install
-
     try:
         install(config)
         join_pool(pool)
