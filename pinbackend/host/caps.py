@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .. import _platform
+from . import loads
 from .locks import PinLock
 from .state import STATE
 
@@ -150,11 +151,30 @@ class _ThreadpoolctlCap(CapController):
 
     name = "threadpoolctl"
 
+    def __init__(self) -> None:
+        #: The libraries found last, with the extension-load count they were found at.
+        self._found: tuple[int, object] | None = None
+
     def available(self) -> bool:
         return True
 
+    def _controller(self, make: Callable[[], object]):
+        """threadpoolctl's controller of the libraries loaded now, from ``make`` (its class,
+        imported before taking the lock); call under the lock.
+
+        Finding them reads ``/proc/self/maps``: 2-3 ms with scikit-learn loaded, paid by an
+        idle pool worker each time it applies its slot again. Where extension-module loads
+        are counted (:mod:`pinbackend.host.loads`), the libraries found are reused until a
+        module loads; one loaded by ``ctypes`` or by native code on its own is not seen then
+        (it sized itself by the slot's variables as it loaded).
+        """
+        count = loads.generation() if loads.watching() else None
+        if count is None or self._found is None or self._found[0] != count:
+            self._found = (count, make())
+        return self._found[1]
+
     def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> Restore:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
 
         limits: int | dict = n_threads
         if lower:
@@ -162,7 +182,7 @@ class _ThreadpoolctlCap(CapController):
         # Applies now, until restored; OpenMP's limit is per calling thread (see docs): it is
         # set, and restored, in the thread that calls.
         with _THREADPOOLCTL_LOCK:
-            limiter = threadpool_limits(limits=limits)
+            limiter = self._controller(ThreadpoolController).limit(limits=limits)
 
         def restore() -> None:
             with _THREADPOOLCTL_LOCK:

@@ -28,7 +28,7 @@ from .. import _platform
 from ..core.budget import cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
-from . import notices
+from . import loads, notices
 from .caps import user_thread_limits
 from .groups import group_room, least_crowded, share_least_crowded
 from .leases import (
@@ -234,7 +234,7 @@ class _SlotKeeper:
     back on the CPUs, caps and environment it had before its slot, and idle; its next task
     claims the same cores again or, if another job took them, another free slot of its
     pool, waiting up to the claim timeout, and applies it (a few lock operations, pinning
-    and caps: about 1-2 ms).
+    and caps).
 
     The claim comes before the worker does any work for the task (:meth:`hold`): loky reads
     the whole pickled task from a pipe and unpickles it in the worker's main thread before
@@ -257,7 +257,10 @@ class _SlotKeeper:
         self.held: bool | Exception = False
 
     def start(self) -> None:
-        """Start watching for idleness (once this keeper is the process's keeper)."""
+        """Start watching for idleness (once this keeper is the process's keeper), and count
+        extension-module loads: applying the slot again then reuses the thread-pool libraries
+        found, unless a module loaded since (see :mod:`pinbackend.host.caps`)."""
+        loads.watch_extension_loads()
         threading.Thread(target=self._watch, name="pinbackend-idle-release", daemon=True).start()
 
     def hold(self, *, wait: bool) -> None:
