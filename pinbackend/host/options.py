@@ -1,39 +1,68 @@
-"""The options every entry point takes, validated once, in one wording.
+"""The options every entry point takes: declared once, validated once, in one wording.
 
-The joblib backend, the Dask plugin and preload, the runner and ``run`` all describe a slot
+The joblib backend, the Dask plugins and preload, the runner and ``run`` all describe a slot
 the same way: how many cores per worker, which CPUs to keep free, what to do when the cores
 do not suffice, how long to wait for a claim, and (Dask) whether a worker that cannot be
-pinned may still run. :class:`PinOptions` holds them; the small ``check_*`` functions are
-the only validators of counts, CPU sets and timeouts in the package, and
-:func:`check_option` (one validator per option) is what the command lines that spell these
-options derive their own checks from.
+pinned may still run. Each field of :class:`PinOptions` is declared once (:func:`declare`):
+its :class:`Kind` of value (the check, how a command line's text becomes a value, examples),
+its default, help text, flag, the front doors that take it (:data:`FRONT_DOORS`) and its old
+spellings. Every front door derives its interface from these declarations
+(:meth:`PinOptions.declared`): joblib's and the Dask plugins' keyword arguments, the
+runner's and ``run``'s flags (:func:`pinbackend.cli._common.declared_arguments`), the Dask
+preload's click options. The ``check_*`` functions here are the package's only validators
+of option values, and one :class:`OptionsError` words every refusal.
 """
 
 from __future__ import annotations
 
-import difflib
+import functools
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 
 from ..core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
+from ._declare import (
+    FRONT_DOORS,
+    Alias,
+    Kind,
+    Option,
+    OptionsError,
+    declare,
+    declared,
+    redeclare,
+    reject_unknown,
+)
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
     "FAIL_POLICIES",
+    "FRONT_DOORS",
+    "IDLE_WORKER_TIMEOUT",
+    "INNER_MAX_NUM_THREADS",
     "OVERSUBSCRIBE_POLICIES",
+    "Alias",
+    "Kind",
+    "Option",
     "OptionsError",
     "PinOptions",
+    "check_choice",
     "check_cores_per_worker",
     "check_count",
     "check_cpus",
+    "check_job_cpus",
     "check_option",
+    "check_restart",
     "check_seconds",
+    "check_some_cpus",
+    "check_switch",
+    "declare",
+    "redeclare",
     "reject_unknown",
+    "spelled",
 ]
 
 #: Seconds a new worker waits to claim its slot (a predecessor may still be exiting, another
-#: job may hold the cores a moment longer). The one default of every entry point.
+#: job may hold the cores a moment longer). The one default of every entry point but ``run``.
 DEFAULT_CLAIM_TIMEOUT = 30.0
 
 #: What to do with more workers than free cores: ``"clamp"`` runs as many as fit,
@@ -44,10 +73,6 @@ OVERSUBSCRIBE_POLICIES = ("clamp", "error", "share", "wait")
 #: ``"closed"``: a Dask worker that cannot be pinned refuses to start (the default).
 #: ``"open"``: it logs one warning, runs unpinned and says so in the placement view.
 FAIL_POLICIES = ("closed", "open")
-
-
-class OptionsError(ValueError):
-    """An option has a value that is not allowed (the message names value and remedy)."""
 
 
 def _is_int(value: object) -> bool:
@@ -61,7 +86,7 @@ def check_count(name: str, value: object, *, none_means: str | None = None) -> i
         return None
     if not _is_int(value) or value < 1:
         allowed = "a positive integer" + (f" or None ({none_means})" if none_means else "")
-        raise OptionsError(f"{name} must be {allowed}; got {value!r}")
+        raise OptionsError.refuse(name, f"must be {allowed}", value)
     return value
 
 
@@ -71,19 +96,28 @@ def check_cpus(name: str, value: Iterable[int] | str) -> frozenset[int]:
         try:
             return parse_cpu_list(value)
         except CpuListError as error:
-            raise OptionsError(f"{name}: {error}") from None
+            raise OptionsError.invalid(name, str(error)) from None
     try:
         cpus = frozenset(value)
     except TypeError:
-        raise OptionsError(
-            f"{name} must be CPU numbers or a CPU list like '0,8-9'; got {value!r}"
+        raise OptionsError.refuse(
+            name, "must be CPU numbers or a CPU list like '0,8-9'", value
         ) from None
     bad = [c for c in cpus if not _is_int(c) or c < 0]
     if bad:
-        raise OptionsError(
-            f"{name} must hold CPU numbers (non-negative integers) or be a list like '0,8-9'; "
-            f"got {sorted(bad, key=str)!r}"
+        raise OptionsError.refuse(
+            name,
+            "must hold CPU numbers (non-negative integers) or be a list like '0,8-9'",
+            sorted(bad, key=str),
         )
+    return cpus
+
+
+def check_some_cpus(name: str, value: Iterable[int] | str) -> frozenset[int]:
+    """Return a CPU set (as :func:`check_cpus`) that names at least one CPU."""
+    cpus = check_cpus(name, value)
+    if not cpus:
+        raise OptionsError.refuse(name, "must name at least one CPU, e.g. '0-3,8'", value)
     return cpus
 
 
@@ -95,14 +129,14 @@ def check_seconds(name: str, value: object) -> float:
         or not math.isfinite(value)
         or value < 0
     ):
-        raise OptionsError(f"{name} must be a finite number of seconds >= 0; got {value!r}")
+        raise OptionsError.refuse(name, "must be a finite number of seconds >= 0", value)
     return float(value)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``."""
     if not isinstance(value, str) or value not in choices:
-        raise OptionsError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        raise OptionsError.refuse(name, f"must be one of {', '.join(map(repr, choices))}", value)
     return value
 
 
@@ -112,53 +146,98 @@ def check_cores_per_worker(name: str, value: object) -> int | None:
     if value is None or (isinstance(value, str) and value == "auto"):
         return None
     if not _is_int(value) or value < 1:
-        raise OptionsError(
-            f"{name} must be a positive integer or 'auto' (the default size); got {value!r}"
+        raise OptionsError.refuse(
+            name, "must be a positive integer or 'auto' (the default size)", value
         )
     return value
 
 
-def _check_policy(name: str, value: object) -> str | None:
-    return None if value is None else check_choice(name, value, OVERSUBSCRIBE_POLICIES)
+def check_switch(name: str, value: object) -> bool:
+    """Return ``value`` if it is True or False."""
+    if not isinstance(value, bool):
+        raise OptionsError.refuse(name, "must be True or False", value)
+    return value
 
 
-def _check_fail(name: str, value: object) -> str:
-    return check_choice(name, value, FAIL_POLICIES)
+def check_restart(name: str, value: object) -> bool | str:
+    """Return a Dask nanny plugin's ``restart``: True, False or ``"auto"``."""
+    if value is not True and value is not False and value != "auto":
+        raise OptionsError.refuse(name, "must be True, False or 'auto'", value)
+    return value
 
 
-#: The one validator of each option: ``(name in messages, value) -> normalised value``.
-_CHECKS = {
-    "cores_per_worker": check_cores_per_worker,
-    "reserve": check_cpus,
-    "oversubscribe": _check_policy,
-    "claim_timeout": check_seconds,
-    "fail": _check_fail,
-}
-
-
-def check_option(option: str, value: object, name: str | None = None) -> object:
-    """Validate ``value`` for the :class:`PinOptions` field ``option`` and return it
-    normalised (``"auto"`` becomes None, a CPU list a set, a number of seconds a float).
-
-    ``name`` is how messages spell the option (``--pin-claim-timeout`` on a command line;
-    default: the keyword). Raises :class:`OptionsError`. Every front door that spells these
-    options itself (the Dask preload's command line) validates through this, so that it
-    refuses exactly what :class:`PinOptions` refuses.
-    """
-    return _CHECKS[option](name or option, value)
-
-
-def reject_unknown(names: Iterable[str], known: Iterable[str], where: str) -> None:
-    """Raise ``TypeError`` for the first unknown keyword, naming the closest known one."""
-    known = sorted(set(known))
-    for name in names:
-        if name in known:
-            continue
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise TypeError(
-            f"{where} got an unexpected option {name!r}{hint} Valid options: {', '.join(known)}"
+def check_job_cpus(cores: frozenset[int] | None, reserve: frozenset[int]) -> None:
+    """Refuse a job's ``cores`` that its ``reserve`` takes whole (the runner's two options)."""
+    if cores is not None and cores <= reserve:
+        raise OptionsError(
+            f"every CPU of cores ({format_cpu_list(cores)}) is reserved "
+            f"({format_cpu_list(reserve)}); reserve fewer CPUs or name more cores"
         )
+
+
+def _number(text: str) -> int | float | str:
+    """``"2"`` -> 2, ``"0.5"`` -> 0.5, ``"nan"`` -> nan; other text stays text (refused by
+    the check, which then names it as given)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _seconds_text(value: float) -> str:
+    return repr(value).removesuffix(".0")
+
+
+COUNT = Kind(check_count, "N", _number, good=("1", "64"), bad=("0", "-2", "1.5", "zz"))
+SIZE = Kind(
+    check_cores_per_worker,
+    "K",
+    _number,
+    show=lambda value: "auto" if value is None else value,
+    good=("auto", "1", "64"),
+    bad=("0", "-2", "1.5", "zz"),
+)
+SECONDS = Kind(
+    check_seconds,
+    "SECONDS",
+    _number,
+    show=_seconds_text,
+    good=("0", "0.5", "30"),
+    bad=("nan", "inf", "-inf", "-1", "zz"),
+)
+CPUS = Kind(
+    check_cpus,
+    "LIST",
+    show=format_cpu_list,
+    good=("", "0", "0-1,8"),
+    bad=("0,,1", "0,", ",0", "0-x", "-1"),
+)
+SOME_CPUS = Kind(
+    check_some_cpus, "LIST", show=format_cpu_list, good=("0", "0-1,8"), bad=("", "0,,1", "0-x")
+)
+SWITCH = Kind(check_switch, switch=True)
+
+
+def choice(choices: tuple[str, ...]) -> Kind:
+    """The kind of an option that takes one of ``choices``."""
+    return Kind(
+        functools.partial(_check_choice_of, choices),
+        "{" + ",".join(choices) + "}",
+        good=choices,
+        bad=("sometimes",),
+        choices=choices,
+    )
+
+
+def _check_choice_of(choices: tuple[str, ...], name: str, value: object) -> str:
+    return check_choice(name, value, choices)
+
+
+_EVERYWHERE = FRONT_DOORS
+_POOLS = ("joblib", "dask", "preload", "runner")
+_DASK = ("dask", "preload")
 
 
 @dataclass(frozen=True)
@@ -170,23 +249,79 @@ class PinOptions:
     ``reserve``: CPUs no worker may use. ``oversubscribe``: one of
     :data:`OVERSUBSCRIBE_POLICIES` (None: the entry point's default). ``claim_timeout``:
     seconds a worker waits for a free slot. ``fail``: one of :data:`FAIL_POLICIES` (Dask
-    workers).
+    workers). Each field is declared with :func:`declare`; see :meth:`declared`.
     """
 
-    cores_per_worker: int | None = None
-    reserve: frozenset[int] = field(default_factory=frozenset)
-    oversubscribe: str | None = None
-    claim_timeout: float = DEFAULT_CLAIM_TIMEOUT
-    fail: str = "closed"
+    cores_per_worker: int | None = declare(
+        SIZE,
+        None,
+        "physical cores of each worker; 'auto' (the default): the free cores shared among "
+        "the workers (joblib, the runner), or one CPU per task thread (Dask)",
+        flag="--cores-per-worker",
+        where=_POOLS,
+        aliases=(Alias("--pin-cores-per-worker", "preload"),),
+        nested=False,
+    )
+    reserve: frozenset[int] = declare(
+        CPUS,
+        frozenset(),
+        "CPUs no worker may use (a daemon's, say), as a list like '0' or '0-1,8'",
+        flag="--reserve",
+        where=_EVERYWHERE,
+        aliases=(Alias("--pin-reserve", "preload"),),
+        nested=False,
+        joined=frozenset.union,
+    )
+    oversubscribe: str | None = declare(
+        choice(OVERSUBSCRIBE_POLICIES),
+        None,
+        "what to do when the free cores do not suffice: 'clamp' (the default) runs as many "
+        "workers as fit (Dask: closes the others, with one warning per host); 'error' "
+        "refuses; 'wait' waits for other jobs to free cores; 'share' shares cores, with a "
+        "warning",
+        flag="--oversubscribe",
+        where=_EVERYWHERE,
+        none_means="the entry point's default",
+        aliases=(Alias("--pin-oversubscribe", "preload"), Alias("--share", "run", "share")),
+    )
+    claim_timeout: float = declare(
+        SECONDS,
+        DEFAULT_CLAIM_TIMEOUT,
+        "seconds a starting worker waits for cores that other jobs hold before it fails",
+        flag="--claim-timeout",
+        where=_EVERYWHERE,
+        aliases=(Alias("--pin-claim-timeout", "preload"), Alias("--wait", "run")),
+    )
+    fail: str = declare(
+        choice(FAIL_POLICIES),
+        "closed",
+        "a Dask worker that cannot be pinned at all (no CPU affinity here, a slot larger "
+        "than the host): 'closed' (the default) closes it; 'open' warns and runs it unpinned",
+        flag="--fail",
+        where=_DASK,
+        aliases=(Alias("--pin-fail", "preload"),),
+    )
 
     def __post_init__(self) -> None:
-        for option in _CHECKS:
-            object.__setattr__(self, option, check_option(option, getattr(self, option)))
+        for option in declared(type(self)):
+            object.__setattr__(self, option.name, option.validate(getattr(self, option.name)))
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        """The option names, as keyword arguments spell them."""
-        return tuple(f.name for f in fields(PinOptions))
+    def declared(cls, where: str | None = None) -> tuple[Option, ...]:
+        """The declared options (those the front door ``where`` takes), in field order."""
+        options = declared(cls)
+        return options if where is None else tuple(o for o in options if where in o.where)
+
+    @classmethod
+    def option(cls, name: str) -> Option:
+        """The declaration of the option ``name``."""
+        (option,) = (o for o in cls.declared() if o.name == name)
+        return option
+
+    @classmethod
+    def names(cls, where: str | None = None) -> tuple[str, ...]:
+        """The option names, as keyword arguments spell them (those ``where`` takes)."""
+        return tuple(option.name for option in cls.declared(where))
 
     @classmethod
     def from_keywords(cls, keywords: Mapping[str, object], where: str) -> PinOptions:
@@ -194,6 +329,33 @@ class PinOptions:
         :func:`reject_unknown`)."""
         reject_unknown(keywords, cls.names(), where)
         return cls(**keywords)
+
+    @classmethod
+    def take(cls, keywords: dict, where: str) -> dict:
+        """Remove the options the front door ``where`` takes from ``keywords``; return them."""
+        return {name: keywords.pop(name) for name in cls.names(where) if name in keywords}
+
+    def keywords(self, where: str, *, nested: bool = False) -> dict:
+        """These options as the front door ``where`` takes them (``nested``: only those a
+        nested pool keeps)."""
+        return {
+            option.name: getattr(self, option.name)
+            for option in self.declared(where)
+            if option.nested or not nested
+        }
+
+    def within_job(self, job: PinOptions, given: Iterable[str]) -> PinOptions:
+        """A caller's options (who gave the keywords ``given``) in a runner job whose options
+        are ``job``: the job's value where the caller gave none, or both where the option
+        joins them (``reserve``)."""
+        given, changes = set(given), {}
+        for option in self.declared("joblib"):
+            mine, theirs = getattr(self, option.name), getattr(job, option.name)
+            if option.joined is not None:
+                changes[option.name] = option.joined(mine, theirs)
+            elif option.name not in given or mine is None:
+                changes[option.name] = theirs
+        return self.updated(**changes)
 
     def updated(self, **changes) -> PinOptions:
         """A copy with ``changes`` applied and validated."""
@@ -212,3 +374,34 @@ class PinOptions:
             f"cores-per-worker={cores}, reserve={reserve}, oversubscribe={policy}, "
             f"fail={self.fail}, claim-timeout={self.claim_timeout:g}"
         )
+
+
+def check_option(option: str, value: object, name: str | None = None) -> object:
+    """Validate ``value`` for the :class:`PinOptions` field ``option``; return it normalised
+    (``"auto"`` becomes None, a CPU list a set, a number of seconds a float). ``name`` is
+    how messages spell the option (default: the keyword). Raises :class:`OptionsError`."""
+    return PinOptions.option(option).validate(value, name)
+
+
+def spelled(name: str, value: object = None, *, command_line: bool = False) -> str:
+    """How a user writes the :class:`PinOptions` option ``name`` (see :meth:`Option.spelled`)."""
+    return PinOptions.option(name).spelled(value, command_line=command_line)
+
+
+#: joblib's own keywords, checked here with the others.
+IDLE_WORKER_TIMEOUT = Option(
+    "idle_worker_timeout",
+    SECONDS,
+    None,
+    "seconds an idle loky worker lives",
+    where=frozenset({"joblib"}),
+    none_means="loky's default, 300 s",
+)
+INNER_MAX_NUM_THREADS = Option(
+    "inner_max_num_threads",
+    COUNT,
+    None,
+    "threads of each worker's thread pools",
+    where=frozenset({"joblib"}),
+    none_means="the worker's slot size",
+)

@@ -18,7 +18,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import Plan, PlanError, plan_slots
 from ..core.topology import Topology
 from .leases import LeaseInfo, describe_holder
-from .options import PinOptions
+from .options import PinOptions, spelled
 
 __all__ = [
     "COMMAND_LINE",
@@ -48,21 +48,21 @@ class Spelling:
     timeout: str
 
 
-#: Python keyword arguments (the joblib backend, the Dask plugin).
+#: Python keyword arguments (the joblib backend, the Dask plugin), as the options declare them.
 KEYWORDS = Spelling(
     workers=lambda n: f"n_jobs={n}",
-    policy=lambda name: f"oversubscribe={name!r}",
-    cores_per_worker="cores_per_worker",
-    more_cores="fewer reserved CPUs (reserve=)",
-    timeout="claim_timeout",
+    policy=lambda name: spelled("oversubscribe", name),
+    cores_per_worker=spelled("cores_per_worker"),
+    more_cores=f"fewer reserved CPUs ({spelled('reserve')}=)",
+    timeout=spelled("claim_timeout"),
 )
-#: The runner's command line.
+#: The runner's command line, with the flags the options declare.
 COMMAND_LINE = Spelling(
     workers=lambda n: f"-p {n}",
-    policy=lambda name: f"--oversubscribe {name}",
-    cores_per_worker="--cores-per-worker",
-    more_cores="more cores for the job (--cores, --reserve)",
-    timeout="--claim-timeout",
+    policy=lambda name: spelled("oversubscribe", name, command_line=True),
+    cores_per_worker=spelled("cores_per_worker", command_line=True),
+    more_cores=f"more cores for the job (--cores, {spelled('reserve', command_line=True)})",
+    timeout=spelled("claim_timeout", command_line=True),
 )
 
 
