@@ -29,20 +29,18 @@ import logging
 import os
 import socket
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .. import _platform
 from .._docs import troubleshooting
 from .._platform import AffinityUnavailable
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
-from ..host.caps import THREAD_ENV_VARS
 from ..host.groups import group_room
 from ..host.leases import Lease, LeaseConflict, LeaseError, LeaseInfo
-from ..host.lifecycle import lease_slot
+from ..host.lifecycle import lease_slot, release_slot
 from ..host.machine import read_topology
-from ..host.pinning import PinningError, PinningUnavailableWarning, pin
-from ..host.slot import SCOPE_ENV, SLOT_ENV, AppliedSlot, apply_slot, reset_current_slot
+from ..host.pinning import PinningError, PinningUnavailableWarning
+from ..host.slot import AppliedSlot, apply_slot
 from ..host.state import STATE
 from ..host.survey import survey
 from ._executor import TaskThreadCaps
@@ -72,9 +70,6 @@ EVENT_TOPIC = "pinbackend"
 CLOSE_REASON = "pinbackend-pinning-refused"
 #: Outcomes of a worker that does not run tasks.
 GONE = ("closed", "refused")
-#: The variables applying a slot sets in the process (and unpinning restores): a slot's
-#: scope left behind would make the next claim a nested one, inside the old lease.
-_SLOT_VARS = (*THREAD_ENV_VARS, "PYTHON_CPU_COUNT", SCOPE_ENV, SLOT_ENV)
 
 
 class PinRefused(RuntimeError):
@@ -89,7 +84,8 @@ class WorkerPin:
     workers, ``oversubscribe="share"``), ``closed`` (the policy closed it: the host's slots
     are taken), ``refused`` (``oversubscribe="error"``, or it cannot be pinned and
     ``fail="closed"``) or ``unpinned`` (it cannot be pinned and ``fail="open"``). ``note``
-    says what the host's shape is when the policy had to act.
+    says what the host's shape is when the policy had to act. ``slot`` remembers what
+    applying it changed, which unpinning puts back (:func:`unpin_worker`).
     """
 
     source: str
@@ -98,11 +94,7 @@ class WorkerPin:
     slot: AppliedSlot | None = None
     lease: Lease | None = None
     reason: str | None = None
-    original_cpus: frozenset[int] = frozenset()
     task_caps: TaskThreadCaps | None = None
-    #: What applying the slot changes in the process, to give back on unpinning.
-    original_env: dict[str, str | None] = field(default_factory=dict)
-    original_cpu_count: object = None
     outcome: str = "pinned"
     note: str | None = None
 
@@ -174,14 +166,7 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
             )
         return previous
     nthreads = worker.state.nthreads
-    state = WorkerPin(
-        source,
-        options,
-        nthreads,
-        original_cpus=_platform.allowed_cpus(),
-        original_env={name: os.environ.get(name) for name in _SLOT_VARS},
-        original_cpu_count=os.cpu_count,
-    )
+    state = WorkerPin(source, options, nthreads)
     nanny_mismatch = None
     try:
         _refuse_shared_process(worker)
@@ -432,59 +417,41 @@ async def _end(worker) -> None:
 
 
 def _abandon(state: WorkerPin) -> None:
-    """Give back what a failed attempt took: its lease, its slot record, moved threads.
+    """Give back what a failed attempt took, through the one release: its lease, and its
+    slot undone (a slot that failed to apply has put itself back already).
 
     A worker that only lacks CPU affinity keeps its slot and caps under fail=open; this is
     for every other failure, and for any failure under fail=closed.
     """
-    if state.lease is None:
-        return  # nothing was claimed, so no thread was touched
-    state.lease.release()
+    applied, lease = state.slot, state.lease
     state.lease, state.slot = None, None
-    reset_current_slot()
-    _restore_process(state)
     try:
-        pin(state.original_cpus)  # pinning may have failed half-way
-    except (PinningError, AffinityUnavailable, OSError):
-        pass  # affinity could not be set at all: nothing moved
+        release_slot(applied, lease)
+    except (PinningError, OSError):
+        pass  # the lease is given back; a thread that kept the slot's CPUs only runs slower
 
 
 def unpin_worker(worker, source: str) -> None:
-    """Undo what :func:`pin_worker` did for ``source``: release the lease, restore the
-    threads' original CPUs and the executors. A no-op for another source's pinning."""
+    """Undo what :func:`pin_worker` did for ``source``: the executors' caps, then the one
+    release (:func:`~pinbackend.host.lifecycle.release_slot`: every thread's CPUs, the
+    pools' caps, the environment and ``os.cpu_count`` as they were, the lease given back).
+    A no-op for another source's pinning."""
     state = STATE.worker_pin
     if state is None or state.source != source:
         return
     STATE.worker_pin = None
     if state.task_caps is not None:
         state.task_caps.uninstall()
-    if state.slot is not None and state.slot.pinned and state.original_cpus:
-        try:
-            pin(state.original_cpus)
-        except (PinningError, AffinityUnavailable, OSError) as error:
-            logger.warning(
-                "pinbackend: could not give worker %s its CPUs %s back after releasing its "
-                "slot: %s. See %s",
-                worker.address,
-                format_cpu_list(state.original_cpus),
-                error,
-                troubleshooting("dask-worker-cpus-not-restored"),
-            )
-    reset_current_slot()
-    _restore_process(state)
-    if state.lease is not None:
-        state.lease.release()
-
-
-def _restore_process(state: WorkerPin) -> None:
-    """Give the process the environment and ``os.cpu_count`` it had before its slot."""
-    for name, value in state.original_env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    if state.original_cpu_count is not None:
-        os.cpu_count = state.original_cpu_count
+    try:
+        release_slot(state.slot, state.lease)
+    except (PinningError, OSError) as error:
+        logger.warning(
+            "pinbackend: could not give worker %s its CPUs back after releasing its slot: "
+            "%s. See %s",
+            worker.address,
+            error,
+            troubleshooting("dask-worker-cpus-not-restored"),
+        )
 
 
 def _refuse_shared_process(worker) -> None:
