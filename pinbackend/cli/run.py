@@ -2,7 +2,10 @@
 
 The command replaces this process (``exec``), keeping its pid, so the lease lives exactly as
 long as the command, the exit code is the command's own, and signals reach it directly. The
-command and its children inherit the CPU mask and the thread-cap environment variables.
+slot is applied as in every pool worker (:func:`~pinbackend.host.slot.apply_slot`, in this
+process's own right); of what it sets, the command and its children inherit the CPU mask and
+the thread-cap environment variables. Nothing is undone: the exec ends this process, and its
+end releases the lease.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from ..host.leases import Lease, LeaseError, claim
 from ..host.lifecycle import lease_slot
 from ..host.machine import read_topology
 from ..host.options import OptionsError, PinOptions
-from ..host.pinning import PinningError, pin_or_warn
-from ..host.slot import current_scope, slot_env
+from ..host.pinning import PinningError
+from ..host.slot import apply_slot, current_scope
 from ._common import (
     UsageError,
     add_reserve_option,
@@ -84,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
             stacklevel=1,
         )
     try:
-        pin_or_warn(lease.cores)
+        apply_slot(lease.cores, lease=lease, own_process=True)
     except PinningError as error:
         fail(str(error))
-    env = {**os.environ, **slot_env(lease.cores, lease)}
+    env = dict(os.environ)  # with the slot's variables (slot_env), as apply_slot set them
     for fd in lease.fds():
         os.set_inheritable(fd, True)
     _exec(executable, command, env)
