@@ -164,7 +164,7 @@ def _live_children() -> list[psutil.Process]:
 @pytest.fixture(autouse=True)
 def lease_registry(tmp_path_factory, monkeypatch):
     """Give every test its own lease registry, so tests never see the host's real leases."""
-    from pinbackend.host.leases import REGISTRY_ENV
+    from pinbackend.host.registry import REGISTRY_ENV
 
     directory = tmp_path_factory.mktemp("leases", numbered=True)
     directory.chmod(0o700)
@@ -175,7 +175,7 @@ def lease_registry(tmp_path_factory, monkeypatch):
 @pytest.fixture(autouse=True)
 def no_leaks(lease_registry):
     """Fail a test that leaves a child process, a held lease or a changed thread env var."""
-    from pinbackend.host.leases import list_leases
+    from pinbackend.host.holders import list_leases
 
     env_before = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
     yield

@@ -30,8 +30,8 @@ import pytest
 from _helpers import STACK_DUMP_SECONDS, child_env
 
 from pinbackend import _platform
+from pinbackend.host.holders import list_leases
 from pinbackend.host.jobs import list_jobs
-from pinbackend.host.leases import list_leases
 
 ALLOWED = sorted(os.sched_getaffinity(0))
 pytestmark = [

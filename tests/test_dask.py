@@ -31,7 +31,8 @@ from pinbackend.dask import (  # noqa: E402
     format_placement,
     placement,
 )
-from pinbackend.host.leases import claim, list_leases  # noqa: E402
+from pinbackend.host.holders import list_leases  # noqa: E402
+from pinbackend.host.leases import claim  # noqa: E402
 from pinbackend.host.machine import read_topology  # noqa: E402
 
 pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.timeout(150)]

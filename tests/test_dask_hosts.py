@@ -33,8 +33,9 @@ from distributed import Client  # noqa: E402
 
 from pinbackend.bench.cgroups import CgroupUnavailable, child_cgroup  # noqa: E402
 from pinbackend.dask import format_placement, placement  # noqa: E402
-from pinbackend.host.leases import REGISTRY_ENV, list_leases  # noqa: E402
+from pinbackend.host.holders import list_leases  # noqa: E402
 from pinbackend.host.machine import read_topology  # noqa: E402
+from pinbackend.host.registry import REGISTRY_ENV  # noqa: E402
 
 pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.timeout(150)]
 

@@ -34,7 +34,7 @@ from test_dask import (  # noqa: E402, F401 - restore_environ is an autouse fixt
 
 import pinbackend  # noqa: E402
 from pinbackend.dask import PinPlugin, PinRefused, format_placement, placement  # noqa: E402
-from pinbackend.host.leases import list_leases  # noqa: E402
+from pinbackend.host.holders import list_leases  # noqa: E402
 from pinbackend.host.options import PinOptions  # noqa: E402
 
 pytestmark = [

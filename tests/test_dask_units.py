@@ -173,7 +173,7 @@ def test_parsing_preload_options_has_no_side_effect():
         """
         import json, os, threading
         import click
-        from pinbackend.host.leases import list_leases
+        from pinbackend.host.holders import list_leases
         env, cpus, threads = dict(os.environ), os.sched_getaffinity(0), threading.active_count()
         import pinbackend
         command = pinbackend.dask_setup

@@ -21,7 +21,8 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 import pinbackend
 from pinbackend import PinnedBackend, PlanError
 from pinbackend.core.planner import OversubscriptionWarning
-from pinbackend.host.leases import claim, list_leases
+from pinbackend.host.holders import list_leases
+from pinbackend.host.leases import claim
 from pinbackend.host.notices import PoolResizedWarning
 
 ALLOWED = sorted(os.sched_getaffinity(0))

@@ -61,7 +61,7 @@ def test_n_jobs_minus_one_resolving_to_one_worker_still_runs_leased_and_pinned(h
     import json, os
     from joblib import Parallel, delayed
     import pinbackend
-    from pinbackend.host.leases import list_leases
+    from pinbackend.host.holders import list_leases
     how = {how!r}
     if how == "taskset":
         os.sched_setaffinity(0, {{{ALLOWED[-1]}}})
@@ -90,7 +90,7 @@ RELEASED_WORKER = """
 import json, os, subprocess, sys, time
 from joblib import Parallel, delayed
 import pinbackend
-from pinbackend.host.leases import list_leases
+from pinbackend.host.holders import list_leases
 
 B_CPU, KIND = {b_cpu}, {kind!r}
 

@@ -15,17 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from pinbackend.host.leases import (
+from pinbackend.host.holders import busy_cpus, list_leases
+from pinbackend.host.leases import LeaseConflict, claim, claim_first_free, held_leases
+from pinbackend.host.registry import (
     REGISTRY_ENV,
-    LeaseConflict,
     LeaseError,
     RegistryError,
     UnsafeLeaseFile,
-    busy_cpus,
-    claim,
-    claim_first_free,
-    held_leases,
-    list_leases,
     registry_dir,
 )
 

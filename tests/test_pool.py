@@ -126,7 +126,7 @@ def test_a_worker_still_waiting_for_its_slot_ends_with_its_pools_owner():
 def test_a_claim_that_fails_after_locking_releases_every_lock(monkeypatch):
     """All or nothing: when applying the slot fails, the lease taken for it is released."""
     import pinbackend.host.lifecycle as lifecycle
-    from pinbackend.host.leases import list_leases
+    from pinbackend.host.holders import list_leases
     from pinbackend.host.state import STATE
 
     def broken_apply(*args, **kwargs):

@@ -26,17 +26,10 @@ from _helpers import pinbackend_cli
 from pinbackend.cli import status
 from pinbackend.core.planner import PlanError
 from pinbackend.host import jobs, leases
+from pinbackend.host.holders import busy_cpus, list_leases
 from pinbackend.host.jobs import list_jobs, register_job
-from pinbackend.host.leases import (
-    REGISTRY_ENV,
-    LeaseConflict,
-    RegistryError,
-    busy_cpus,
-    claim,
-    held_leases,
-    list_leases,
-    registry_dir,
-)
+from pinbackend.host.leases import LeaseConflict, claim, held_leases
+from pinbackend.host.registry import REGISTRY_ENV, RegistryError, registry_dir
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -155,7 +148,8 @@ def test_a_lock_file_we_may_not_open_says_permission_denied():
         os.chown(registry, 4242, 4242)
         code = (
             # Import as root: the interpreter's own files may not be readable by uid 4242.
-            "import os\nfrom pinbackend.host.leases import RegistryError, claim\n"
+            "import os\nfrom pinbackend.host.leases import claim\n"
+            "from pinbackend.host.registry import RegistryError\n"
             "os.setgid(4242); os.setuid(4242)\n"
             "try:\n    claim({0})\nexcept RegistryError as error:\n    print(error)"
         )
@@ -526,18 +520,18 @@ def test_a_claim_racing_the_collector_holds_the_file_that_stays(lease_registry, 
     folder = lease_registry / f"scope-{scope}"
     folder.mkdir(mode=0o700)
     (folder / "cpu-0.lock").write_bytes(b"")
-    real_open = leases._open_lock
+    real_open = leases.open_file
     calls = []
 
-    def open_then_collected(directory, cpu):
-        fd = real_open(directory, cpu)
+    def open_then_collected(path):
+        fd = real_open(path)
         if not calls:
-            calls.append(cpu)
+            calls.append(path)
             list_leases(scope=None)  # collects the folder: its parent lease is not held
             assert not folder.exists()
         return fd
 
-    monkeypatch.setattr(leases, "_open_lock", open_then_collected)
+    monkeypatch.setattr(leases, "open_file", open_then_collected)
     with claim({0}, scope=scope) as lease:
         assert os.fstat(lease.fds()[0]).st_nlink == 1
         assert is_locked(folder / "cpu-0.lock")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pinbackend.core.planner import PlanError
 from pinbackend.core.topology import Topology
-from pinbackend.host.leases import LeaseInfo
+from pinbackend.host.holders import LeaseInfo
 from pinbackend.runner import RunnerConfig
 from pinbackend.runner._plan import decide, job_cores
 

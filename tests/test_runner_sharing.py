@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _helpers import PYTHON, blas_threads, pinbackend_cli, pinbackend_started, thread_masks
 
-from pinbackend.host.leases import list_leases
+from pinbackend.host.holders import list_leases
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ALLOWED = sorted(os.sched_getaffinity(0))

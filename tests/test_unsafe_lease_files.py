@@ -26,17 +26,11 @@ import pytest
 from _helpers import PYTHON, last_json, pinbackend_cli
 
 from pinbackend.cli import status
-from pinbackend.host.leases import (
-    REGISTRY_ENV,
-    LeaseConflict,
-    UnsafeLeaseFile,
-    claim,
-    claim_first_free,
-    held_leases,
-    list_leases,
-)
+from pinbackend.host.holders import list_leases
+from pinbackend.host.leases import LeaseConflict, claim, claim_first_free, held_leases
 from pinbackend.host.lifecycle import lease_slot
 from pinbackend.host.options import DEFAULT_CLAIM_TIMEOUT, PinOptions
+from pinbackend.host.registry import REGISTRY_ENV, UnsafeLeaseFile
 
 CPU = min(os.sched_getaffinity(0))
 #: Seconds an entry point may take to refuse, fresh interpreter included, on a busy 2-core
@@ -307,7 +301,7 @@ def test_a_runner_pool_refuses_a_file_planted_while_the_program_runs(
         assert "the program ran" in result.stdout
         assert result.returncode == 1, result.stderr
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("pinbackend.host.leases.UnsafeLeaseFile: refusing lease file")
+        assert last.startswith("pinbackend.host.registry.UnsafeLeaseFile: refusing lease file")
         assert_names_the_file(last, path, "fifo")
         assert seconds < AT_ONCE
         assert list(marks.iterdir()) == []

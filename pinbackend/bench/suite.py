@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 
 from .. import _platform
 from ..host.caps import THREAD_ENV_VARS, thread_env
-from ..host.leases import REGISTRY_ENV
 from ..host.machine import read_topology
+from ..host.registry import REGISTRY_ENV
 from ..host.slot import SCOPE_ENV, SLOT_ENV
 from .cgroups import CgroupUnavailable, child_cgroup
 from .measure import run_measurement

@@ -11,8 +11,9 @@ from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.topology import TopologyError
 from ..host.budget import read_budget
-from ..host.leases import LeaseError, list_leases
+from ..host.holders import list_leases
 from ..host.machine import read_topology
+from ..host.registry import LeaseError
 from ._common import UsageError, add_json_option, add_root_option, fail, print_json
 from .render import budget_cores, describe_budget, describe_topology
 

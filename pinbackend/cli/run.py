@@ -19,11 +19,12 @@ import warnings
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
-from ..host.leases import Lease, LeaseError, claim
+from ..host.leases import Lease, claim
 from ..host.lifecycle import lease_slot
 from ..host.machine import read_topology
 from ..host.options import OptionsError, PinOptions
 from ..host.pinning import PinningError
+from ..host.registry import LeaseError
 from ..host.slot import apply_slot, current_scope
 from ._common import (
     UsageError,

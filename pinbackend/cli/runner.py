@@ -19,9 +19,9 @@ from .. import __version__
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..core.topology import TopologyError
-from ..host.leases import LeaseError
 from ..host.machine import read_topology
 from ..host.options import DEFAULT_CLAIM_TIMEOUT
+from ..host.registry import LeaseError
 from ..runner import (
     RUNNER_POLICIES,
     RunnerConfig,

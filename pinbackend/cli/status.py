@@ -11,8 +11,9 @@ import sys
 import time
 
 from ..core.cpuset import format_cpu_list
+from ..host.holders import list_leases
 from ..host.jobs import job_of, list_jobs
-from ..host.leases import LeaseError, RegistryError, UnsafeLeaseFile, list_leases, registry_dir
+from ..host.registry import LeaseError, RegistryError, UnsafeLeaseFile, registry_dir
 from ._common import add_json_option, fail, print_json
 
 HELP = "list the core leases held on this host"

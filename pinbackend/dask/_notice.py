@@ -25,7 +25,15 @@ import time
 from collections.abc import Iterable
 
 from .. import _platform
-from ..host.leases import LeaseError, list_leases, parse_record, registry_dir
+from ..host.holders import list_leases
+from ..host.registry import (
+    LeaseError,
+    open_file,
+    private_dir,
+    read_record,
+    registry_dir,
+    write_record,
+)
 
 __all__ = ["COLLECT_SECONDS", "FRESH_SECONDS", "first_on_host"]
 
@@ -45,36 +53,27 @@ def first_on_host(key: str, lease_ids: Iterable[str]) -> bool:
     ``lease_ids`` are the cluster's leases on this host now, which keep the record fresh.
     """
     try:
-        folder = _folder()
+        folder = private_dir(registry_dir() / _FOLDER)
         path = folder / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _platform.SAFE_OPEN_FLAGS, 0o600)
+        fd = open_file(path)
     except (LeaseError, OSError):
         return True
+    if fd is None:
+        return True  # removed meanwhile
     try:
         if not _lock(fd):
             return True
-        record = parse_record(os.pread(fd, 1 << 16, 0)) or {}
+        record = read_record(fd) or {}
         if record.get("key") == key and _fresh(record):
             return False
         data = json.dumps({"key": key, "leases": sorted(lease_ids), "time": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data.encode(), 0)
+        write_record(fd, data.encode())
     except OSError:
         return True
     finally:
         os.close(fd)  # drops the lock
     _collect(folder, path.name)
     return True
-
-
-def _folder():
-    folder = registry_dir() / _FOLDER
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(folder, 0o700)
-    info = os.lstat(folder)
-    if not os.path.isdir(folder) or os.path.islink(folder) or info.st_uid != os.getuid():
-        raise OSError(f"{folder} is not a private folder of ours")
-    return folder
 
 
 def _lock(fd: int) -> bool:

@@ -36,10 +36,12 @@ from .._platform import AffinityUnavailable
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..host.groups import group_room
-from ..host.leases import Lease, LeaseConflict, LeaseError, LeaseInfo
+from ..host.holders import LeaseInfo
+from ..host.leases import Lease, LeaseConflict
 from ..host.lifecycle import lease_slot, release_slot
 from ..host.machine import read_topology
 from ..host.pinning import PinningError, PinningUnavailableWarning
+from ..host.registry import LeaseError
 from ..host.slot import AppliedSlot, apply_slot
 from ..host.state import STATE
 from ..host.survey import survey

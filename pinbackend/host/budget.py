@@ -17,7 +17,7 @@ from ..core.budget import Budget, Limit
 from ..core.budget import read_budget as _read_budget
 from ..core.sysfs import is_live_root
 from ..core.topology import Topology
-from .leases import LeaseInfo
+from .holders import LeaseInfo
 from .machine import read_topology
 
 __all__ = ["quota_peers", "read_budget"]

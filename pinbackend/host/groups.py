@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 
 from ..core.budget import cores_within
 from ..core.planner import plan_slots
-from .leases import Lease, LeaseInfo, claim
+from .holders import LeaseInfo
+from .leases import Lease, claim
 from .options import PinOptions
 from .survey import Survey
 

@@ -26,15 +26,8 @@ from dataclasses import dataclass, field
 import psutil
 
 from .. import _platform
-from .leases import (
-    RECORD_LIMIT,
-    LeaseInfo,
-    is_pid,
-    is_timestamp,
-    parse_record,
-    registry_dir,
-    registry_failure,
-)
+from .holders import LeaseInfo
+from .registry import is_pid, is_timestamp, read_record, registry_dir, registry_failure
 
 __all__ = ["Job", "JobInfo", "job_of", "list_jobs", "register_job"]
 
@@ -127,8 +120,7 @@ def _read(path: str) -> tuple[JobInfo, tuple[int, int]] | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return None
-        # One byte more than the limit allows, so that a larger record is seen as such.
-        data = parse_record(os.read(fd, min(info.st_size, RECORD_LIMIT) + 1))
+        data = read_record(fd)
     except OSError:
         return None
     finally:

@@ -31,14 +31,8 @@ from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
 from . import loads, notices
 from .caps import user_thread_limits
 from .groups import group_room, least_crowded, share_least_crowded
-from .leases import (
-    Lease,
-    LeaseConflict,
-    LeaseInfo,
-    claim,
-    claim_first_free,
-    list_leases,
-)
+from .holders import LeaseInfo, list_leases
+from .leases import Lease, LeaseConflict, claim, claim_first_free
 from .options import PinOptions
 from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, count, decide
 from .pool import PoolPlan

@@ -17,7 +17,7 @@ from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.planner import Plan, PlanError, plan_slots
 from ..core.topology import Topology
-from .leases import LeaseInfo, describe_holder
+from .holders import LeaseInfo, describe_holder
 from .options import PinOptions, spelled
 
 __all__ = [

@@ -1,0 +1,308 @@
+"""Who holds which CPUs: the lease records in the registry's lock files, read back.
+
+A CPU is held while some process holds its lock file's ``flock``; the record in the file
+says by whom (:class:`LeaseInfo`). Records are read without trusting them: a held lock whose
+record does not check out counts as held by an unknown process, and a path no claim could
+lock raises :class:`.UnsafeLeaseFile` (see :mod:`.registry`). This module also collects the
+scope folders of leases that ended without a release (killed, or handed to a program by
+``exec``). Claiming, and the lease handle, are :mod:`.leases`'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import _platform
+from ..core.cpuset import format_cpu_list
+from .registry import (
+    LEASE_ID,
+    LOCK_NAME,
+    LeaseError,
+    RegistryError,
+    is_cpu_list,
+    is_lock_file,
+    is_pid,
+    is_private_dir,
+    is_timestamp,
+    lock_path,
+    open_existing,
+    read_record,
+    registry_dir,
+    registry_failure,
+    scope_dir,
+    scope_names,
+)
+
+__all__ = [
+    "LeaseInfo",
+    "busy_cpus",
+    "collect_after_claim",
+    "describe_holder",
+    "holders_of",
+    "list_leases",
+    "remove_idle_scope",
+]
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """What a lease file says about its holder (``pid`` is None when the record is unreadable)."""
+
+    lease_id: str
+    pid: int | None
+    cores: frozenset[int]
+    command: str
+    since: float | None = None
+    scope: str = ""
+    shared: frozenset[int] = frozenset()
+    owner: int | None = None
+
+    def to_dict(self) -> dict:
+        """Plain-data form, written into lock files and shown by ``status --json``."""
+        return {
+            "lease_id": self.lease_id,
+            "pid": self.pid,
+            "cores": sorted(self.cores),
+            "command": self.command,
+            "since": self.since,
+            "scope": self.scope,
+            "shared": sorted(self.shared),
+            "owner": self.owner,
+        }
+
+
+def _lease_from_record(data: dict, cpu: int, scope: str) -> LeaseInfo | None:
+    """The lease a record describes, or None if a field is missing, odd or out of range."""
+    cores, shared = data.get("cores"), data.get("shared", [])
+    owner = data.get("owner")
+    valid = (
+        isinstance(data.get("lease_id"), str)
+        and LEASE_ID.fullmatch(data["lease_id"])
+        and is_pid(data.get("pid"))
+        and is_cpu_list(cores)
+        and cpu in cores  # a record in CPU 2's file that does not claim CPU 2 is not ours
+        and is_cpu_list(shared)
+        and set(shared) <= set(cores)
+        and isinstance(data.get("command"), str)
+        and is_timestamp(data.get("since"))
+        and (owner is None or is_pid(owner))
+    )
+    if not valid:
+        return None
+    return LeaseInfo(
+        lease_id=data["lease_id"],
+        pid=data["pid"],
+        cores=frozenset(cores),
+        command=data["command"],
+        since=float(data["since"]),
+        scope=scope,
+        shared=frozenset(shared),
+        owner=owner,
+    )
+
+
+def _unknown_holder(cpu: int, scope: str) -> LeaseInfo:
+    """The holder of a held lock whose record cannot be trusted: an unknown process."""
+    return LeaseInfo(
+        f"unknown-cpu-{cpu}", None, frozenset({cpu}), "(unreadable record)", None, scope
+    )
+
+
+def _read_lease(fd: int, cpu: int, scope: str) -> LeaseInfo:
+    """The lease recorded in a held lock file; an unknown holder if it cannot be trusted."""
+    for attempt in range(3):
+        if attempt:
+            time.sleep(0.01)  # the holder may be writing its record right now
+        data = read_record(fd)
+        info = _lease_from_record(data, cpu, scope) if data is not None else None
+        if info is not None:
+            return info
+    return _unknown_holder(cpu, scope)
+
+
+def describe_holder(holder: LeaseInfo) -> str:
+    """Who holds a lease, for messages: ``pid 12 (python job.py)``, or an unknown process."""
+    if holder.pid is None:
+        return (
+            f"an unknown process (its record of CPU {format_cpu_list(holder.cores)} is "
+            f"unreadable; `python -m pinbackend status` lists the lock files)"
+        )
+    return f"pid {holder.pid} ({holder.command})"
+
+
+def _holder_of(directory: Path, cpu: int, scope: str) -> LeaseInfo | None:
+    """Who holds one CPU's lock: None if nobody; an unknown holder if its record is untrusted.
+
+    Fails closed two ways. A held lock whose record does not check out (a live process wrote
+    garbage, or is writing right now) makes the CPU busy, held by an unknown process. A path
+    no claim could lock (a symlink, FIFO, directory, another user's or a hard-linked file)
+    raises :class:`.UnsafeLeaseFile` at once: waiting cannot help, and planning around it
+    would hide it.
+    """
+    fd = open_existing(lock_path(directory, cpu))
+    if fd is None:
+        return None  # no such file, or the scope collector removed it after we opened it
+    try:
+        if not _platform.probe_lock(fd):
+            return None
+        return _read_lease(fd, cpu, scope)
+    except OSError:
+        return _unknown_holder(cpu, scope)
+    finally:
+        os.close(fd)
+
+
+def holders_of(
+    directory: Path,
+    cpus: Iterable[int],
+    scope: str,
+    problems: list[RegistryError] | None = None,
+) -> list[LeaseInfo]:
+    """The leases that hold some of ``cpus`` in a scope's folder, each once.
+
+    A lock file that cannot be trusted or opened raises, or with ``problems`` is appended
+    to it and skipped.
+    """
+    found: dict[str, LeaseInfo] = {}
+    for cpu in sorted(cpus):
+        try:
+            info = _holder_of(directory, cpu, scope)
+        except RegistryError as error:
+            if problems is None:
+                raise
+            problems.append(error)
+            continue
+        if info is not None:
+            found.setdefault(info.lease_id, info)
+    return list(found.values())
+
+
+def list_leases(
+    scope: str | None = "", *, problems: list[RegistryError] | None = None
+) -> list[LeaseInfo]:
+    """Return the live leases in a scope, oldest first.
+
+    ``""`` is the host scope (top-level leases); a lease id is the scope of the pools nested
+    inside that lease; ``None`` lists every scope, and removes the scope folders of leases
+    that ended without :meth:`.Lease.release` (killed, or handed to a program by ``exec``).
+
+    A lock file that cannot be trusted (:class:`.UnsafeLeaseFile`) or opened raises, unless
+    ``problems`` is given: then each such error is appended to it and the listing goes on
+    (``status`` shows them beside the leases).
+    """
+    if scope is not None:
+        return _leases_in(scope, problems)
+    # Folders first, leases second: a parent lease held when its folder was listed is then
+    # among the leases read (see _remove_stale_scopes).
+    names = scope_names()
+    leases = [info for name in ["", *names] for info in _leases_in(name, problems)]
+    _remove_stale_scopes(names, leases)
+    return leases
+
+
+def _leases_in(scope: str, problems: list[RegistryError] | None = None) -> list[LeaseInfo]:
+    directory = scope_dir(scope, create=False)
+    try:
+        entries = os.listdir(directory) if directory is not None else []
+    except FileNotFoundError:
+        entries = []  # collected meanwhile
+    except OSError as error:
+        raise registry_failure("list the lease directory", directory, error) from None
+    cpus = [int(match[1]) for match in map(LOCK_NAME.fullmatch, entries) if match]
+    leases = holders_of(directory, cpus, scope, problems) if cpus else []
+    return sorted(leases, key=lambda info: (info.since or 0.0, info.lease_id))
+
+
+def busy_cpus(scope: str = "", *, ignore_owner: int | None = None) -> frozenset[int]:
+    """Return the CPUs that live leases in ``scope`` hold (shared ones are not held).
+
+    Leases of pools planned by ``ignore_owner`` are left out: a pool re-planning must not
+    count its own workers as strangers.
+    """
+    return frozenset().union(
+        *(
+            info.cores - info.shared
+            for info in list_leases(scope)
+            if ignore_owner is None or info.owner != ignore_owner
+        )
+    )
+
+
+# Scope folders. A nested pool's folder is live while its parent lease is held. One that
+# outlived its parent (the parent was killed, or ended with the program it handed its
+# descriptors to) is removed by the next process that lists every scope or claims at the top.
+
+
+def _remove_stale_scopes(names: Iterable[str], leases: Iterable[LeaseInfo]) -> None:
+    """Remove the scope folders in ``names`` whose parent lease is not among ``leases``.
+
+    Lease ids are never reused, so a parent found free stays free; nested leases that an
+    orphan still holds keep their folder (see :func:`_remove_scope_folder`).
+    """
+    held = {info.lease_id for info in leases}
+    for name in names:
+        if name not in held:
+            _remove_scope_folder(name)
+
+
+def collect_after_claim(scope: str) -> None:
+    """After a top-level claim: collect stale scope folders, if there are any (best effort)."""
+    if scope:
+        return
+    with contextlib.suppress(LeaseError, OSError):
+        names = scope_names()
+        if names:
+            leases = [info for name in ["", *names] for info in _leases_in(name)]
+            _remove_stale_scopes(names, leases)
+
+
+def remove_idle_scope(info: LeaseInfo) -> None:
+    """After a release: remove the lease's scope folder unless the lease lives on elsewhere.
+
+    A descriptor passed to a child keeps the lock (and the child's nested pools) alive.
+    """
+    with contextlib.suppress(LeaseError, OSError):
+        if not os.path.lexists(registry_dir() / f"scope-{info.lease_id}"):
+            return
+        directory = scope_dir(info.scope, create=False)
+        held = info.cores - info.shared
+        if directory is not None and held:
+            holder = _holder_of(directory, min(held), info.scope)
+            if holder is not None and holder.lease_id == info.lease_id:
+                return
+        _remove_scope_folder(info.lease_id)
+
+
+def _remove_scope_folder(lease_id: str) -> None:
+    """Remove a scope folder whose leases are all free; leave it if anything is in the way.
+
+    Its lock files are unlinked only while we hold every one of their locks. A claim that
+    opened one before the unlink finds it locked (busy: it tries again) or, once we let go,
+    unlinked (a claim's ``_lock_one`` then opens the new file at that path): nobody ends up holding
+    a lock file that is no longer in the registry.
+    """
+    fds: list[int] = []
+    try:
+        folder = registry_dir() / f"scope-{lease_id}"
+        if not is_private_dir(folder):
+            return
+        names = os.listdir(folder)
+        for name in names:
+            if not LOCK_NAME.fullmatch(name):
+                return  # not something we made: leave the folder alone
+            fds.append(os.open(folder / name, os.O_RDWR | _platform.SAFE_OPEN_FLAGS))
+            if not is_lock_file(os.fstat(fds[-1])) or not _platform.lock_exclusive(fds[-1]):
+                return  # held by a live (orphaned) nested lease, or not a lock file
+        for name in names:
+            os.unlink(folder / name)
+        os.rmdir(folder)  # fails, harmlessly, if a claim created a file meanwhile
+    except (LeaseError, OSError):
+        return  # changed or removed meanwhile: a later pass tries again
+    finally:
+        for fd in fds:
+            os.close(fd)
