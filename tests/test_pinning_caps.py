@@ -226,3 +226,160 @@ def test_the_runner_caps_tbb_in_the_main_process_through_the_registry(tmp_path):
     )
     result = pinbackend_cli("-t", "1", str(script), check=True)
     assert last_json(result.stdout) == {"tbb": 1}
+
+
+# A slot applied in a process's own right, then undone: read back from inside, before, during
+# and after. A thread started before the apply, one started while the slot is applied (it
+# inherits the slot's mask), BLAS and OpenMP pools loaded before (sized 2 by the user), an
+# environment variable the slot overrides and one it adds, os.cpu_count, loky's nested patch.
+APPLY_THEN_UNDO = """
+import json, os, threading
+import numpy as np
+import sklearn.utils._openmp_helpers  # the OpenMP runtime, loaded before the slot
+from threadpoolctl import threadpool_info
+from joblib._parallel_backends import LokyBackend
+from pinbackend.host.slot import SCOPE_ENV, apply_slot, current_slot
+from pinbackend.host.leases import claim
+
+def state():
+    return {{
+        "masks": {{tid: sorted(os.sched_getaffinity(tid))
+                   for tid in map(int, os.listdir("/proc/self/task"))}},
+        "pools": sorted((p["user_api"], p["num_threads"]) for p in threadpool_info()),
+        "env": {{name: os.environ.get(name)
+                 for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHON_CPU_COUNT",
+                              "PINBACKEND_SLOT", SCOPE_ENV)}},
+        "cpu_count": os.cpu_count(),
+        "loky_patched": hasattr(LokyBackend._prepare_worker_env, "_slot_threads"),
+        "slot": current_slot() is not None,
+    }}
+
+for name in ("PYTHON_CPU_COUNT", "PINBACKEND_SLOT", SCOPE_ENV):
+    os.environ.pop(name, None)  # as outside any slot
+stop = threading.Event()
+early = threading.Thread(target=stop.wait)
+early.start()
+a = np.ones((300, 300))
+a @ a
+before = state()
+lease = claim({cores})
+slot = apply_slot({cores}, lease=lease, own_process=True)
+late = threading.Thread(target=stop.wait)
+late.start()
+during = state()
+slot.undo()
+slot.undo()  # idempotent
+after = state()
+stop.set()
+print(json.dumps({{"before": before, "during": during, "after": after,
+                   "early": early.native_id, "late": late.native_id}}))
+"""
+
+
+@pytest.mark.parametrize("cores", [{0}, set(sorted(os.sched_getaffinity(0))[-1:])])
+def test_undo_puts_back_what_applying_a_slot_changed(cores):
+    env = {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    data = last_json(run_python(APPLY_THEN_UNDO.format(cores=cores), env=env).stdout)
+    before, during, after = data["before"], data["during"], data["after"]
+    allowed = sorted(os.sched_getaffinity(0))
+    # During: every thread on the slot, the pools capped, the variables set.
+    assert {tuple(m) for m in during["masks"].values()} == {tuple(sorted(cores))}
+    assert str(data["late"]) in during["masks"]
+    assert {n for _, n in during["pools"]} == {len(cores)}
+    assert during["env"]["OMP_NUM_THREADS"] == str(len(cores))
+    assert during["env"]["PINBACKEND_SCOPE"] and during["env"]["PINBACKEND_SLOT"]
+    assert during["cpu_count"] == len(cores) and during["loky_patched"] and during["slot"]
+    # After: as before, the thread started inside the slot on the process's CPUs too.
+    assert {tuple(pool) for pool in before["pools"]} >= {("blas", 2), ("openmp", 2)}
+    assert after["pools"] == before["pools"]
+    assert {tid: mask for tid, mask in after["masks"].items() if tid in before["masks"]} == {
+        tid: mask for tid, mask in before["masks"].items() if tid in after["masks"]
+    }
+    assert after["masks"][str(data["early"])] == allowed
+    assert after["masks"][str(data["late"])] == allowed
+    assert (
+        after["env"]
+        == before["env"]
+        == {
+            "OMP_NUM_THREADS": "2",
+            "OPENBLAS_NUM_THREADS": "2",
+            "PYTHON_CPU_COUNT": None,
+            "PINBACKEND_SLOT": None,
+            "PINBACKEND_SCOPE": None,
+        }
+    )
+    assert after["cpu_count"] == before["cpu_count"] == os.cpu_count()
+    assert not after["loky_patched"] and not after["slot"]
+
+
+def test_a_slot_applied_over_another_and_a_failed_apply_leave_the_process_as_it_was():
+    code = """
+    import json, os
+    from pinbackend.host.pinning import PinningError
+    from pinbackend.host.slot import apply_slot, current_slot
+
+    def state():
+        return {"masks": sorted({tuple(sorted(os.sched_getaffinity(int(t))))
+                                 for t in os.listdir("/proc/self/task")}),
+                "env": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count()}
+
+    before = state()
+    first = apply_slot({0}, own_process=True)
+    second = apply_slot({0}, threads=1, own_process=True)  # undoes the first, then applies
+    first_undone_again = first.undo()  # a no-op: it was undone already
+    second.undo()
+    after_two = state()
+    try:
+        apply_slot({0, 100000}, own_process=True)  # the kernel drops CPU 100000: refused
+    except PinningError:
+        failed = True
+    print(json.dumps({"before": before, "after_two": after_two, "after_failed": state(),
+                      "failed": failed, "slot": current_slot() is not None}))
+    """
+    data = last_json(run_python(code, env={"OMP_NUM_THREADS": "3"}).stdout)
+    assert data["failed"] and not data["slot"]
+    assert data["before"] == data["after_two"] == data["after_failed"]
+    assert data["before"]["env"] == "3"
+
+
+def test_cap_controllers_restore_what_they_changed_and_registered_ones_may_not():
+    code = """
+    import json
+    import numpy
+    from pinbackend.host.caps import CapController, apply_caps, register, report_caps
+
+    class Keeps(CapController):  # a user's controller from before restores existed
+        name = "keeps"
+        size = 5
+        def available(self):
+            return True
+        def apply(self, n_threads):
+            type(self).size = n_threads
+        def report(self):
+            return {"keeps": type(self).size}
+
+    class Restores(Keeps):
+        name = "restores"
+        size = 5
+        def apply(self, n_threads):
+            before, type(self).size = type(self).size, n_threads
+            return lambda: setattr(type(self), "size", before)
+        def report(self):
+            return {"restores": type(self).size}
+
+    register(Keeps())
+    register(Restores())
+    before = report_caps()
+    applied = apply_caps(1)
+    during = report_caps()
+    applied.restore()
+    applied.restore()  # idempotent
+    print(json.dumps({"kinds": applied.kinds, "before": before, "during": during,
+                      "after": report_caps()}))
+    """
+    data = last_json(run_python(code, env={"OPENBLAS_NUM_THREADS": "2"}).stdout)
+    assert {"threadpoolctl", "keeps", "restores"} <= set(data["kinds"])
+    assert data["during"]["blas"] == data["during"]["keeps"] == data["during"]["restores"] == 1
+    assert data["after"]["blas"] == data["before"]["blas"] == 2
+    assert data["after"]["restores"] == 5
+    assert data["after"]["keeps"] == 1  # no restore: its cap stays
