@@ -12,10 +12,11 @@ pytest.importorskip("distributed")
 from _helpers import FORBID_AFFINITY, last_json, needs_seccomp, run_python
 
 from pinbackend.core.topology import Topology
-from pinbackend.dask import PinOptions, PinOptionsError, WorkerPlacement, format_placement
+from pinbackend.dask import PinOptions, WorkerPlacement, format_placement
 from pinbackend.dask import _nanny as nanny_module
 from pinbackend.dask import options as options_module
 from pinbackend.dask._nanny import PLAN_ENV, plan_mismatch, spawn_env
+from pinbackend.host.options import OptionsError
 
 pytestmark = pytest.mark.dask
 
@@ -45,7 +46,7 @@ def test_placement_examples_hold():
     ],
 )
 def test_bad_options_are_named_with_what_is_allowed(kwargs, message):
-    with pytest.raises(PinOptionsError, match=message):
+    with pytest.raises(OptionsError, match=message):
         PinOptions(**kwargs)
 
 

@@ -177,12 +177,13 @@ def test_dry_run_of_a_missing_script_fails_like_python():
 
 
 def test_every_runner_warning_links_to_a_troubleshooting_entry():
-    from pinbackend.runner import RunnerWarning
+    import pinbackend.runner  # noqa: F401 (defines the runner's own warning)
+    from pinbackend.host.notices import PinbackendWarning
 
     text = (Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text()
     headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
     anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
-    categories = RunnerWarning.__subclasses__()
+    categories = PinbackendWarning.__subclasses__()
     assert len(categories) == 4
     for category in categories:
         assert category.anchor in anchors, category

@@ -20,10 +20,9 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..core.topology import TopologyError
 from ..host.machine import read_topology
-from ..host.options import DEFAULT_CLAIM_TIMEOUT
+from ..host.options import DEFAULT_CLAIM_TIMEOUT, OVERSUBSCRIBE_POLICIES
 from ..host.registry import LeaseError
 from ..runner import (
-    RUNNER_POLICIES,
     RunnerConfig,
     Target,
     TargetError,
@@ -118,7 +117,7 @@ _OPTIONS = (
     _Option(
         ("--oversubscribe",),
         {
-            "choices": RUNNER_POLICIES,
+            "choices": OVERSUBSCRIBE_POLICIES,
             "default": "clamp",
             "help": "a pool wants more workers than free cores: 'clamp' (default) runs as "
             "many as fit and fails when none is free; 'error' fails; 'wait' waits for other "

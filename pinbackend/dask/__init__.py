@@ -28,14 +28,13 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from ._worker import PinRefused, current_pin
-from .options import PinOptions, PinOptionsError
+from .options import PinOptions
 from .placement import WorkerPlacement, format_placement, placement
 from .plugins import PinNannyPlugin, PinPlugin, PinWorkerPlugin
 
 __all__ = [
     "PinNannyPlugin",
     "PinOptions",
-    "PinOptionsError",
     "PinPlugin",
     "PinRefused",
     "PinWorkerPlugin",

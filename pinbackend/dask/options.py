@@ -22,14 +22,10 @@ __all__ = [
     "FAIL_POLICIES",
     "OVERSUBSCRIBE_POLICIES",
     "PinOptions",
-    "PinOptionsError",
     "host_shape",
     "slot_cores_for",
     "task_thread_cap",
 ]
-
-#: The Dask spelling of the one options error (kept for compatibility).
-PinOptionsError = OptionsError
 
 
 def slot_cores_for(nthreads: int, topology: Topology, options: PinOptions) -> int:
@@ -61,7 +57,7 @@ def task_thread_cap(slot_size: int, nthreads: int) -> int:
     (2, 1, 1, 1)
     """
     if slot_size < 1 or nthreads < 1:
-        raise PinOptionsError(
+        raise OptionsError(
             f"slot size and nthreads must be positive; got {slot_size} CPUs, {nthreads} threads"
         )
     return max(1, slot_size // nthreads)

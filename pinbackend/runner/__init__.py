@@ -21,7 +21,7 @@ import sys
 
 from ..host.jobs import register_job
 from ._children import ChildProcessPatch
-from ._config import RUNNER_POLICIES, RunnerConfig
+from ._config import RunnerConfig
 from ._futures import ProcessPoolExecutorPatch, ThreadPoolExecutorPatch
 from ._install import install, installed, register, uninstall
 from ._joblib import JoblibPatch
@@ -32,17 +32,14 @@ from ._target import Target, TargetError, check_target, run_target
 from ._warnings import (
     ForkAfterOpenMPWarning,
     PoolResizedWarning,
-    RunnerWarning,
     SharedCoresWarning,
     WaitingForCoresWarning,
 )
 
 __all__ = [
-    "RUNNER_POLICIES",
     "ForkAfterOpenMPWarning",
     "PoolResizedWarning",
     "RunnerConfig",
-    "RunnerWarning",
     "SharedCoresWarning",
     "Target",
     "TargetError",

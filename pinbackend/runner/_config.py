@@ -7,20 +7,13 @@ from dataclasses import dataclass
 from ..core.cpuset import format_cpu_list
 from ..host.options import (
     DEFAULT_CLAIM_TIMEOUT,
-    OVERSUBSCRIBE_POLICIES,
     OptionsError,
     PinOptions,
     check_count,
     check_cpus,
 )
 
-__all__ = ["RUNNER_POLICIES", "RunnerConfig"]
-
-#: What a pool does when it asks for more workers than there are free cores:
-#: ``"clamp"`` runs as many as fit (a note says so) and fails only when no core is free;
-#: ``"error"`` fails; ``"share"`` lets workers share cores (with other jobs' too), warning;
-#: ``"wait"`` waits until other jobs free enough cores.
-RUNNER_POLICIES = OVERSUBSCRIBE_POLICIES
+__all__ = ["RunnerConfig"]
 
 
 @dataclass(frozen=True)

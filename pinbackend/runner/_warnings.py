@@ -17,14 +17,10 @@ from ..host.notices import (
 __all__ = [
     "ForkAfterOpenMPWarning",
     "PoolResizedWarning",
-    "RunnerWarning",
     "SharedCoresWarning",
     "WaitingForCoresWarning",
     "warn",
 ]
-
-#: The base class of the runner's warnings (the package's).
-RunnerWarning = PinbackendWarning
 
 
 class ForkAfterOpenMPWarning(PinbackendWarning):
