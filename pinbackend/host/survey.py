@@ -16,7 +16,7 @@ from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.topology import Topology
 from .budget import quota_peers, read_budget
-from .leases import LeaseInfo, describe_holder, list_leases
+from .holders import LeaseInfo, describe_holder, list_leases
 from .machine import read_topology
 from .options import PinOptions
 from .policy import JobCores, job_cores
