@@ -186,3 +186,40 @@ def pools_in_thread_started_by_task() -> dict:
     thread.start()
     thread.join()
     return seen
+
+
+_late_threads: list[int] = []
+
+
+def slot_effects(caps: int | None = None, start_thread: bool = False) -> dict:
+    """What a worker's slot changes, read in the thread ``client.run`` runs in (the event
+    loop's, where the plugin applies and undoes the slot): every thread's CPUs, the BLAS and
+    OpenMP pools' sizes, the variables a slot sets, ``os.cpu_count()``.
+
+    ``caps`` first sizes the pools as a user would have (so that their restoring shows);
+    ``start_thread`` starts a thread that lives on (inside the slot, if one is applied).
+    """
+    import numpy  # noqa: F401 (its BLAS)
+    import sklearn.utils._openmp_helpers  # noqa: F401 (an OpenMP runtime)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if caps is not None:
+        threadpool_limits(limits=caps)
+    if start_thread:
+        thread = threading.Thread(target=threading.Event().wait, daemon=True)
+        thread.start()
+        _late_threads.append(thread.native_id)
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHON_CPU_COUNT")
+    return {
+        "masks": {
+            tid: sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")
+        },
+        "pools": sorted((p["user_api"], p["num_threads"]) for p in threadpool_info()),
+        "env": {
+            name: os.environ.get(name)
+            for name in os.environ.keys() | set(names)
+            if name in names or name.startswith("PINBACKEND_")
+        },
+        "cpu_count": os.cpu_count(),
+        "late": list(_late_threads),
+    }

@@ -27,6 +27,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 from pinbackend.core.cpuset import format_cpu_list  # noqa: E402
 from pinbackend.dask import (  # noqa: E402
     PinPlugin,
+    PinWorkerPlugin,
     WorkerPlacement,
     format_placement,
     placement,
@@ -162,6 +163,30 @@ def test_local_cluster_two_workers_get_disjoint_pinned_slots():
         assert {r["pin"]["options"] for r in again.values()} == {
             PinPlugin(cores_per_worker=1, oversubscribe="share").options.describe()
         }
+
+
+@needs_two_cores
+def test_unpinning_a_worker_puts_back_what_its_slot_changed():
+    """The worker half's teardown is the one release: read in the worker, its threads' CPUs
+    (one started inside the slot too), BLAS and OpenMP sizes, the slot's variables and
+    ``os.cpu_count()`` are as before the slot, and its lease is gone."""
+    with local_cluster(n_workers=1) as (_cluster, client):
+        (before,) = client.run(probes.slot_effects, 3).values()
+        client.register_plugin(PinWorkerPlugin())
+        (during,) = client.run(probes.slot_effects, None, True).values()
+        client.unregister_worker_plugin("pinbackend")
+        (after,) = client.run(probes.slot_effects).values()
+        assert not list_leases(scope=None)
+    (slot,) = {tuple(mask) for mask in during["masks"].values()}
+    assert len(slot) == 1 and str(during["late"][0]) in during["masks"]
+    assert {size for _, size in during["pools"]} == {1}
+    assert during["env"]["PINBACKEND_SLOT"] and during["cpu_count"] == 1
+    assert {tuple(pool) for pool in before["pools"]} >= {("blas", 3), ("openmp", 3)}
+    assert after["pools"] == before["pools"]
+    assert after["env"] == before["env"] and "PINBACKEND_SLOT" not in after["env"]
+    assert after["cpu_count"] == before["cpu_count"] != 1
+    assert {frozenset(mask) for mask in after["masks"].values()} == {ALL_CPUS}
+    assert str(during["late"][0]) in after["masks"]
 
 
 @needs_two_cores
