@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(error))
     if call is not None:
         # The runner leaves warnings.showwarning alone: the program's warnings stay its own.
-        return runner.main(call)
+        return runner.main(call, print_help=lambda: build_parser().print_help())
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import __version__
@@ -371,13 +372,14 @@ def _print_dry_run(view: JobCores, config: RunnerConfig, target: Target, data: d
     print("\n".join(f"  {line}".rstrip() for line in picture.splitlines()))
 
 
-def main(call: RunnerCall) -> int:
-    """Parse the runner's options and run (or, with ``--dry-run``, show) the job."""
+def main(call: RunnerCall, print_help: Callable[[], None]) -> int:
+    """Parse the runner's options and run (or, with ``--dry-run``, show) the job.
+
+    ``print_help`` prints the whole command line's help (``--help`` before a program).
+    """
     args = _parser().parse_args(list(call.options))
     if args.help:
-        from . import build_parser
-
-        build_parser().print_help()
+        print_help()
         return 0
     if args.version:
         print(f"pinbackend {__version__}")
