@@ -5,7 +5,7 @@ says by whom (:class:`LeaseInfo`). Records are read without trusting them: a hel
 record does not check out counts as held by an unknown process, and a path no claim could
 lock raises :class:`.UnsafeLeaseFile` (see :mod:`.registry`). This module also collects the
 scope folders of leases that ended without a release (killed, or handed to a program by
-``exec``). Claiming, and the lease handle, are :mod:`.leases`'.
+``exec``). Claims and the lease handle are in :mod:`.leases`.
 """
 
 from __future__ import annotations
