@@ -2,7 +2,7 @@
 
 The rest of the package asks this module what the OS can do (capability flags computed once
 at import, without side effects) and calls its small functions; nothing else looks at
-``sys.platform``, probes ``os`` for affinity support or imports ``fcntl``.
+``sys.platform``, probes ``os`` for affinity support or imports ``fcntl`` or ``termios``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import select
+import struct
 import sys
 import threading
 import time
@@ -19,6 +20,10 @@ try:  # POSIX only: the kernel lock that backs a core lease.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
+try:  # POSIX only: FIONREAD, how many bytes a pipe holds.
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    termios = None
 
 __all__ = [
     "CAN_LOCK_FILES",
@@ -27,6 +32,7 @@ __all__ = [
     "SAFE_OPEN_FLAGS",
     "AffinityUnavailable",
     "allowed_cpus",
+    "bytes_waiting",
     "forget_in_forked_child",
     "get_thread_affinity",
     "list_thread_ids",
@@ -160,6 +166,19 @@ def forget_in_forked_child(forget) -> None:
     """Call ``forget()`` in every child this process forks (POSIX; a no-op elsewhere)."""
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=forget)
+
+
+def bytes_waiting(file) -> int:
+    """Bytes waiting to be read in the pipe or socket ``file`` (a descriptor, or an object
+    with ``fileno()``): ``ioctl(FIONREAD)``. 0 where that cannot be read (a closed file, an
+    OS without it)."""
+    if fcntl is None or termios is None:
+        return 0
+    try:
+        fd = file if isinstance(file, int) else file.fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def lock_exclusive(fd: int) -> bool:

@@ -8,17 +8,17 @@ parent and makes every new worker claim one and apply it before it runs any task
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import multiprocessing as mp
-import struct
 import sys
-import termios
 from collections.abc import Iterable
 
+import joblib
 from joblib._parallel_backends import FallbackToBackend, LokyBackend, SequentialBackend
 from joblib.executor import get_memmapping_executor
 
+from . import _platform
 from .core.cpuset import format_cpu_list
+from .host import notices
 from .host.lifecycle import (
     SlotHold,
     hold_slot,
@@ -37,12 +37,21 @@ from .host.options import (
     check_seconds,
     reject_unknown,
 )
+from .host.patches import Patch
 from .host.policy import JobCores, decide
 from .host.pool import PoolPlan
-from .host.slot import in_slot
+from .host.slot import OWN_PROCESS_HOOKS, in_slot
+from .joblib_nested import share_caps_with_nested_loky
 from .joblib_threading import PinnedThreadingBackend, RunThrough
 
 __all__ = ["PinnedBackend", "shutdown_workers"]
+
+# A slot applied in a process of its own (a pool worker of ours, a Dask worker) makes the loky
+# pools that process starts share the slot's thread caps (undone with the slot).
+if share_caps_with_nested_loky not in OWN_PROCESS_HOOKS:
+    OWN_PROCESS_HOOKS.append(share_caps_with_nested_loky)
+# Warnings about a Parallel call point at the user's line, past joblib's frames.
+notices.skip_frames_of(joblib)
 
 #: Keywords joblib itself hands a backend (``Parallel``/``parallel_config`` arguments that
 #: loky's executor takes); with our options, the only ones accepted.
@@ -107,7 +116,7 @@ def _start_worker(pool: PoolPlan) -> None:
 _LARGE_MESSAGE = 32 * 1024
 
 
-def _hold_slot_as_tasks_arrive(frame) -> None:
+def _hold_slot_as_tasks_arrive(frame) -> Patch | None:
     """Make this loky worker take its slot back as soon as a task arrives, before it reads it.
 
     loky's worker loop (``_process_worker``, the initializer's caller) waits on its call
@@ -118,7 +127,8 @@ def _hold_slot_as_tasks_arrive(frame) -> None:
     when the pipe holds a large message (a task, never the shutdown sentinel, whose reading
     must not wait), one that frees up within the claim timeout. With another loky, or an
     executor without an idle timeout (which reads without polling), the worker still holds
-    its slot before it unpickles the arguments (:class:`_TaskInSlot`).
+    its slot before it unpickles the arguments (:class:`_TaskInSlot`). Returns the patch,
+    installed for the worker's life (None where there is no queue to wrap).
     """
     while frame is not None and frame.f_code.co_name != "_process_worker":
         frame = frame.f_back
@@ -126,25 +136,22 @@ def _hold_slot_as_tasks_arrive(frame) -> None:
     poll = getattr(queue, "_poll", None)
     reader = getattr(queue, "_reader", None)
     if poll is None or reader is None:
-        return
+        return None
+    return Patch(queue, "_poll", lambda poll: _holding_slot(poll, reader)).install()
+
+
+def _holding_slot(poll, reader):
+    """``poll``, holding a slot when it says a message is there (see above)."""
 
     def poll_then_hold(*timeout):
         ready = poll(*timeout)
         if ready:
             hold_slot(wait=False)
-            if _waiting_bytes(reader) >= _LARGE_MESSAGE:
+            if _platform.bytes_waiting(reader) >= _LARGE_MESSAGE:
                 hold_slot(wait=True)  # nothing if it holds one already
         return ready
 
-    queue._poll = poll_then_hold
-
-
-def _waiting_bytes(reader) -> int:
-    """Bytes waiting in the pipe behind ``reader`` (0 where that cannot be read)."""
-    try:
-        return struct.unpack("i", fcntl.ioctl(reader.fileno(), termios.FIONREAD, b"\0" * 4))[0]
-    except (OSError, ValueError):
-        return 0
+    return poll_then_hold
 
 
 class PinnedBackend(LokyBackend):

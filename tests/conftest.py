@@ -199,3 +199,15 @@ def no_leaks(lease_registry):
     assert not changed, f"test changed thread env vars of the test process: {changed}"
     assert not leftover_pids, f"test left child processes running: {leftover_pids}"
     assert not leases, f"test left core leases held: {leases}"
+
+
+@pytest.fixture
+def process_state():
+    """This process's pinbackend state, reset before and after the test
+    (:func:`pinbackend.host.state.reset_process_state`), so that what a test sets up in the
+    test process itself (a slot, the load watch, a keeper) never reaches the next one."""
+    from pinbackend.host.state import STATE, reset_process_state
+
+    reset_process_state()
+    yield STATE
+    reset_process_state()

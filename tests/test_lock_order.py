@@ -25,8 +25,8 @@ def test_a_finalizer_in_a_thread_holding_the_cap_lock_runs_after_it_lets_go():
     for the lock to be let go, instead of waiting for itself forever."""
     code = """
     import gc, json
-    from pinbackend.host import threads
-    from pinbackend.host.threads import ThreadShares, hold_process_wide_cap
+    from pinbackend.host.state import STATE
+    from pinbackend.host.threads import hold_process_wide_cap
 
     class Pool:  # what a user made, collected only by the cycle collector
         def terminate(self):
@@ -36,7 +36,7 @@ def test_a_finalizer_in_a_thread_holding_the_cap_lock_runs_after_it_lets_go():
     released = []
     hold_process_wide_cap(pool, 1, lambda: released.append("cores"), ("terminate",))
     del pool
-    with threads._PROCESS_WIDE._lock:
+    with STATE.blas_cap._lock:
         gc.collect()  # finalizes the pool right here, in this thread
         during = list(released)
     print(json.dumps({"during": during, "after": released}))

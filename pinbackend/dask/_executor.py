@@ -3,8 +3,10 @@
 OpenMP's thread count is an ICV of the calling thread (libgomp, libomp): a cap set from the
 worker's event loop does not reach the executor threads that run tasks, and those threads
 come and go (``secede``/``rejoin`` start new ones). distributed's ``ThreadPoolExecutor``
-takes no ``initializer``, so each executor's ``submit`` is wrapped instead: the first task
-a thread runs applies the caps in that thread, later tasks only test a thread-local flag.
+takes no ``initializer``, so each executor's ``submit`` is wrapped instead (a
+:class:`~pinbackend.host.patches.Patch` on the executor object, undone when the worker is
+unpinned): the first task a thread runs applies the caps in that thread, later tasks only
+test a thread-local flag.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from distributed.threadpoolexecutor import ThreadPoolExecutor as DaskThreadPoolExecutor
 
 from ..host.caps import cap_threads
+from ..host.patches import Patch
 
 __all__ = ["TaskThreadCaps"]
 
@@ -31,7 +34,7 @@ class TaskThreadCaps:
     def __init__(self, threads: int):
         self.threads = threads
         self._local = threading.local()
-        self._wrapped: list[concurrent.futures.Executor] = []
+        self._patches: list[Patch] = []
 
     def install(self, executors: Iterable[concurrent.futures.Executor]) -> None:
         """Wrap the ``submit`` of every thread-pool executor given (process pools run
@@ -39,21 +42,21 @@ class TaskThreadCaps:
         for executor in executors:
             if not isinstance(executor, _THREAD_POOLS):
                 continue
-            if "submit" in vars(executor):
+            if any(patch.target is executor for patch in self._patches):
                 continue  # already wrapped (one executor can appear under two names)
-            original = executor.submit
+            self._patches.append(Patch(executor, "submit", self._capping).install())
 
-            def submit(fn: Callable, /, *args: Any, _original=original, **kwargs: Any):
-                return _original(self._run_capped, fn, *args, **kwargs)
+    def _capping(self, submit: Callable) -> Callable:
+        def capped_submit(fn: Callable, /, *args: Any, **kwargs: Any):
+            return submit(self._run_capped, fn, *args, **kwargs)
 
-            executor.submit = submit
-            self._wrapped.append(executor)
+        return capped_submit
 
     def uninstall(self) -> None:
         """Give every wrapped executor its own ``submit`` back."""
-        for executor in self._wrapped:
-            vars(executor).pop("submit", None)
-        self._wrapped.clear()
+        patches, self._patches = self._patches, []
+        for patch in reversed(patches):
+            patch.undo()
 
     def _run_capped(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
         if getattr(self._local, "capped", False) is False:

@@ -6,12 +6,16 @@ import brought in a BLAS or OpenMP runtime. Asking the loader which libraries it
 needs the GIL, and a thread that imports an extension module holds the GIL inside
 ``dlopen``, which needs that lock: a lock-order deadlock (see docs/how-it-works.md, "Lock
 order"). Instead, extension-module creation (where Python's imports ``dlopen``) is wrapped
-once, and bumps a counter *after* the loader has returned:
+once (a :class:`~pinbackend.host.patches.Patch`), and bumps a counter *after* the loader has
+returned:
 
 - :func:`generation` is a plain integer read (tens of nanoseconds), cheap enough to compare
   before every task of a pinned thread;
 - listeners (:func:`add_listener`) run in the importing thread, after the load, holding no
   lock of the loader's.
+
+The count, the listeners and the patch are this process's :class:`LoadWatch`, kept in
+``STATE.load_watch`` (inherited by a forked child, with the patched loader itself).
 
 What the counter cannot see: libraries loaded by ``ctypes`` or by native code on its own
 (``dlopen`` from C). Such threads are capped again only at their next thread start.
@@ -23,8 +27,11 @@ import importlib.machinery
 from collections.abc import Callable
 
 from .locks import PinLock
+from .patches import Patch
+from .state import STATE
 
 __all__ = [
+    "LoadWatch",
     "add_listener",
     "generation",
     "remove_listener",
@@ -34,21 +41,66 @@ __all__ = [
 ]
 
 _LOADER = importlib.machinery.ExtensionFileLoader
-#: Guards the hook's installation and the listener list; never held while a listener runs.
+#: Guards the watch's making, its patch and its listener list; never held while a listener
+#: runs.
 _LOCK = PinLock("extension-load watch")
-_listeners: list[tuple[int, Callable[[], None]]] = []
-_original_create_module = None
-_generation = 0
+
+
+class LoadWatch:
+    """This process's count of extension-module loads, and who to call after each."""
+
+    def __init__(self) -> None:
+        #: Extension modules created since the watch was first installed.
+        self.generation = 0
+        self.listeners: list[tuple[int, Callable[[], None]]] = []
+        #: Wraps the loader's ``create_module`` (installed by :func:`watch_extension_loads`).
+        self.patch = Patch(_LOADER, "create_module", self._counting)
+
+    def _counting(self, original: Callable) -> Callable:
+        def create_module(loader, spec):
+            module = original(loader, spec)
+            self.loaded()
+            return module
+
+        create_module.__doc__ = original.__doc__
+        create_module.__wrapped__ = original
+        return create_module
+
+    def loaded(self) -> None:
+        """Count one load, then call the listeners (in the importing thread, unlocked)."""
+        with _LOCK:
+            self.generation += 1
+            listeners = [listener for _, listener in self.listeners]
+        for listener in listeners:
+            listener()
+
+    def stop(self) -> None:
+        """Put the loader's own ``create_module`` back (idempotent)."""
+        with _LOCK:
+            self.patch.undo()
+
+
+def _watch() -> LoadWatch:
+    """This process's watch, made on first use (not installed by that)."""
+    watch = STATE.load_watch
+    if watch is None:
+        with _LOCK:
+            if STATE.load_watch is None:
+                STATE.load_watch = LoadWatch()
+            watch = STATE.load_watch
+    return watch
 
 
 def generation() -> int:
     """How many extension modules this process created since the watch was installed."""
-    return _generation
+    watch = STATE.load_watch
+    return 0 if watch is None else watch.generation
 
 
 def watching() -> bool:
     """Whether extension-module loads are being counted (see :func:`watch_extension_loads`)."""
-    return _original_create_module is not None
+    watch = STATE.load_watch
+    return watch is not None and watch.patch.installed
 
 
 def watch_extension_loads() -> None:
@@ -57,32 +109,19 @@ def watch_extension_loads() -> None:
     Called by the first pinned thread pool or the runner's main-process cap, never at
     import: a process that never asks pays nothing.
     """
-    global _original_create_module
-    if _original_create_module is not None:
+    watch = _watch()
+    if watch.patch.installed:
         return
     with _LOCK:
-        if _original_create_module is not None:
-            return
-        original = _LOADER.create_module
-
-        def create_module(self, spec):
-            module = original(self, spec)
-            _loaded()
-            return module
-
-        create_module.__doc__ = original.__doc__
-        create_module.__wrapped__ = original
-        _LOADER.create_module = create_module
-        _original_create_module = original
+        watch.patch.install()
 
 
 def stop_watching() -> None:
-    """Put the loader's own ``create_module`` back (tests)."""
-    global _original_create_module
-    with _LOCK:
-        if _original_create_module is not None:
-            _LOADER.create_module = _original_create_module
-            _original_create_module = None
+    """Put the loader's own ``create_module`` back (tests; :func:`reset_process_state
+    <pinbackend.host.state.reset_process_state>` does it too)."""
+    watch = STATE.load_watch
+    if watch is not None:
+        watch.stop()
 
 
 def add_listener(listener: Callable[[], None], *, first: bool = False) -> None:
@@ -91,23 +130,18 @@ def add_listener(listener: Callable[[], None], *, first: bool = False) -> None:
     ``first`` runs it before the others: the runner's main-process cap sets what the pinned
     pools' process-wide cap then lowers (and later restores).
     """
+    watch = _watch()
     with _LOCK:
-        if any(existing == listener for _, existing in _listeners):
+        if any(existing == listener for _, existing in watch.listeners):
             return
-        _listeners.append((0 if first else 1, listener))
-        _listeners.sort(key=lambda entry: entry[0])
+        watch.listeners.append((0 if first else 1, listener))
+        watch.listeners.sort(key=lambda entry: entry[0])
 
 
 def remove_listener(listener: Callable[[], None]) -> None:
     """Stop calling ``listener`` (a no-op if it was not added)."""
+    watch = STATE.load_watch
+    if watch is None:
+        return
     with _LOCK:
-        _listeners[:] = [entry for entry in _listeners if entry[1] != listener]
-
-
-def _loaded() -> None:
-    global _generation
-    with _LOCK:
-        _generation += 1
-        listeners = [listener for _, listener in _listeners]
-    for listener in listeners:
-        listener()
+        watch.listeners[:] = [entry for entry in watch.listeners if entry[1] != listener]

@@ -12,8 +12,7 @@ import multiprocessing
 import os
 import sys
 import warnings
-
-import joblib
+from types import ModuleType
 
 from .._docs import troubleshooting
 
@@ -22,6 +21,7 @@ __all__ = [
     "PoolResizedWarning",
     "SharedCoresWarning",
     "WaitingForCoresWarning",
+    "skip_frames_of",
     "warn",
 ]
 
@@ -50,15 +50,29 @@ class WaitingForCoresWarning(PinbackendWarning):
     anchor = "pool-waits-for-free-cores"
 
 
-# Frames in these directories are the machinery between the user's call and our warning.
+def _folder(package: ModuleType) -> str:
+    return os.path.dirname(package.__file__) + os.sep
+
+
+#: Directories whose frames are the machinery between the user's call and our warning:
+#: pinbackend's, the standard pools', and those the adapters add (:func:`skip_frames_of`).
 _MACHINERY = tuple(
-    os.path.dirname(module.__file__) + os.sep
-    for module in (multiprocessing, concurrent.futures, joblib, sys.modules[__name__.split(".")[0]])
+    _folder(package)
+    for package in (multiprocessing, concurrent.futures, sys.modules[__name__.split(".")[0]])
 )
 
 
+def skip_frames_of(package: ModuleType) -> None:
+    """Point warnings past the frames of ``package`` (a framework an adapter wires into,
+    such as joblib), at the user's line that called it."""
+    global _MACHINERY
+    if _folder(package) not in _MACHINERY:
+        _MACHINERY = (*_MACHINERY, _folder(package))
+
+
 def _user_stacklevel() -> int:
-    """The ``stacklevel`` of the first caller outside pinbackend, joblib, multiprocessing."""
+    """The ``stacklevel`` of the first caller outside pinbackend, the standard pools and the
+    frameworks the adapters added (joblib)."""
     frame = sys._getframe(2)  # the caller of warn()
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(_MACHINERY):

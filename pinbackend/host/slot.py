@@ -21,7 +21,6 @@ from .. import _platform
 from ..core.cpuset import format_cpu_list
 from .caps import apply_caps, thread_env
 from .leases import Lease
-from .nested import share_caps_with_nested_loky
 from .pinning import pin_or_warn, restore_affinity
 from .state import STATE
 
@@ -46,8 +45,9 @@ SLOT_ENV = "PINBACKEND_SLOT"
 
 #: What else a slot's own process sets up (``apply_slot(own_process=True)``): each hook is
 #: called with the slot's thread cap and returns what undoes it (or None). Adapters add theirs
-#: (joblib's nested loky pools share the slot's caps).
-OWN_PROCESS_HOOKS: list[Callable[[int], Callable[[], None] | None]] = [share_caps_with_nested_loky]
+#: on import, so that this package knows no framework (the joblib adapter's nested loky pools
+#: share the slot's caps: :mod:`pinbackend.joblib_nested`).
+OWN_PROCESS_HOOKS: list[Callable[[int], Callable[[], None] | None]] = []
 
 
 class SlotChanges:

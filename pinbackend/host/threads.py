@@ -40,8 +40,10 @@ from .leases import Lease, LeaseConflict, claim
 from .lifecycle import job_view, report_decision, size_pool
 from .locks import PinLock, call_when_unlocked
 from .options import PinOptions
+from .patches import Patch, Patches
 from .policy import JobCores
 from .slot import current_slot
+from .state import STATE
 
 __all__ = [
     "PinnedThreadPool",
@@ -150,6 +152,8 @@ def _key(lib) -> tuple[str, type]:
 class _ProcessWideCap:
     """Caps process-wide BLAS pools while pinned thread pools live; restores them after.
 
+    One per process, ``STATE.blas_cap`` (:func:`_blas_cap`); a pool leaves the one it entered.
+
     Counted: nested or concurrent pools keep the smallest cap until the last one ends. A
     library that a task loads meanwhile sizes itself by the loading thread's share: BLAS
     pools loaded so are capped too, and set to the unpinned default
@@ -213,7 +217,15 @@ class _ProcessWideCap:
         type(lib).clear_controlling_thread(force=True)
 
 
-_PROCESS_WIDE = _ProcessWideCap()
+def _blas_cap() -> _ProcessWideCap:
+    """This process's cap on process-wide BLAS pools (``STATE.blas_cap``, made on first use)."""
+    cap = STATE.blas_cap
+    if cap is None:
+        with STATE.lock:
+            if STATE.blas_cap is None:
+                STATE.blas_cap = _ProcessWideCap()
+            cap = STATE.blas_cap
+    return cap
 
 
 def hold_process_wide_cap(
@@ -222,18 +234,32 @@ def hold_process_wide_cap(
     """Cap process-wide BLAS pools to ``n_threads`` while ``owner`` (a thread pool made by
     code that knows nothing of pinbackend) lives: until one of its ``ends`` methods
     (``terminate``, ``join``, ``shutdown``) returns, or it is collected; then run
-    ``on_release``, once."""
-    _PROCESS_WIDE.enter(n_threads)
+    ``on_release``, once.
+
+    The ``ends`` methods are wrapped on ``owner`` itself (:class:`Patch`); the first that
+    returns undoes the wraps, so the pool has its own methods back from then on.
+    """
+    blas_cap = _blas_cap()
+    blas_cap.enter(n_threads)
     done = threading.Lock()
 
-    def release() -> None:
-        if done.acquire(blocking=False):
-            _PROCESS_WIDE.leave(n_threads)
-            on_release()
+    def release() -> bool:
+        if not done.acquire(blocking=False):
+            return False
+        blas_cap.leave(n_threads)
+        on_release()
+        return True
 
-    for end in ends:
-        setattr(owner, end, _then(getattr(owner, end), release))
-    # The collector may run this in a thread that holds one of our locks right now.
+    def ended() -> None:
+        if release():
+            wraps.undo()  # once, by the thread that released
+
+    wraps = Patches(
+        f"ends of {type(owner).__name__}",
+        [Patch(owner, end, lambda method: _then(method, ended)) for end in ends],
+    ).install()
+    # The collector may run this in a thread that holds one of our locks right now. (Only
+    # release is kept by the finalizer: holding the wraps would keep the owner alive.)
     weakref.finalize(owner, call_when_unlocked, release)
 
 
@@ -288,20 +314,15 @@ def run_capped(func: Callable[[], object]) -> object:
     cap = getattr(_THIS_THREAD, "cap", None)
     if cap is not None and _THIS_THREAD.generation != loads.generation():
         _cap_this_thread(cap)
+    # Known as running (STATE.running_tasks): a pool that ends keeps its cores until done.
     me = threading.get_ident()
-    with _RUNNING_LOCK:
-        _RUNNING.add(me)
+    with STATE.lock:
+        STATE.running_tasks.add(me)
     try:
         return func()
     finally:
-        with _RUNNING_LOCK:
-            _RUNNING.discard(me)
-
-
-#: Pinned threads running a task now (thread idents): a pool that ends keeps their cores
-#: until they are done.
-_RUNNING: set[int] = set()
-_RUNNING_LOCK = threading.Lock()
+        with STATE.lock:
+            STATE.running_tasks.discard(me)
 
 
 def _cap_thread_local_blas(n_threads: int) -> None:
@@ -324,7 +345,8 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
         self._thread_shares = shares
         assignments = assign_threads(shares, None)
         self._cap = min(cap for _, cap in assignments)
-        _PROCESS_WIDE.enter(self._cap)
+        self._blas_cap = _blas_cap()
+        self._blas_cap.enter(self._cap)
         self._ended = False
         self._end_lock = threading.Lock()
         try:
@@ -342,7 +364,7 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
             if self._ended:
                 return
             self._ended = True
-        _PROCESS_WIDE.leave(self._cap)
+        self._blas_cap.leave(self._cap)
         self._thread_shares.release()
 
     def terminate(self) -> None:
@@ -354,8 +376,8 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
         are known as running when they go through :func:`run_capped`, as joblib's do.)
         """
         super().terminate()
-        with _RUNNING_LOCK:
-            running = [thread for thread in self._pool if thread.ident in _RUNNING]
+        with STATE.lock:
+            running = [thread for thread in self._pool if thread.ident in STATE.running_tasks]
         if not running:
             self._end()
             return

@@ -1,6 +1,7 @@
 """``concurrent.futures.ProcessPoolExecutor`` and ``ThreadPoolExecutor`` under the runner.
 
-Both ``__init__`` methods are wrapped in place (see :mod:`._mp_pool` for why). Worker
+Both ``__init__`` methods are wrapped in place (see :mod:`._mp_pool` for why), with
+:class:`~pinbackend.host.patches.Patch`. Worker
 processes of an executor start lazily and are replaced when ``max_tasks_per_child`` is
 reached; each runs the chained initializer and claims a free slot of the executor's plan.
 A worker that cannot claim one breaks the executor, and the pending futures raise its
@@ -14,12 +15,13 @@ import concurrent.futures.process
 import functools
 import multiprocessing
 
+from ..host.patches import Patch, Patches
 from ..host.threads import enter_share
 from ._claim_errors import ClaimErrors, watch_executor, wrap_terminate_broken
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
 from ._plan import plan_process_pool, thread_pool_plan, track_pool
-from ._state import InitPatch, active_config, pool_arguments_valid
+from ._state import active_config, pool_arguments_valid
 from ._workers import hold_shares, start_process_worker
 
 __all__ = ["ProcessPoolExecutorPatch", "ThreadPoolExecutorPatch"]
@@ -75,35 +77,29 @@ def _wrap_thread(original):
     return __init__
 
 
-class ProcessPoolExecutorPatch(InitPatch):
+class ProcessPoolExecutorPatch(Patches):
     """Process executors: planned slots claimed by each (lazily started) worker.
 
     Also wraps the manager thread's ``terminate_broken``, so that a worker's claim error
     reaches the pending futures as itself (it acts on runner executors only).
     """
 
-    name = "concurrent.futures.ProcessPoolExecutor"
-    target = concurrent.futures.ProcessPoolExecutor
-    wrapper = staticmethod(_wrap_process)
-    manager = concurrent.futures.process._ExecutorManagerThread
-
-    def install(self) -> None:
-        """Wrap ``__init__`` and ``terminate_broken`` (idempotent)."""
-        if self._original is None:
-            self._terminate_broken = self.manager.terminate_broken
-            self.manager.terminate_broken = wrap_terminate_broken(self._terminate_broken)
-        super().install()
-
-    def uninstall(self) -> None:
-        """Restore both originals."""
-        if self._original is not None:
-            self.manager.terminate_broken = self._terminate_broken
-        super().uninstall()
+    def __init__(self) -> None:
+        manager = concurrent.futures.process._ExecutorManagerThread
+        super().__init__(
+            "concurrent.futures.ProcessPoolExecutor",
+            [
+                Patch(manager, "terminate_broken", wrap_terminate_broken),
+                Patch(concurrent.futures.ProcessPoolExecutor, "__init__", _wrap_process),
+            ],
+        )
 
 
-class ThreadPoolExecutorPatch(InitPatch):
+class ThreadPoolExecutorPatch(Patches):
     """Thread executors: sized to the CPUs this process may use, OpenMP capped per thread."""
 
-    name = "concurrent.futures.ThreadPoolExecutor"
-    target = concurrent.futures.ThreadPoolExecutor
-    wrapper = staticmethod(_wrap_thread)
+    def __init__(self) -> None:
+        executor = concurrent.futures.ThreadPoolExecutor
+        super().__init__(
+            "concurrent.futures.ThreadPoolExecutor", [Patch(executor, "__init__", _wrap_thread)]
+        )

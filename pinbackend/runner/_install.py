@@ -1,4 +1,5 @@
-"""Install and remove the runner's patches: one small patch class per kind of pool.
+"""Install and remove the runner's patches: one :class:`~pinbackend.host.patches.Patches` per
+kind of pool.
 
 The registry is a plain list, as threadpoolctl lists its controllers; the package fills it
 when it is imported (:mod:`pinbackend.runner`), so it is full before any code of the runner
@@ -9,16 +10,17 @@ finds them when a pool is created.
 
 from __future__ import annotations
 
+from ..host.patches import Patches
 from ._config import RunnerConfig
-from ._state import Patch, active_config, set_active_config
+from ._state import active_config, set_active_config
 
 __all__ = ["PATCHES", "install", "installed", "register", "uninstall"]
 
 #: The runner's patches, in install order (removed in reverse).
-PATCHES: list[Patch] = []
+PATCHES: list[Patches] = []
 
 
-def register(*patches: Patch) -> None:
+def register(*patches: Patches) -> None:
     """Add patches to the registry (each once), in install order."""
     PATCHES.extend(patch for patch in patches if patch not in PATCHES)
 
@@ -37,9 +39,9 @@ def install(config: RunnerConfig) -> None:
 
 
 def uninstall() -> None:
-    """Remove every patch; pools created afterwards behave as without the runner."""
+    """Undo every patch; pools created afterwards behave as without the runner."""
     for patch in reversed(PATCHES):
-        patch.uninstall()
+        patch.undo()
     set_active_config(None)
 
 

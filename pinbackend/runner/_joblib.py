@@ -8,14 +8,14 @@ the same job settings.
 from __future__ import annotations
 
 import joblib.parallel
-from joblib import register_parallel_backend
 
 from ..host.options import PinOptions
+from ..host.patches import ItemPatch, Patch, Patches
 from ..host.policy import JobCores
 from ..host.slot import current_slot
 from ..joblib_backend import PinnedBackend, shutdown_workers
 from ._plan import survey
-from ._state import Patch, active_config
+from ._state import active_config
 
 __all__ = ["DEFAULT_NAME", "JoblibPatch", "RunnerBackend", "release_idle_workers"]
 
@@ -87,26 +87,20 @@ def release_idle_workers() -> bool:
     return True
 
 
-class JoblibPatch(Patch):
-    """Make ``"pinned"`` joblib's default backend (and bind both names to the job)."""
+class JoblibPatch(Patches):
+    """Make ``"pinned"`` joblib's default backend (and bind both names to the job).
 
-    name = "joblib"
+    What ``register_parallel_backend(..., make_default=True)`` does, undone exactly: the two
+    names in joblib's registry of backends, and its default backend's name.
+    """
 
     def __init__(self) -> None:
-        self._saved = None
-
-    def install(self) -> None:
-        """Register the runner backends; the default's name becomes joblib's default."""
-        if self._saved is None:
-            self._saved = (joblib.parallel.DEFAULT_BACKEND, joblib.parallel.BACKENDS.get("pinned"))
-            register_parallel_backend("pinned", RunnerBackend)
-            register_parallel_backend(DEFAULT_NAME, RunnerDefaultBackend, make_default=True)
-
-    def uninstall(self) -> None:
-        """Put joblib's previous default and the plain ``"pinned"`` backend back."""
-        if self._saved is not None:
-            default, pinned = self._saved
-            joblib.parallel.DEFAULT_BACKEND = default
-            joblib.parallel.BACKENDS["pinned"] = pinned or PinnedBackend
-            joblib.parallel.BACKENDS.pop(DEFAULT_NAME, None)
-            self._saved = None
+        backends = joblib.parallel.BACKENDS
+        super().__init__(
+            "joblib",
+            [
+                ItemPatch.setting(backends, "pinned", RunnerBackend),
+                ItemPatch.setting(backends, DEFAULT_NAME, RunnerDefaultBackend),
+                Patch.setting(joblib.parallel, "DEFAULT_BACKEND", DEFAULT_NAME),
+            ],
+        )

@@ -46,9 +46,10 @@ _POOL_MODULES = ("numba", "numexpr", "tbb")
 
 
 class LibraryWatch:
-    """Re-apply a BLAS/OpenMP cap each time an import loads a new thread-pool library."""
+    """Re-apply a BLAS/OpenMP cap each time an import loads a new thread-pool library.
 
-    _installed: LibraryWatch | None = None
+    The one installed in this process is ``STATE.library_watch``.
+    """
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -76,17 +77,17 @@ class LibraryWatch:
     def install(self) -> None:
         """Check after every extension-module import (where shared libraries get loaded),
         before the pinned thread pools' own process-wide cap lowers what this one set."""
-        if LibraryWatch._installed is not None:
-            LibraryWatch._installed.uninstall()
+        if STATE.library_watch is not None:
+            STATE.library_watch.uninstall()
         loads.watch_extension_loads()
         loads.add_listener(self.check, first=True)
-        LibraryWatch._installed = self
+        STATE.library_watch = self
 
     def uninstall(self) -> None:
         """Stop checking."""
         loads.remove_listener(self.check)
-        if LibraryWatch._installed is self:
-            LibraryWatch._installed = None
+        if STATE.library_watch is self:
+            STATE.library_watch = None
 
 
 def prepare_main_process(config: RunnerConfig, job_cpus: frozenset[int]) -> list[str]:

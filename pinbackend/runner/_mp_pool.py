@@ -1,10 +1,12 @@
 """``multiprocessing.Pool`` and ``multiprocessing.pool.ThreadPool`` under the runner.
 
-``Pool.__init__`` is wrapped in place: every way of making a pool (``multiprocessing.Pool()``,
+``Pool.__init__`` is wrapped in place (a :class:`~pinbackend.host.patches.Patch`), instead of
+replacing the class: every way of making a pool (``multiprocessing.Pool()``,
 ``get_context(...).Pool()``, ``pool.Pool(...)``, subclasses such as joblib's ``MemmappingPool``,
-and ``ThreadPool``, whose ``__init__`` calls ``Pool.__init__``) goes through it. A process
-pool also gets its own ``Process`` factory, which stops it when a worker cannot claim its
-slot (:mod:`._claim_errors`).
+and ``ThreadPool``, whose ``__init__`` calls ``Pool.__init__``) goes through it, and
+``isinstance`` checks and pickled references to the class stay as they were. A process pool
+also gets its own ``Process`` factory (patched on the pool object), which stops it when a
+worker cannot claim its slot (:mod:`._claim_errors`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import functools
 import multiprocessing
 import multiprocessing.pool as mp_pool
 
+from ..host.patches import Patch, Patches
 from ..host.threads import enter_share
 from ._claim_errors import ClaimErrors, guard_process_factory
 from ._joblib import release_idle_workers
 from ._openmp import safe_context
 from ._plan import plan_process_pool, thread_pool_plan, track_pool
-from ._state import InitPatch, active_config, pool_arguments_valid
+from ._state import active_config, pool_arguments_valid
 from ._workers import hold_shares, start_process_worker
 
 __all__ = ["MultiprocessingPoolPatch"]
@@ -59,7 +62,8 @@ def _wrap(original):
         context = safe_context(context or multiprocessing.get_context(), plan.slots, what)
         # A worker that cannot claim its slot must stop the pool, not be replaced forever.
         claim_errors = ClaimErrors(context)
-        self.Process = guard_process_factory(self.Process, claim_errors)
+        guard = Patch(self, "Process", lambda factory: guard_process_factory(factory, claim_errors))
+        guard.install()  # for the pool's life
         original(
             self,
             plan.n_workers,
@@ -73,9 +77,8 @@ def _wrap(original):
     return __init__
 
 
-class MultiprocessingPoolPatch(InitPatch):
+class MultiprocessingPoolPatch(Patches):
     """Process pools: planned slots, claimed by each worker; thread pools: sized to the CPUs."""
 
-    name = "multiprocessing.pool.Pool"
-    target = mp_pool.Pool
-    wrapper = staticmethod(_wrap)
+    def __init__(self) -> None:
+        super().__init__("multiprocessing.pool.Pool", [Patch(mp_pool.Pool, "__init__", _wrap)])

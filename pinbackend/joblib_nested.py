@@ -1,10 +1,14 @@
-"""Keep pools that a slot's own process starts inside the slot's thread budget.
+"""Keep loky pools that a slot's own process starts inside the slot's thread budget.
 
 A pool worker of pinbackend passes its thread caps (``OMP_NUM_THREADS`` and the like, equal
 to its slot size) to the processes it starts, so that plain child processes stay capped.
 joblib's ``loky`` backend, though, hands an inherited value down *unchanged* to each of its
 workers (``LokyBackend._prepare_worker_env``): K sub-workers on a K-core slot would each run
 K BLAS threads. Inside a slot, those sub-workers get the slot's share instead.
+
+The joblib adapter registers :func:`share_caps_with_nested_loky` among the slot's
+own-process hooks (:data:`pinbackend.host.slot.OWN_PROCESS_HOOKS`): applying a slot in a
+process of its own installs it, undoing the slot undoes it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+
+from joblib._parallel_backends import LokyBackend
+
+from .host.patches import Patch
 
 __all__ = ["share_caps_with_nested_loky"]
 
@@ -21,14 +29,14 @@ def share_caps_with_nested_loky(threads: int) -> Callable[[], None]:
     ``threads // n`` threads (at least 1), where the caps in force are this slot's own.
 
     A cap the user set explicitly (``inner_max_num_threads``) or a thread variable that is
-    not the slot's value is left as loky decides. Idempotent. Returns what puts loky's
-    method back as it was before this call (the undo of an applied slot).
+    not the slot's value is left as loky decides. Returns what puts loky's own method back
+    (the applied slot's undo calls it; a slot applied over another undoes that one first).
     """
-    from joblib._parallel_backends import LokyBackend
+    patch = Patch(LokyBackend, "_prepare_worker_env", lambda original: _sharing(original, threads))
+    return patch.install().undo
 
-    before = original = LokyBackend._prepare_worker_env
-    if getattr(original, "_slot_threads", None) is not None:
-        original = original.__wrapped__
+
+def _sharing(original: Callable, threads: int) -> Callable:
     ours = str(threads)
 
     @functools.wraps(original)
@@ -41,11 +49,4 @@ def share_caps_with_nested_loky(threads: int) -> Callable[[], None]:
                     env[var] = share
         return env
 
-    _prepare_worker_env._slot_threads = threads
-    LokyBackend._prepare_worker_env = _prepare_worker_env
-
-    def undo() -> None:
-        if LokyBackend._prepare_worker_env is _prepare_worker_env:
-            LokyBackend._prepare_worker_env = before
-
-    return undo
+    return _prepare_worker_env
