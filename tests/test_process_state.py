@@ -14,8 +14,9 @@ HOOK_CALLS = ("register_at_fork", "forget_in_forked_child")
 
 def test_a_forked_child_forgets_its_parents_leases_pools_keeper_and_claim_error():
     """Through the one hook: the parent's lease stays held by the parent alone, the child
-    holds none, tracks no runner pool, runs no task, has no keeper and no claim error, and
-    takes every lock at once, though another thread of the parent held them at the fork."""
+    holds none, tracks no runner pool or executor, runs no task, has no keeper and no claim
+    error, and takes every lock at once, though another thread of the parent held them at the
+    fork."""
     code = """
     import json, os, threading
     from pinbackend.host.leases import claim, held_leases, _TABLE_LOCK
@@ -28,6 +29,7 @@ def test_a_forked_child_forgets_its_parents_leases_pools_keeper_and_claim_error(
     pool = Pool()
     lease = claim({min(os.sched_getaffinity(0))})
     track_pool(pool, PoolPlan(slots=(lease.cores,), scope="", owner=os.getpid()), lambda p: True)
+    STATE.claim_channels[pool] = "channel"
     STATE.claim_error, STATE.keeper = OSError("no cores"), object()
     STATE.running_tasks.add(threading.get_ident() + 1)
 
@@ -46,7 +48,7 @@ def test_a_forked_child_forgets_its_parents_leases_pools_keeper_and_claim_error(
         report = {
             "leases": len(held_leases()), "lease_fds": lease.fds(),
             "pools": sorted(live_pool_cpus()), "running": len(STATE.running_tasks),
-            "keeper": STATE.keeper is None,
+            "channels": len(STATE.claim_channels), "keeper": STATE.keeper is None,
             "claim_error": STATE.claim_error is None,
         }
         os.write(write, json.dumps(report).encode())
@@ -67,6 +69,7 @@ def test_a_forked_child_forgets_its_parents_leases_pools_keeper_and_claim_error(
             "lease_fds": [],
             "pools": [],
             "running": 0,
+            "channels": 0,
             "keeper": True,
             "claim_error": True,
         },

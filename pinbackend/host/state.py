@@ -46,7 +46,8 @@ class ProcessState:
 
     ``leases``: the leases this process holds, by id (:mod:`~pinbackend.host.leases`).
     ``live_pools``: the runner pools this process started, with their plan and a function
-    telling whether their workers still run (:mod:`pinbackend.runner._plan`).
+    telling whether their workers still run (:mod:`pinbackend.runner._plan`);
+    ``claim_channels``: where the runner's executors find a worker's claim error.
     ``running_tasks``: pinned pool threads running a task now (thread idents).
     ``blas_cap``: the cap on process-wide BLAS pools while pinned thread pools live
     (:mod:`~pinbackend.host.threads`). ``load_watch``: the extension-load watch
@@ -66,6 +67,7 @@ class ProcessState:
     warned: set[str] = field(default_factory=set)
     leases: dict[str, Any] = field(default_factory=dict)
     live_pools: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    claim_channels: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     running_tasks: set[int] = field(default_factory=set)
     blas_cap: Any = None
     load_watch: Any = None
@@ -113,8 +115,10 @@ def _forget_in_forked_child() -> None:
         lease.forget_inherited()
     STATE.leases.clear()
     # The parent's runner pools are not the child's: keeping them would hide every core of
-    # its slot from the pools it starts. The threads that ran tasks did not survive.
+    # its slot from the pools it starts. The threads that ran their tasks, or managed their
+    # executors, did not survive.
     STATE.live_pools.clear()
+    STATE.claim_channels.clear()
     STATE.running_tasks.clear()
     # Nor are its claim failure and its lease keeper (whose thread did not survive).
     STATE.claim_error = None

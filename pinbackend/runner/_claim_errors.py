@@ -28,8 +28,9 @@ import functools
 import importlib
 import threading
 import traceback
-import weakref
 from multiprocessing.pool import RemoteTraceback
+
+from ..host.state import STATE
 
 __all__ = [
     "ClaimErrors",
@@ -225,13 +226,10 @@ def guard_process_factory(process_factory, errors: ClaimErrors):
     return Process
 
 
-# Executors of runner pools and their channels (weak: an executor may be collected).
-_EXECUTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def watch_executor(executor, errors: ClaimErrors) -> None:
     """Let ``executor``'s manager thread find ``errors`` when a worker ends."""
-    _EXECUTORS[executor] = errors
+    with STATE.lock:
+        STATE.claim_channels[executor] = errors
 
 
 def _take_pending(manager) -> list:
@@ -264,7 +262,8 @@ def wrap_terminate_broken(original):
     @functools.wraps(original)
     def terminate_broken(self, cause):
         executor = self.executor_reference()
-        errors = _EXECUTORS.get(executor) if executor is not None else None
+        with STATE.lock:
+            errors = STATE.claim_channels.get(executor) if executor is not None else None
         error = errors.first() if errors is not None else None
         owed = _take_pending(self) if error is not None else []
         try:
