@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import sys
-from collections.abc import Iterable
 
 import joblib
 from joblib._parallel_backends import FallbackToBackend, LokyBackend, SequentialBackend
@@ -30,13 +29,7 @@ from .host.lifecycle import (
     survey,
     task_in_slot,
 )
-from .host.options import (
-    DEFAULT_CLAIM_TIMEOUT,
-    PinOptions,
-    check_count,
-    check_seconds,
-    reject_unknown,
-)
+from .host.options import IDLE_WORKER_TIMEOUT, INNER_MAX_NUM_THREADS, PinOptions, reject_unknown
 from .host.patches import Patch
 from .host.policy import JobCores, decide
 from .host.pool import PoolPlan
@@ -70,7 +63,7 @@ _JOBLIB_KEYWORDS = frozenset(
         "verbose",
     }
 )
-_OPTION_NAMES = frozenset(PinOptions.names()) - {"fail"}
+_OPTION_NAMES = frozenset(PinOptions.names("joblib"))
 
 
 class _TaskInSlot(RunThrough):
@@ -86,13 +79,6 @@ class _TaskInSlot(RunThrough):
 
 def _task_in_slot(_held, run, func) -> _TaskInSlot:
     return _TaskInSlot(run, func)
-
-
-def _check_idle_timeout(seconds: object) -> None:
-    """loky takes any number (a negative one acts as 0: idle workers exit at once); refuse
-    what the options' one wording refuses: a timeout is a finite number of seconds >= 0."""
-    if seconds is not None:
-        check_seconds("idle_worker_timeout", seconds)
 
 
 def _start_worker(pool: PoolPlan) -> None:
@@ -183,26 +169,20 @@ class PinnedBackend(LokyBackend):
         self,
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
-        *,
-        cores_per_worker: int | None = None,
-        reserve: Iterable[int] | str = (),
-        oversubscribe: str | None = None,
-        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
-        **backend_kwargs,
+        **keywords,
     ):
-        reject_unknown(backend_kwargs, _OPTION_NAMES | _JOBLIB_KEYWORDS, "the pinned backend")
-        _check_idle_timeout(backend_kwargs.get("idle_worker_timeout"))
+        """``nesting_level`` and ``inner_max_num_threads`` as joblib passes them; the
+        options joblib's front door takes (:meth:`PinOptions.declared`), and joblib's own
+        keywords (loky's executor's)."""
+        reject_unknown(keywords, _OPTION_NAMES | _JOBLIB_KEYWORDS, "the pinned backend")
+        options = PinOptions.take(keywords, "joblib")
+        IDLE_WORKER_TIMEOUT.validate(keywords.get("idle_worker_timeout"))
         super().__init__(
             nesting_level=nesting_level,
             inner_max_num_threads=inner_max_num_threads,
-            **backend_kwargs,
+            **keywords,
         )
-        self.options = PinOptions(
-            cores_per_worker=cores_per_worker,
-            reserve=reserve,
-            oversubscribe=oversubscribe,
-            claim_timeout=claim_timeout,
-        )
+        self.options = PinOptions(**options)
         self._fits: PinOptions | None = None  # the options an inline call last checked
 
     @property
@@ -213,9 +193,7 @@ class PinnedBackend(LokyBackend):
     @inner_max_num_threads.setter
     def inner_max_num_threads(self, value: int | None) -> None:
         # parallel_config sets this attribute after construction: validate here.
-        self._inner_max_num_threads = check_count(
-            "inner_max_num_threads", value, none_means="the worker's slot size"
-        )
+        self._inner_max_num_threads = INNER_MAX_NUM_THREADS.validate(value)
 
     @property
     def policy(self) -> str:
@@ -302,8 +280,7 @@ class PinnedBackend(LokyBackend):
         """
         reject_unknown(executor_kwargs, _OPTION_NAMES | _JOBLIB_KEYWORDS, "the pinned backend")
         # Parallel(backend="pinned", reserve=...) passes our options here, not to __init__.
-        options = {name: executor_kwargs.pop(name) for name in _OPTION_NAMES & set(executor_kwargs)}
-        self.options = self.options.updated(**options)
+        self.options = self.options.updated(**PinOptions.take(executor_kwargs, "joblib"))
         if "inner_max_num_threads" in executor_kwargs:
             # joblib hands it on to loky's executor, which ignores it: apply it ourselves.
             self.inner_max_num_threads = executor_kwargs.pop("inner_max_num_threads")
@@ -325,7 +302,7 @@ class PinnedBackend(LokyBackend):
         idle = executor_kwargs.pop("idle_worker_timeout", 300)
         if idle_worker_timeout is not None:
             idle = idle_worker_timeout
-        _check_idle_timeout(idle)
+        IDLE_WORKER_TIMEOUT.validate(idle)
         what = f"Parallel(n_jobs={n_jobs})"
         decision, view = size_pool(self._view, self.options, requested, what)
         report_decision(decision, what)
@@ -354,8 +331,7 @@ class PinnedBackend(LokyBackend):
         nested = PinnedBackend(
             nesting_level=(self.nesting_level or 0) + 1,
             inner_max_num_threads=self.inner_max_num_threads,
-            oversubscribe=self.options.oversubscribe,
-            claim_timeout=self.options.claim_timeout,
+            **self.options.keywords("joblib", nested=True),
         )
         return nested, None
 

@@ -193,12 +193,13 @@ def test_parsing_preload_options_has_no_side_effect():
         """
     )
     report = last_json(result.stdout)
+    # The old --pin-... spellings land under the options' names.
     assert report["params"] == {
-        "pin_cores_per_worker": 2,
-        "pin_reserve": [0],
-        "pin_oversubscribe": "share",
-        "pin_fail": "open",
-        "pin_claim_timeout": 30.0,
+        "cores_per_worker": 2,
+        "reserve": [0],
+        "oversubscribe": "share",
+        "fail": "open",
+        "claim_timeout": 30.0,
     }
     assert report["env_same"] and report["cpus_same"] and report["threads_same"]
     assert report["leases"] == 0
@@ -208,7 +209,7 @@ def test_preload_refuses_servers_it_cannot_set_up():
     import pinbackend
 
     with pytest.raises(TypeError, match=r"worker or nanny preload .* cannot set up a str"):
-        pinbackend.dask_setup.callback("scheduler?", None, frozenset(), "clamp", "closed", 1.0)
+        pinbackend.dask_setup.callback("scheduler?", claim_timeout=1.0)
 
 
 @needs_seccomp

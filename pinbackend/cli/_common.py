@@ -1,14 +1,16 @@
-"""Helpers shared by the subcommands: argument types, JSON output, one-line errors."""
+"""Helpers shared by the subcommands: flags and argument types derived from the options'
+declarations (:mod:`pinbackend.host.options`), JSON output, one-line errors."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import NoReturn
 
-from ..core.cpuset import CpuListError, format_cpu_list, parse_cpu_list
-from ..host.options import OptionsError, check_seconds
+from ..core.cpuset import format_cpu_list
+from ..host.options import COUNT, SECONDS, SOME_CPUS, Kind, Option, OptionsError, PinOptions
 
 
 class UsageError(Exception):
@@ -22,17 +24,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
         fail(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def cpu_list(text: str) -> frozenset[int]:
-    """argparse type for CPU lists such as ``0-3,8``."""
-    try:
-        cpus = parse_cpu_list(text)
-    except CpuListError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if not cpus:
-        raise argparse.ArgumentTypeError(f"empty CPU list {text!r}; expected e.g. '0-3,8'")
-    return cpus
-
-
 def check_cores_allowed(cores: frozenset[int], allowed: frozenset[int]) -> None:
     """Raise :class:`UsageError` when ``--cores`` names CPUs this process may not use."""
     outside = cores - allowed
@@ -43,29 +34,62 @@ def check_cores_allowed(cores: frozenset[int], allowed: frozenset[int]) -> None:
         )
 
 
-def seconds(text: str) -> float:
-    """argparse type for timeouts: a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    try:
-        return check_seconds("the timeout", value)
-    except OptionsError:
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number of seconds >= 0; got {text!r}"
-        ) from None
+def text_type(kind: Kind) -> Callable[[str], object]:
+    """An argparse type for values of ``kind``: the options' own check, worded as they word
+    it (``argument --claim-timeout: must be a finite number of seconds >= 0; got 'nan'``)."""
+
+    def parse(text: str) -> object:
+        try:
+            return kind.check("", kind.parse(text))
+        except OptionsError as error:
+            raise argparse.ArgumentTypeError(error.as_typed(text)) from None
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
+#: argparse types for counts that must be at least 1, timeouts and non-empty CPU lists.
+positive_int = text_type(COUNT)
+seconds = text_type(SECONDS)
+cpu_list = text_type(SOME_CPUS)
+
+
+def declared_arguments(
+    options: Iterable[Option], where: str, defaults: Mapping[str, object] | None = None
+) -> list[tuple[tuple[str, ...], dict]]:
+    """argparse's ``(flags, keywords)`` for each of the declared ``options`` that the front
+    door ``where`` takes, then its old spellings there, hidden; ``defaults``: the front
+    door's own, by option name. The value lands under the option's keyword name."""
+    arguments = []
+    for option in options:
+        if where not in option.where:
+            continue
+        default = (defaults or {}).get(option.name, option.default)
+        flags = (option.short, option.flag) if option.short else (option.flag,)
+        arguments.append((flags, _keywords(option, default, _help(option, default))))
+        for alias in option.aliases_at(where):
+            hidden = {"help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+            if alias.value is not None:  # a flag without a value: stands for alias.value
+                hidden |= {"action": "store_const", "const": alias.value, "dest": option.name}
+                arguments.append(((alias.flag,), hidden))
+            else:
+                arguments.append(((alias.flag,), {**_keywords(option, default, ""), **hidden}))
+    return arguments
+
+
+def _keywords(option: Option, default: object, help: str) -> dict:
+    kind = option.kind
+    keywords = {"dest": option.name, "default": default, "help": help}
+    if kind.switch:
+        return {**keywords, "action": "store_true"}
+    if kind.choices:  # argparse words a wrong choice itself: "invalid choice: 'x' (choose ...)"
+        return {**keywords, "choices": kind.choices}
+    return {**keywords, "type": text_type(kind), "metavar": kind.metavar}
+
+
+def _help(option: Option, default: object) -> str:
+    if default is None or option.kind.switch or option.kind.choices or not option.text(default):
+        return option.help
+    return f"{option.help} (default: {option.text(default)})"
 
 
 def add_root_option(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +103,16 @@ def add_root_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_reserve_option(parser: argparse.ArgumentParser, help: str) -> None:
-    """Add ``--reserve LIST``: CPUs the planner must never pick."""
-    parser.add_argument("--reserve", type=cpu_list, default=frozenset(), metavar="LIST", help=help)
+    """Add ``--reserve LIST``, as declared (:class:`~pinbackend.host.options.PinOptions`):
+    CPUs the planner must never pick."""
+    option = PinOptions.option("reserve")
+    parser.add_argument(
+        option.flag,
+        type=text_type(option.kind),
+        default=option.default,
+        metavar=option.kind.metavar,
+        help=help,
+    )
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

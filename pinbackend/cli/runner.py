@@ -21,7 +21,6 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..core.topology import TopologyError
 from ..host.machine import read_topology
-from ..host.options import DEFAULT_CLAIM_TIMEOUT, OVERSUBSCRIBE_POLICIES
 from ..host.registry import LeaseError
 from ..runner import (
     RunnerConfig,
@@ -36,10 +35,8 @@ from ._common import (
     OneLineErrorParser,
     UsageError,
     check_cores_allowed,
-    cpu_list,
+    declared_arguments,
     fail,
-    positive_int,
-    seconds,
 )
 from .render import describe_plan
 
@@ -68,74 +65,18 @@ class _Option:
     @property
     def takes_value(self) -> bool:
         """Whether the option consumes the next argument (when not given inline)."""
-        return self.kwargs.get("action") not in ("store_true", "help", "version")
+        return self.kwargs.get("action") not in ("store_true", "store_const", "help", "version")
 
+
+_DECLARED = RunnerConfig.declared("runner")
 
 # One table drives both the parser and the scanner that finds where the program starts.
 _OPTIONS = (
     # Listed once, by the top-level help; accepted among the runner's options too.
     _Option(("-h", "--help"), {"action": "store_true", "help": argparse.SUPPRESS}),
     _Option(("--version",), {"action": "store_true", "help": argparse.SUPPRESS}),
-    _Option(
-        ("-p", "--processes"),
-        {
-            "type": positive_int,
-            "metavar": "N",
-            "help": "workers of every process pool the program starts (replaces its own "
-            "sizes, like smp's and tbb's -p); fewer when fewer cores are free, with a note",
-        },
-    ),
-    _Option(
-        ("--cores-per-worker",),
-        {"type": positive_int, "metavar": "K", "help": "physical cores of each pool worker"},
-    ),
-    _Option(
-        ("--cores",),
-        {"type": cpu_list, "metavar": "LIST", "help": "run the job's pools on these CPUs only"},
-    ),
-    _Option(
-        ("--reserve",),
-        {
-            "type": cpu_list,
-            "default": frozenset(),
-            "metavar": "LIST",
-            "help": "CPUs the job's pools never use (e.g. a daemon's)",
-        },
-    ),
-    _Option(
-        ("-t", "--threads"),
-        {
-            "type": positive_int,
-            "metavar": "N",
-            "help": "cap the main process's BLAS/OpenMP/TBB thread pools at N (like tbb's -p); "
-            "default: not capped",
-        },
-    ),
-    _Option(
-        ("--pin-main",),
-        {"action": "store_true", "help": "pin the main process to the job's free CPUs too"},
-    ),
-    _Option(
-        ("--oversubscribe",),
-        {
-            "choices": OVERSUBSCRIBE_POLICIES,
-            "default": "clamp",
-            "help": "a pool wants more workers than free cores: 'clamp' (default) runs as "
-            "many as fit and fails when none is free; 'error' fails; 'wait' waits for other "
-            "jobs to free cores; 'share' shares them, with a warning",
-        },
-    ),
-    _Option(
-        ("--claim-timeout",),
-        {
-            "type": seconds,
-            "default": DEFAULT_CLAIM_TIMEOUT,
-            "metavar": "SECONDS",
-            "help": "how long a new pool worker waits for its slot's cores (another job may "
-            "hold them a moment longer); then the pool stops and the program gets the "
-            "error (default: %(default)g)",
-        },
-    ),
+    # The options the runner takes, as RunnerConfig declares them.
+    *(_Option(flags, kwargs) for flags, kwargs in declared_arguments(_DECLARED, "runner")),
     _Option(("--dry-run",), {"action": "store_true", "help": "print the plan; run nothing"}),
     _Option(("--json",), {"action": "store_true", "help": "with --dry-run: print JSON"}),
     _Option(
@@ -250,16 +191,7 @@ def route(argv: list[str], subcommands) -> RunnerCall | None:
 
 def _config(args: argparse.Namespace) -> RunnerConfig:
     try:
-        return RunnerConfig(
-            processes=args.processes,
-            cores_per_worker=args.cores_per_worker,
-            cores=args.cores,
-            reserve=args.reserve,
-            threads=args.threads,
-            oversubscribe=args.oversubscribe,
-            pin_main=args.pin_main,
-            claim_timeout=args.claim_timeout,
-        )
+        return RunnerConfig(**{option.name: getattr(args, option.name) for option in _DECLARED})
     except ValueError as error:
         raise UsageError(str(error)) from None
 

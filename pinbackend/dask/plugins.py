@@ -17,40 +17,24 @@ plugin contract.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from distributed.diagnostics.plugin import NannyPlugin, SchedulerPlugin, WorkerPlugin
 
-from ..host.options import reject_unknown
+from ..host.options import check_restart, reject_unknown
 from ._nanny import configure_nanny, running_worker, spawned_otherwise
 from ._worker import GONE, PinRefused, close_worker, pin_worker, report_outcome, unpin_worker
-from .options import DEFAULT_CLAIM_TIMEOUT, PinOptions
+from .options import PinOptions
 
 __all__ = ["PinNannyPlugin", "PinPlugin", "PinWorkerPlugin"]
 
 
 class _Options:
-    """The options both :class:`PinPlugin` and its worker half take, and the halves."""
+    """The options both :class:`PinPlugin` and its worker half take (those
+    :class:`~pinbackend.host.options.PinOptions` declares for Dask), and the halves."""
 
-    def __init__(
-        self,
-        cores_per_worker: int | str | None = None,
-        *,
-        reserve: Iterable[int] | str = (),
-        oversubscribe: str | None = None,
-        fail: str = "closed",
-        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
-        **unknown,
-    ):
+    def __init__(self, cores_per_worker: int | str | None = None, **options):
         # The joblib backend's check: an unknown keyword names the closest valid one.
-        reject_unknown(unknown, PinOptions.names(), type(self).__name__)
-        self.options = PinOptions(
-            cores_per_worker,
-            reserve=reserve,
-            oversubscribe=oversubscribe,
-            fail=fail,
-            claim_timeout=claim_timeout,
-        )
+        reject_unknown(options, PinOptions.names("dask"), type(self).__name__)
+        self.options = PinOptions(cores_per_worker, **options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options.describe()})"
@@ -61,14 +45,7 @@ class _Options:
 
     def worker_plugin(self) -> PinWorkerPlugin:
         """The worker half (:class:`PinWorkerPlugin`) with the same options."""
-        options = self.options
-        return PinWorkerPlugin(
-            options.cores_per_worker,
-            reserve=options.reserve,
-            oversubscribe=options.oversubscribe,
-            fail=options.fail,
-            claim_timeout=options.claim_timeout,
-        )
+        return PinWorkerPlugin(**self.options.keywords("dask"))
 
 
 class PinWorkerPlugin(_Options, WorkerPlugin):
@@ -184,8 +161,7 @@ class PinNannyPlugin(NannyPlugin):
         self, cores_per_worker: int | str | None = None, *, restart: bool | str = False, **unknown
     ):
         reject_unknown(unknown, ("cores_per_worker", "restart"), type(self).__name__)
-        if restart not in (True, False, "auto"):
-            raise ValueError(f"restart must be True, False or 'auto'; got {restart!r}")
+        check_restart("restart", restart)
         self.options = PinOptions(cores_per_worker)
         self.mode = restart
         self.restart = restart is True

@@ -1,4 +1,4 @@
-"""``dask worker --preload-nanny pinbackend --preload pinbackend [--pin-...]``: the preloads.
+"""``dask worker --preload-nanny pinbackend --preload pinbackend [--reserve ...]``: the preloads.
 
 The ``dask worker`` command imports the preload module in its own process only to parse
 these options, so importing this module does nothing but define them. The same
@@ -9,45 +9,66 @@ from ``distributed.nanny.preload-argv``, win when given), so they are written on
 nanny preload without the worker preload adds it: ``--preload-nanny pinbackend`` alone
 sets up both halves. ``pinbackend/__init__.py`` exposes both functions lazily, so that
 ``import pinbackend`` stays free of distributed and click.
+
+The flags are derived from the options' declarations
+(:class:`~pinbackend.host.options.PinOptions`), spelled as every front door spells them
+(``--cores-per-worker``, ``--reserve``, ``--oversubscribe``, ``--fail``,
+``--claim-timeout``; ``dask worker`` has none of these itself); the old ``--pin-...``
+spellings still work, hidden.
 """
 
 from __future__ import annotations
 
 import click
 
-from ..core.cpuset import format_cpu_list
-from ..host.options import OptionsError, check_option
-from .options import DEFAULT_CLAIM_TIMEOUT, FAIL_POLICIES, OVERSUBSCRIBE_POLICIES, PinOptions
+from ..host.options import Alias, Option, OptionsError, PinOptions
 
 __all__ = ["dask_setup", "dask_teardown"]
 
 
-def _checked(option: str, parse=str):
-    """A click callback that validates ``--pin-...`` with :class:`PinOptions`' own validator
-    for ``option`` (:func:`~pinbackend.host.options.check_option`), after ``parse`` turned the
-    text into the value a keyword would have: the command line refuses, with exit status 2,
-    exactly what the worker would refuse, so no refused option reaches a worker (which
-    distributed would start unpinned after logging the failed preload)."""
+def _checked(option: Option):
+    """A click callback that validates a flag of ``option`` with the options' own check
+    (:meth:`~pinbackend.host.options.Option.from_text`), in their words, with the flag as
+    typed: the command line refuses, with exit status 2, exactly what the worker would
+    refuse, so no refused option reaches a worker (which distributed would start unpinned
+    after logging the failed preload). None (a hidden old spelling not given) stays None."""
 
     def callback(ctx, param, value):
+        if value is None:
+            return None
         name = param.opts[0]
         try:
-            return check_option(option, parse(value) if isinstance(value, str) else value, name)
+            if isinstance(value, str):
+                return option.from_text(value, name)
+            return option.validate(value, name)
         except OptionsError as error:
-            raise click.UsageError(str(error)) from None
+            raise click.UsageError(error.spelled(name, str(value))) from None
 
     return callback
 
 
-def _number(text: str) -> int | float | str:
-    """``"2"`` -> 2, ``"0.5"`` -> 0.5, ``"nan"`` -> nan; other text stays text (refused by
-    the validator, which then names it as given)."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def _click_options(option: Option) -> list[click.Option]:
+    """The click options of ``option``: its flag, then its old spellings, hidden."""
+    default = None if option.default is None else option.kind.show(option.default)
+    common = {"callback": _checked(option)}
+    if option.kind.choices:
+        common["type"] = click.Choice(option.kind.choices)
+    params = [
+        click.Option(
+            [option.flag, option.name],
+            default=default,
+            show_default=default not in (None, ""),
+            help=option.help[:1].upper() + option.help[1:] + ".",
+            **common,
+        )
+    ]
+    for alias in option.aliases_at("preload"):
+        params.append(click.Option([alias.flag, _alias_name(alias)], hidden=True, **common))
+    return params
+
+
+def _alias_name(alias: Alias) -> str:
+    return alias.flag.lstrip("-").replace("-", "_")
 
 
 class _PreloadCommand(click.Command):
@@ -61,7 +82,8 @@ class _PreloadCommand(click.Command):
     (as ``invalid``), which refuses the worker: invalid options never run unpinned.
 
     It also parses a copy of ``args``: click consumes the list it parses, and that list is
-    the preload's own ``argv``, which the nanny preload reads back (:func:`_own_argv`).
+    the preload's own ``argv``, which the nanny preload reads back (:func:`_own_argv`). An
+    old spelling's value is handed on under the option's name.
     """
 
     def make_context(self, info_name, args, parent=None, **extra):
@@ -72,57 +94,25 @@ class _PreloadCommand(click.Command):
             ctx.params = {"invalid": error.format_message()}
             return ctx
 
+    def parse_args(self, ctx, args):
+        rest = super().parse_args(ctx, args)
+        for option in _DECLARED:
+            for alias in option.aliases_at("preload"):
+                value = ctx.params.pop(_alias_name(alias), None)
+                if value is None:
+                    continue
+                if ctx.get_parameter_source(option.name) == click.core.ParameterSource.COMMANDLINE:
+                    raise click.UsageError(
+                        f"{alias.flag} is the old spelling of {option.flag}: give one of them"
+                    )
+                ctx.params[option.name] = value
+        return rest
 
-@click.command(name="pinbackend", cls=_PreloadCommand)
-@click.option(
-    "--pin-cores-per-worker",
-    default="auto",
-    show_default=True,
-    callback=_checked("cores_per_worker", _number),
-    help="Physical cores per worker; 'auto' gives each task thread one CPU.",
-)
-@click.option(
-    "--pin-reserve",
-    default="",
-    callback=_checked("reserve"),
-    help="CPUs no worker may use, as a list like '0' or '0-1,8'.",
-)
-@click.option(
-    "--pin-oversubscribe",
-    type=click.Choice(OVERSUBSCRIBE_POLICIES),
-    default="clamp",
-    callback=_checked("oversubscribe"),
-    show_default=True,
-    help="Workers beyond the slots a host has: clamp closes them (one warning per host), "
-    "share runs them on shared slots, error refuses them, wait waits for other jobs' cores.",
-)
-@click.option(
-    "--pin-fail",
-    type=click.Choice(FAIL_POLICIES),
-    default="closed",
-    callback=_checked("fail"),
-    show_default=True,
-    help="A worker that cannot be pinned at all (no CPU affinity here, a slot larger than "
-    "the host): closed closes it; open warns and runs it unpinned.",
-)
-@click.option(
-    "--pin-claim-timeout",
-    type=str,
-    default=DEFAULT_CLAIM_TIMEOUT,
-    callback=_checked("claim_timeout", _number),
-    show_default=True,
-    help="Seconds a starting worker waits for cores other jobs hold.",
-)
-def dask_setup(
-    server,
-    pin_cores_per_worker=None,
-    pin_reserve=frozenset(),
-    pin_oversubscribe=None,
-    pin_fail="closed",
-    pin_claim_timeout=DEFAULT_CLAIM_TIMEOUT,
-    *,
-    invalid: str | None = None,
-):
+
+_DECLARED = PinOptions.declared("preload")
+
+
+def _setup(server, invalid: str | None = None, **options):
     """Pin a starting worker (``--preload``) or set a nanny's spawn environment
     (``--preload-nanny``); refuse a worker whose options are ``invalid`` (see
     :class:`_PreloadCommand`)."""
@@ -130,13 +120,7 @@ def dask_setup(
 
     if invalid is not None and isinstance(server, Worker | Nanny):
         return _refuse(server, invalid)
-    options = PinOptions(
-        pin_cores_per_worker,
-        reserve=pin_reserve,
-        oversubscribe=pin_oversubscribe,
-        fail=pin_fail,
-        claim_timeout=pin_claim_timeout,
-    )
+    options = PinOptions(**options)
     if isinstance(server, Worker):
         return _setup_worker(server, options)
     if isinstance(server, Nanny):
@@ -146,6 +130,15 @@ def dask_setup(
         f"pinbackend is a worker or nanny preload (dask worker --preload pinbackend, "
         f"--preload-nanny pinbackend); it cannot set up a {type(server).__name__}"
     )
+
+
+#: The preload as ``dask worker`` sees it: a click command with the options' flags.
+dask_setup = _PreloadCommand(
+    name="pinbackend",
+    callback=_setup,
+    params=[param for option in _DECLARED for param in _click_options(option)],
+    help=_setup.__doc__,
+)
 
 
 def _refuse(server, invalid: str):
@@ -167,13 +160,7 @@ def _refuse(server, invalid: str):
 async def _setup_worker(worker, options: PinOptions) -> None:
     from .plugins import _PreloadPinPlugin
 
-    plugin = _PreloadPinPlugin(
-        options.cores_per_worker,
-        reserve=options.reserve,
-        oversubscribe=options.oversubscribe,
-        fail=options.fail,
-        claim_timeout=options.claim_timeout,
-    )
+    plugin = _PreloadPinPlugin(**options.keywords("dask"))
     pending = getattr(worker, "_pending_plugins", None)
     if isinstance(pending, tuple):
         # Plugins pending at start are set up right after the preloads, before the worker
@@ -185,16 +172,14 @@ async def _setup_worker(worker, options: PinOptions) -> None:
 
 
 def _argv(options: PinOptions) -> list[str]:
-    """``options`` as this preload's command line (for the worker preload a nanny adds)."""
+    """``options`` as this preload's command line (for the worker preload a nanny adds):
+    the flags of those that differ from their defaults."""
     argv = []
-    if options.cores_per_worker is not None:
-        argv += ["--pin-cores-per-worker", str(options.cores_per_worker)]
-    if options.reserve:
-        argv += ["--pin-reserve", format_cpu_list(options.reserve)]
-    if options.oversubscribe is not None:
-        argv += ["--pin-oversubscribe", options.oversubscribe]
-    argv += ["--pin-fail", options.fail]
-    return [*argv, "--pin-claim-timeout", repr(options.claim_timeout)]
+    for option in _DECLARED:
+        value = getattr(options, option.name)
+        if value != option.default:
+            argv += [option.flag, option.text(value)]
+    return argv
 
 
 def _worker_preload_argv(nanny) -> list[str] | None:
@@ -226,13 +211,7 @@ def _setup_nanny(nanny, options: PinOptions) -> None:
     elif theirs and not _own_argv(nanny):
         params = dask_setup.make_context("pinbackend", theirs).params
         if "invalid" not in params:  # else the worker preload refuses the worker itself
-            options = PinOptions(
-                params["pin_cores_per_worker"],
-                reserve=params["pin_reserve"],
-                oversubscribe=params["pin_oversubscribe"],
-                fail=params["pin_fail"],
-                claim_timeout=params["pin_claim_timeout"],
-            )
+            options = PinOptions(**params)
     configure_nanny(nanny, options)
 
 

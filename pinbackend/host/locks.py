@@ -32,7 +32,7 @@ ORDER = (
     "threadpoolctl",  # host.caps: threadpoolctl is not thread-safe (threadpoolctl#205)
     "lease table",  # host.leases: the leases this process holds
     "extension-load watch",  # host.loads: the load counter and its listeners
-    "process state",  # host.state: STATE's small tables (live pools, running tasks, ...)
+    "process state",  # host.state: STATE's small tables (live pools, watched owner, ...)
 )
 
 _THREAD = threading.local()

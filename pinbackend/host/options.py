@@ -34,12 +34,18 @@ from ._declare import (
 )
 
 __all__ = [
+    "COUNT",
+    "CPUS",
     "DEFAULT_CLAIM_TIMEOUT",
     "FAIL_POLICIES",
     "FRONT_DOORS",
     "IDLE_WORKER_TIMEOUT",
     "INNER_MAX_NUM_THREADS",
     "OVERSUBSCRIBE_POLICIES",
+    "SECONDS",
+    "SIZE",
+    "SOME_CPUS",
+    "SWITCH",
     "Alias",
     "Kind",
     "Option",
@@ -55,6 +61,7 @@ __all__ = [
     "check_seconds",
     "check_some_cpus",
     "check_switch",
+    "choice",
     "declare",
     "redeclare",
     "reject_unknown",
@@ -161,7 +168,7 @@ def check_switch(name: str, value: object) -> bool:
 
 def check_restart(name: str, value: object) -> bool | str:
     """Return a Dask nanny plugin's ``restart``: True, False or ``"auto"``."""
-    if value is not True and value is not False and value != "auto":
+    if value not in (True, False, "auto"):
         raise OptionsError.refuse(name, "must be True, False or 'auto'", value)
     return value
 
@@ -276,9 +283,10 @@ class PinOptions:
         choice(OVERSUBSCRIBE_POLICIES),
         None,
         "what to do when the free cores do not suffice: 'clamp' (the default) runs as many "
-        "workers as fit (Dask: closes the others, with one warning per host); 'error' "
-        "refuses; 'wait' waits for other jobs to free cores; 'share' shares cores, with a "
-        "warning",
+        "workers as fit: a pool gets fewer, a worker that pins itself (Dask's, run's) waits "
+        "up to the claim timeout, then fails (Dask: closes, with one warning per host); "
+        "'error' refuses; 'wait' waits for other jobs to free cores; 'share' shares cores, "
+        "with a warning",
         flag="--oversubscribe",
         where=_EVERYWHERE,
         none_means="the entry point's default",

@@ -316,12 +316,12 @@ def run_capped(func: Callable[[], object]) -> object:
         _cap_this_thread(cap)
     # Known as running (STATE.running_tasks): a pool that ends keeps its cores until done.
     me = threading.get_ident()
-    with STATE.lock:
+    with STATE.running_lock:
         STATE.running_tasks.add(me)
     try:
         return func()
     finally:
-        with STATE.lock:
+        with STATE.running_lock:
             STATE.running_tasks.discard(me)
 
 
@@ -376,7 +376,7 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
         are known as running when they go through :func:`run_capped`, as joblib's do.)
         """
         super().terminate()
-        with STATE.lock:
+        with STATE.running_lock:
             running = [thread for thread in self._pool if thread.ident in STATE.running_tasks]
         if not running:
             self._end()

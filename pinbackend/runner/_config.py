@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.cpuset import format_cpu_list
 from ..host.options import (
-    DEFAULT_CLAIM_TIMEOUT,
-    OptionsError,
+    COUNT,
+    SOME_CPUS,
+    SWITCH,
     PinOptions,
-    check_count,
-    check_cpus,
+    check_job_cpus,
+    declare,
+    redeclare,
 )
 
 __all__ = ["RunnerConfig"]
+
+_RUNNER = ("runner",)
 
 
 @dataclass(frozen=True)
@@ -22,51 +25,65 @@ class RunnerConfig(PinOptions):
 
     ``processes`` overrides the size of every process pool started outside a pinned worker
     (``-p``); ``cores`` limits the job to those CPUs; ``threads`` caps the BLAS/OpenMP/TBB
-    pools of the main process; ``pin_main`` pins the main process to the job's CPUs. The
-    shared options (:class:`~pinbackend.host.options.PinOptions`) are validated there; the
-    runner's policy defaults to ``"clamp"``.
+    pools of the main process; ``pin_main`` pins the main process to the job's CPUs. They
+    are declared as the shared options (:class:`~pinbackend.host.options.PinOptions`) are,
+    and validated with them; the runner's policy defaults to ``"clamp"``.
     """
 
-    oversubscribe: str | None = "clamp"
-    processes: int | None = None
-    cores: frozenset[int] | None = None
-    threads: int | None = None
-    pin_main: bool = False
+    oversubscribe: str | None = redeclare(PinOptions, "oversubscribe", "clamp")
+    processes: int | None = declare(
+        COUNT,
+        None,
+        "workers of every process pool the program starts (replaces its own sizes, like "
+        "smp's and tbb's -p); fewer when fewer cores are free, with a note",
+        flag="--processes",
+        short="-p",
+        where=_RUNNER,
+        none_means="the program's own sizes",
+    )
+    cores: frozenset[int] | None = declare(
+        SOME_CPUS,
+        None,
+        "run the job's pools on these CPUs only",
+        flag="--cores",
+        where=_RUNNER,
+        none_means="all allowed CPUs",
+    )
+    threads: int | None = declare(
+        COUNT,
+        None,
+        "cap the main process's BLAS/OpenMP/TBB thread pools at N (like tbb's -p); "
+        "default: not capped",
+        flag="--threads",
+        short="-t",
+        where=_RUNNER,
+        none_means="not capped",
+    )
+    pin_main: bool = declare(
+        SWITCH,
+        False,
+        "pin the main process to the job's free CPUs too",
+        flag="--pin-main",
+        where=_RUNNER,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.oversubscribe is None:
             object.__setattr__(self, "oversubscribe", "clamp")
-        check_count("processes", self.processes, none_means="the program's own sizes")
-        check_count("threads", self.threads, none_means="not capped")
-        if self.cores is not None:
-            object.__setattr__(self, "cores", check_cpus("cores", self.cores))
-            if not self.cores:
-                raise OptionsError(
-                    "cores must name at least one CPU, or be None for all allowed CPUs"
-                )
-            if self.cores <= self.reserve:
-                raise OptionsError(
-                    f"every CPU of cores ({format_cpu_list(self.cores)}) is reserved "
-                    f"({format_cpu_list(self.reserve)}); reserve fewer CPUs or name more cores"
-                )
+        check_job_cpus(self.cores, self.reserve)
 
     def record(self) -> dict:
-        """The options that differ from the defaults, for job records."""
+        """The runner's options that differ from their defaults, and the policy (always),
+        for job records (CPU sets as lists like ``"0-3"``)."""
         options: dict[str, object] = {}
-        if self.processes is not None:
-            options["processes"] = self.processes
-        if self.cores_per_worker is not None:
-            options["cores_per_worker"] = self.cores_per_worker
-        if self.cores is not None:
-            options["cores"] = format_cpu_list(self.cores)
-        if self.reserve:
-            options["reserve"] = format_cpu_list(self.reserve)
-        if self.threads is not None:
-            options["threads"] = self.threads
+        for option in self.declared("runner"):
+            value = getattr(self, option.name)
+            if value != option.default:
+                options[option.name] = value if _plain(value) else option.text(value)
         options["oversubscribe"] = self.oversubscribe
-        if self.claim_timeout != DEFAULT_CLAIM_TIMEOUT:
-            options["claim_timeout"] = self.claim_timeout
-        if self.pin_main:
-            options["pin_main"] = True
         return options
+
+
+def _plain(value: object) -> bool:
+    return isinstance(value, bool | int | float | str)

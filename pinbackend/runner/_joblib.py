@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import joblib.parallel
 
-from ..host.options import PinOptions
 from ..host.patches import ItemPatch, Patch, Patches
 from ..host.policy import JobCores
 from ..host.slot import current_slot
@@ -39,7 +38,7 @@ class RunnerBackend(PinnedBackend):
         super().__init__(*args, **kwargs)
         config = _top_level_config()
         if config is not None:
-            self.options = _with_job_settings(self.options, config, explicit=kwargs)
+            self.options = self.options.within_job(config, given=kwargs)
 
     def _view(self) -> JobCores:
         """The job's view: within ``--cores``, around this program's live runner pools."""
@@ -54,16 +53,6 @@ class RunnerBackend(PinnedBackend):
         if config is not None and config.processes is not None and n_jobs not in (None, 1):
             n_jobs = config.processes
         return super()._sizing(n_jobs)
-
-
-def _with_job_settings(options: PinOptions, config, explicit) -> PinOptions:
-    """The caller's options, with the job's settings where the caller gave none."""
-    return options.updated(
-        cores_per_worker=options.cores_per_worker or config.cores_per_worker,
-        reserve=options.reserve | config.reserve,
-        oversubscribe=options.oversubscribe or config.oversubscribe,
-        claim_timeout=explicit.get("claim_timeout", config.claim_timeout),
-    )
 
 
 class RunnerDefaultBackend(RunnerBackend):
