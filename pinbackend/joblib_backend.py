@@ -20,20 +20,19 @@ from .core.cpuset import format_cpu_list
 from .host import notices
 from .host.lifecycle import (
     SlotHold,
+    decide_waiting,
     hold_slot,
-    job_view,
     join_pool,
     pool_from,
     report_decision,
-    size_pool,
-    survey,
     task_in_slot,
 )
 from .host.options import IDLE_WORKER_TIMEOUT, INNER_MAX_NUM_THREADS, PinOptions, reject_unknown
 from .host.patches import Patch
-from .host.policy import JobCores, decide
+from .host.policy import Request, decide
 from .host.pool import PoolPlan
 from .host.slot import OWN_PROCESS_HOOKS, in_slot
+from .host.view import HostView, survey
 from .joblib_nested import share_caps_with_nested_loky
 from .joblib_threading import PinnedThreadingBackend, RunThrough
 
@@ -247,13 +246,13 @@ class PinnedBackend(LokyBackend):
         if options == self._fits or in_slot():
             return
         if options.cores_per_worker is not None or options.reserve:
-            nobody_else = dataclasses.replace(survey(), leases=(), budget_used=frozenset())
-            decide(job_view(options, nobody_else), options, 1, "Parallel(n_jobs=1)")
+            nobody_else = dataclasses.replace(survey(options), leases=(), budget_used=frozenset())
+            decide(nobody_else, options, Request("Parallel(n_jobs=1)", workers=1))
         self._fits = options
 
-    def _view(self) -> JobCores:
+    def _view(self) -> HostView:
         """What a new pool of this process may use now (one survey of the host)."""
-        return job_view(self.options)
+        return survey(self.options)
 
     @staticmethod
     def _reported(workers: int) -> int:
@@ -304,7 +303,7 @@ class PinnedBackend(LokyBackend):
             idle = idle_worker_timeout
         IDLE_WORKER_TIMEOUT.validate(idle)
         what = f"Parallel(n_jobs={n_jobs})"
-        decision, view = size_pool(self._view, self.options, requested, what)
+        decision, view = decide_waiting(self._view, self.options, Request(what, workers=requested))
         report_decision(decision, what)
         workers = decision.plan.n_workers
         if workers == 1 and in_slot():

@@ -366,9 +366,11 @@ def test_one_warning_per_host_is_agreed_through_the_registry(monkeypatch):
 def test_a_group_never_waits_for_its_own_members():
     import time
 
+    from pinbackend.host.groups import group_room
     from pinbackend.host.leases import LeaseConflict, claim
-    from pinbackend.host.lifecycle import group_room, lease_slot, survey
+    from pinbackend.host.lifecycle import lease_slot
     from pinbackend.host.machine import read_topology
+    from pinbackend.host.view import survey
 
     topology = read_topology()
     cpus = sorted(topology.allowed)
@@ -376,7 +378,7 @@ def test_a_group_never_waits_for_its_own_members():
     members = lambda info: info.command.endswith("of scheduler S")  # noqa: E731
     held = [claim({cpu}, command=f"dask worker {cpu} of scheduler S") for cpu in cpus]
     try:
-        room = group_room(survey(), 1, options, members)
+        room = group_room(survey(options, group=members), 1)
         n_cores = topology.count_cores(topology.allowed)
         assert room.full and (room.slots, room.held) == (n_cores, len(cpus))
         start = time.monotonic()
@@ -384,16 +386,19 @@ def test_a_group_never_waits_for_its_own_members():
             lease_slot(1, options, command="dask worker new of scheduler S", members=members)
         assert time.monotonic() - start < 5  # not the 30 s claim timeout
         shared = lease_slot(
-            1, options, command="dask worker new of scheduler S", share=True, members=members
+            1,
+            options.updated(oversubscribe="share"),
+            command="dask worker new of scheduler S",
+            members=members,
         )
         assert shared.info.shared == shared.cores and len(shared.cores) == 1
         shared.release()
         # Held by another job instead: that is worth waiting for (briefly here).
         held[0].release()
         held[0] = claim({cpus[0]}, command="another job")
-        room = group_room(survey(), 1, options, members)
+        room = group_room(survey(options, group=members), 1)
         assert not room.full and room.free == room.slots - 1
-        with pytest.raises(LeaseConflict, match=r"after waiting 0\.3s"):
+        with pytest.raises(LeaseConflict, match=r"none freed up within 0\.3s"):
             lease_slot(
                 1, options.updated(claim_timeout=0.3), command="x of scheduler S", members=members
             )

@@ -13,15 +13,18 @@ import pytest
 
 from pinbackend.core.planner import OversubscriptionWarning
 from pinbackend.host.leases import claim
-from pinbackend.host.lifecycle import job_view, pool_from, report_plan, size_pool
+from pinbackend.host.lifecycle import decide_waiting, pool_from, report_plan
 from pinbackend.host.options import PinOptions
+from pinbackend.host.policy import Request
 from pinbackend.host.pool import PoolPlan
+from pinbackend.host.view import survey
 
 
 def plan(n_workers=None, policy="error", **options):
     """A pool planned on this host now, as the entry points plan it."""
     options = PinOptions(oversubscribe=policy, **options)
-    decision, view = size_pool(lambda: job_view(options), options, n_workers, "a test pool")
+    request = Request("a test pool", workers=n_workers)
+    decision, view = decide_waiting(lambda: survey(options), options, request)
     return pool_from(decision, view, options)
 
 

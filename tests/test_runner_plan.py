@@ -12,7 +12,7 @@ from pinbackend.core.planner import PlanError
 from pinbackend.core.topology import Topology
 from pinbackend.host.holders import LeaseInfo
 from pinbackend.runner import RunnerConfig
-from pinbackend.runner._plan import decide, job_cores
+from pinbackend.runner._plan import decide, host_view
 
 MACHINE = Topology.uniform(packages=2, cores_per_l3=4, threads_per_core=2)  # 8 cores, 16 CPUs
 
@@ -25,7 +25,7 @@ DEFAULTS = RunnerConfig()
 
 
 def view(config=DEFAULTS, leases=(), own=frozenset(), nested=False):
-    return job_cores(MACHINE, config, leases=tuple(leases), own=own, nested=nested, me=1)
+    return host_view(MACHINE, config, leases=tuple(leases), own_pools=own, nested=nested, me=1)
 
 
 def core_count(cpus):

@@ -19,13 +19,13 @@ import warnings
 from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
-from ..host.leases import Lease, claim
-from ..host.lifecycle import lease_slot
+from ..host.leases import Lease
+from ..host.lifecycle import claim_exact, lease_slot
 from ..host.machine import read_topology
 from ..host.options import OptionsError, PinOptions
 from ..host.pinning import PinningError
 from ..host.registry import LeaseError
-from ..host.slot import apply_slot, current_scope
+from ..host.slot import apply_slot
 from ._common import (
     UsageError,
     add_reserve_option,
@@ -147,16 +147,14 @@ def _exec(executable: str, command: list[str], env: dict[str, str]) -> None:
 def _lease(args: argparse.Namespace, command: str) -> Lease:
     """The lifecycle's claim: exactly ``--cores``, or ``-n K`` cores it plans."""
     try:
-        options = PinOptions(reserve=args.reserve, claim_timeout=args.wait)
+        options = PinOptions(
+            reserve=args.reserve,
+            claim_timeout=args.wait,
+            oversubscribe="share" if args.share else "clamp",
+        )
         if args.cores is not None:
             check_cores_allowed(args.cores, read_topology().allowed)
-            return claim(
-                args.cores,
-                scope=current_scope(),
-                share=args.share,
-                timeout=options.claim_timeout,
-                command=command,
-            )
-        return lease_slot(args.n_cores or 1, options, command=command, share=args.share)
+            return claim_exact(args.cores, options, command=command)
+        return lease_slot(args.n_cores or 1, options, command=command)
     except (UsageError, OptionsError, LeaseError, PlanError) as error:
         fail(str(error))

@@ -22,6 +22,7 @@ from ..core.planner import PlanError
 from ..core.topology import TopologyError
 from ..host.machine import read_topology
 from ..host.registry import LeaseError
+from ..host.view import HostView
 from ..runner import (
     RunnerConfig,
     Target,
@@ -30,7 +31,7 @@ from ..runner import (
     run_target,
     start_job,
 )
-from ..runner._plan import JobCores, decide, job_cores, survey
+from ..runner._plan import decide, host_view, survey
 from ._common import (
     OneLineErrorParser,
     UsageError,
@@ -213,7 +214,7 @@ def _check_fits(config: RunnerConfig, topology) -> None:
     Only the job's own CPUs count (allowed, within ``--cores``, minus ``--reserve``): cores
     that other jobs hold now are the policy's business (``--oversubscribe``).
     """
-    usable = job_cores(topology, config).usable
+    usable = host_view(topology, config).usable
     if not usable:
         cpus = topology.allowed if config.cores is None else topology.allowed & config.cores
         raise UsageError(
@@ -239,7 +240,7 @@ def _check_fits(config: RunnerConfig, topology) -> None:
 def _dry_run(config: RunnerConfig, target: Target, args: argparse.Namespace) -> int:
     try:
         live = args.root == "/"
-        view = survey(config) if live else job_cores(read_topology(args.root), config)
+        view = survey(config) if live else host_view(read_topology(args.root), config)
     except (TopologyError, LeaseError) as error:
         fail(str(error))
     _check_cpus(config, view.topology)
@@ -272,7 +273,7 @@ def _dry_run(config: RunnerConfig, target: Target, args: argparse.Namespace) -> 
     return 0
 
 
-def _print_dry_run(view: JobCores, config: RunnerConfig, target: Target, data: dict, plan) -> None:
+def _print_dry_run(view: HostView, config: RunnerConfig, target: Target, data: dict, plan) -> None:
     topology = view.topology
     print(f"would run: python {target.describe()} {' '.join(target.args)}".rstrip())
     print(

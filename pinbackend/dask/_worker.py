@@ -37,14 +37,15 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..host.groups import group_room
 from ..host.holders import LeaseInfo
-from ..host.leases import Lease, LeaseConflict
+from ..host.leases import Lease
 from ..host.lifecycle import lease_slot, release_slot
 from ..host.machine import read_topology
 from ..host.pinning import PinningError, PinningUnavailableWarning
+from ..host.policy import ClaimFailed
 from ..host.registry import LeaseError
 from ..host.slot import AppliedSlot, apply_slot
 from ..host.state import STATE
-from ..host.survey import survey
+from ..host.view import survey
 from ._executor import TaskThreadCaps
 from ._nanny import plan_mismatch
 from ._notice import first_on_host
@@ -257,42 +258,35 @@ def refuse_invalid_options(worker, source: str, error: str) -> WorkerPin:
 async def _claim_slot(worker, state: WorkerPin, cores: int) -> None:
     """Lease a slot of ``cores`` physical cores by policy; set ``state``'s lease and outcome.
 
-    The claim runs off the event loop. Under ``wait`` the wait for other jobs' cores has
-    no bound (claims are repeated); a refusal from siblings alone applies the policy at
-    once.
+    The claim runs off the event loop (:func:`~pinbackend.host.lifecycle.lease_slot`: the
+    one decision, for one worker with its group, this cluster's workers on this host).
     """
     options, scheduler = state.options, worker.scheduler.address
-    policy = options.policy("clamp")
     is_sibling = _sibling(scheduler)
     claim = functools.partial(
         lease_slot,
         cores,
         options,
         command=member_command(worker.address, scheduler),
-        share=policy == "share",
         members=is_sibling,
     )
     loop = asyncio.get_running_loop()
-    while True:
-        try:
-            state.lease = await loop.run_in_executor(None, claim)
-            break
-        except LeaseConflict as error:
-            siblings_only = bool(error.holders) and all(map(is_sibling, error.holders))
-            if policy == "wait" and not siblings_only:
-                continue
-            break  # the policy decides below; the note says why
+    refused_by = None
+    try:
+        state.lease = await loop.run_in_executor(None, claim)
+    except ClaimFailed as error:
+        refused_by = error.policy  # the policy decided; the note below says why
     if state.lease is not None and not state.lease.info.shared:
         return
-    view = await loop.run_in_executor(None, survey)
-    room = group_room(view, cores, options, is_sibling)
-    usable = view.topology.allowed - options.reserve
+    look = functools.partial(survey, options, nested=False, group=is_sibling)
+    view = await loop.run_in_executor(None, look)
+    room = group_room(view, cores)
+    usable = view.usable
     fit = room.free if state.lease is None else max(room.free, 1)
     shape = host_shape(
         fit, state.nthreads, view.topology.count_cores(usable), format_cpu_list(usable)
     )
-    theirs = frozenset().union(*(info.cores for info in view.leases if is_sibling(info)))
-    strangers = view.held_by_others - theirs
+    strangers = view.other_jobs
     if strangers:
         shape += f"; other jobs hold CPUs {format_cpu_list(strangers)} ({view.holders(strangers)})"
     if state.lease is not None:
@@ -306,7 +300,7 @@ async def _claim_slot(worker, state: WorkerPin, cores: int) -> None:
             "expect workers on shared cores to slow "
             "each other down; start fewer workers here to avoid it",
         )
-    elif policy == "error":
+    elif refused_by == "error":
         state.outcome = "refused"
         state.note = f"{shape}; the workers beyond them are refused (oversubscribe='error')"
         logger.error(
@@ -318,7 +312,7 @@ async def _claim_slot(worker, state: WorkerPin, cores: int) -> None:
         )
     else:
         state.outcome = "closed"
-        state.note = f"{shape}; the workers beyond them are closed (oversubscribe={policy!r})"
+        state.note = f"{shape}; the workers beyond them are closed (oversubscribe={refused_by!r})"
         _tell_host(
             worker,
             state,

@@ -25,38 +25,34 @@ from collections import Counter
 from collections.abc import Callable
 
 from .. import _platform
-from ..core.budget import cores_within
 from ..core.cpuset import format_cpu_list
-from ..core.planner import OversubscriptionWarning, Plan, PlanError, plan_slots
+from ..core.planner import OversubscriptionWarning, Plan
 from . import loads, notices
 from .caps import user_thread_limits
-from .groups import group_room, least_crowded, share_least_crowded
-from .holders import LeaseInfo, list_leases
+from .groups import least_crowded
+from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim, claim_first_free
 from .options import PinOptions
-from .policy import KEYWORDS, JobCores, PoolDecision, Spelling, count, decide
+from .policy import COMMAND_LINE, ClaimFailed, Decision, Request, decide
 from .pool import PoolPlan
-from .slot import AppliedSlot, apply_slot, current_scope
+from .slot import AppliedSlot, apply_slot
 from .state import STATE
-from .survey import Survey, job_view, survey, survey_scope
+from .view import HostView, Members, survey
 
 __all__ = [
     "SlotHold",
-    "Survey",
+    "claim_exact",
+    "decide_waiting",
     "hold_slot",
-    "job_view",
     "join_pool",
     "lease_slot",
     "pool_from",
     "release_slot",
     "report_decision",
     "report_plan",
-    "size_pool",
-    "survey",
     "task_in_slot",
 ]
 
-_POLL_SECONDS = 0.05
 _WAIT_POLL_SECONDS = 0.1
 #: An idle pool worker gives its lease back after this long without a task, so that
 #: another job can have its cores; its next task takes them (or others) back.
@@ -66,29 +62,28 @@ IDLE_RELEASE_SECONDS = 0.5
 CLAMP_GRACE_SECONDS = 2 * IDLE_RELEASE_SECONDS
 
 
-def size_pool(
-    read_view: Callable[[], JobCores],
+def decide_waiting(
+    read_view: Callable[[], HostView],
     options: PinOptions,
-    requested: int | None,
-    what: str,
+    request: Request,
     *,
-    processes: int | None = None,
-    spelling: Spelling = KEYWORDS,
-) -> tuple[PoolDecision, JobCores]:
-    """Decide a pool's slots by policy (:func:`pinbackend.host.policy.decide`), waiting
-    when it says so: once announced (who holds the cores), polling ``read_view``; a bounded
-    wait fails after ``options.claim_timeout`` with the same message.
+    announce: bool = True,
+) -> tuple[Decision, HostView]:
+    """Ask the policy (:func:`pinbackend.host.policy.decide`) and wait while it says so,
+    polling ``read_view``: a bounded wait raises :class:`ClaimFailed` after
+    ``options.claim_timeout``, naming who holds the cores; a refusal raises at once.
+    ``announce`` warns once (:class:`~pinbackend.host.notices.WaitingForCoresWarning`) when
+    a wait begins.
 
     A pool clamped because other jobs hold cores first gives them :data:`CLAMP_GRACE_SECONDS`
     to free up: idle pinned pools give their cores back that fast, and a job started just
     after another one's call returned should get every core, not the first one freed.
     """
     view = read_view()
-    deadline = None
-    announced = False
-    grace = None
+    deadline = grace = None
+    announced = not announce
     while True:
-        decision = decide(view, options, requested, what, processes=processes, spelling=spelling)
+        decision = decide(view, options, request)
         if decision.plan is not None and decision.held_by_others:
             grace = grace or time.monotonic() + min(CLAMP_GRACE_SECONDS, options.claim_timeout)
             if time.monotonic() < grace:
@@ -98,13 +93,14 @@ def size_pool(
         if decision.plan is not None:
             return decision, view
         if decision.bounded:
-            if deadline is None:
-                deadline = time.monotonic() + options.claim_timeout
+            deadline = deadline or time.monotonic() + options.claim_timeout
             if time.monotonic() >= deadline:
-                raise PlanError(
+                raise ClaimFailed(
                     f"{decision.shortage}; none freed up within {options.claim_timeout:g}s "
-                    f"({spelling.timeout}); use {spelling.policy('share')}, a longer "
-                    f"{spelling.timeout}, or free some cores"
+                    f"({request.spelling.timeout}); {decision.remedy}",
+                    view.strangers,
+                    view.others,
+                    options.policy("clamp"),
                 )
         if not announced:
             notices.warn(notices.WaitingForCoresWarning, decision.waiting)
@@ -113,7 +109,7 @@ def size_pool(
         view = read_view()
 
 
-def report_decision(decision: PoolDecision, what: str) -> None:
+def report_decision(decision: Decision, what: str) -> None:
     """Say what the policy had to do, once per process for each distinct outcome."""
     if decision.note and STATE.warn_once(f"resized: {decision.note}"):
         notices.warn(notices.PoolResizedWarning, decision.note)
@@ -129,7 +125,7 @@ def report_decision(decision: PoolDecision, what: str) -> None:
 
 
 def pool_from(
-    decision: PoolDecision, view: JobCores, options: PinOptions, threads: int | None = None
+    decision: Decision, view: HostView, options: PinOptions, threads: int | None = None
 ) -> PoolPlan:
     """The plan that travels to the pool's workers.
 
@@ -137,8 +133,9 @@ def pool_from(
     worker's threads are capped to its share of the budget: workers x threads never exceed it.
     """
     slots = set(decision.plan.slots)
-    if view.budget is not None and sum(map(len, slots)) > view.budget:
-        share = max(view.budget // len(slots), 1)
+    left = view.budget_left
+    if left is not None and sum(map(len, slots)) > left:
+        share = max(left // len(slots), 1)
         threads = share if threads is None else min(threads, share)
     return PoolPlan(
         slots=decision.plan.slots,
@@ -383,99 +380,49 @@ def lease_slot(
     options: PinOptions,
     *,
     command: str,
-    share: bool = False,
     scope: str | None = None,
-    members: Callable[[LeaseInfo], bool] | None = None,
+    members: Members | None = None,
 ) -> Lease:
-    """Plan ``cores`` free physical cores of this host and claim them as one slot.
+    """Decide a slot of ``cores`` physical cores for this process by policy and claim it.
 
-    For a process that pins itself (``run -n``, a Dask worker). Waits up to
-    ``options.claim_timeout`` while other jobs hold the cores, re-planning when another
-    process takes the planned ones first; an impossible plan (more cores than the host
-    has) fails at once. With ``share``, busy cores are shared instead of waited for.
-
-    ``members`` tells the leases of the caller's own group apart (a Dask cluster's workers
-    on this host; a held lease means a live holder). Waiting for them cannot help: when
-    they alone take every slot of this size the host has, the claim fails at once with a
-    :class:`LeaseConflict` whose holders are all members (see :func:`group_room`); with
-    ``share`` it shares the slot fewest of them hold. Cores held by other jobs are waited
-    for as above.
+    For a process that pins itself (``run -n``, a Dask worker): one worker, which waits
+    (bounded by ``options.claim_timeout``; without bound under ``wait``) while other jobs
+    hold the cores, re-deciding when another process takes the planned ones first, and
+    shares them at once under ``share``. An impossible slot (more cores than the host has)
+    fails at once. ``members`` tells the leases of the caller's own group apart (a Dask
+    cluster's workers on this host): waiting for them cannot help, so when they hold every
+    slot of this size the policy applies at once (:class:`ClaimFailed`).
     """
-    scope = current_scope() if scope is None else scope
-    deadline = time.monotonic() + options.claim_timeout
+    sized = options.updated(cores_per_worker=cores)
+    request = Request(command, workers=1, one_worker=True)
     while True:
-        view = survey() if scope == current_scope() else survey_scope(scope)
+        decision, view = decide_waiting(
+            lambda: survey(sized, scope=scope, nested=False, group=members),
+            sized,
+            request,
+            announce=False,
+        )
         try:
-            plan = plan_slots(
-                view.topology,
-                1,
-                cores_per_worker=cores,
-                reserve=options.reserve,
-                busy=view.held_by_others | view.beyond_budget(options.reserve),
+            return claim(
+                decision.plan.slots[0],
+                scope=view.scope,
+                share=decision.shared_with_others,
+                command=command,
             )
-        except PlanError as error:
-            _refuse_impossible(view, cores, options, error)
-            if share and members is not None:
-                return share_least_crowded(view, cores, options, scope, command)
-            if share:
-                plan = plan_slots(view.topology, 1, cores_per_worker=cores, reserve=options.reserve)
-                return claim(plan.slots[0], scope=scope, share=True, command=command)
-            if members is not None:
-                room = group_room(view, cores, options, members)
-                if room.full:
-                    raise LeaseConflict(
-                        f"this host has room for {room.slots} slot(s) of {cores} physical "
-                        f"core(s), and {room.held} of the group's own hold them all",
-                        view.held_by_others,
-                        tuple(info for info in view.leases if members(info)),
-                    ) from None
-            if time.monotonic() >= deadline:
-                raise LeaseConflict(
-                    f"no {cores} free physical core(s) after waiting "
-                    f"{options.claim_timeout:g}s: allowed CPUs "
-                    f"{format_cpu_list(view.topology.allowed)}, held by "
-                    f"{view.holders(view.held_by_others)}; raise the claim timeout, share, "
-                    f"or wait for those jobs",
-                    view.held_by_others,
-                    view.leases,
-                ) from None
-            time.sleep(_POLL_SECONDS)
-            continue
-        try:
-            return claim(plan.slots[0], scope=scope, command=command)
         except LeaseConflict:
-            continue  # another job took these cores between planning and claiming
+            continue  # another job took these cores between deciding and claiming
 
 
-def _refuse_impossible(view: Survey, cores: int, options: PinOptions, error: PlanError) -> None:
-    """Raise when waiting cannot help: the slot could never fit this host (its allowed CPUs
-    less the reserved ones, within the CPU budget)."""
-    topology = view.topology
-    if options.reserve - topology.online:
-        raise error
-    usable = topology.allowed - options.reserve
-    room_cpus, budget_note = usable, ""
-    if view.budget is not None:
-        within = cores_within(topology, usable, view.budget.cpus)
-        if topology.count_cores(within) < topology.count_cores(usable):
-            room_cpus, budget_note = within, f"; the CPU budget is {view.budget.reason()}"
-    room = topology.count_cores(room_cpus)
-    if cores <= room:
-        return
-    slot = count(cores, "physical core")
-    allowed, reserve = format_cpu_list(topology.allowed), format_cpu_list(options.reserve)
-    if not usable:
-        raise PlanError(
-            f"a slot of {slot} cannot fit: every CPU this process may use is reserved "
-            f"(allowed {allowed}, reserved {reserve}); reserve fewer CPUs"
-        ) from None
-    reserved = f", with {reserve} reserved" if options.reserve & topology.allowed else ""
-    raise PlanError(
-        f"a slot of {slot} cannot fit: this process may use {count(room, 'physical core')} "
-        f"(CPUs {format_cpu_list(room_cpus)}{reserved}{budget_note}); ask for at most "
-        f"{count(room, 'core')}"
-        + (", or reserve fewer CPUs" if reserved and not budget_note else "")
-    ) from None
+def claim_exact(cpus: frozenset[int], options: PinOptions, *, command: str) -> Lease:
+    """Claim exactly ``cpus`` for this process (``run --cores``), by policy: shared under
+    ``share``, waited for up to the claim timeout under ``clamp``, refused under ``error``."""
+    request = Request(command, cores=frozenset(cpus), spelling=COMMAND_LINE)
+    while True:
+        decision, view = decide_waiting(lambda: survey(options), options, request, announce=False)
+        try:
+            return claim(cpus, scope=view.scope, share=decision.shared_with_others, command=command)
+        except LeaseConflict:
+            continue
 
 
 def release_slot(

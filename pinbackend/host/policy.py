@@ -1,9 +1,11 @@
-"""How many workers a pool gets, by policy: the one decision every entry point makes. Pure.
+"""The policy: the one decision every claimant asks for its slots. Pure.
 
-Given what a process may use now (:class:`JobCores`: the job's CPUs, those other jobs hold,
-this process's own live pools) and the options, :func:`decide` returns the slots, a note
-when the pool got fewer workers than asked, or why it must wait. The joblib backend and the
-runner call it through :mod:`pinbackend.host.lifecycle`, which surveys, waits and reports.
+A joblib pool, a runner pool, a thread pool's shares, a Dask worker (one worker with its
+group), ``run -n`` and ``run --cores`` each ask :func:`decide` with a :class:`Request` on one
+:class:`~pinbackend.host.view.HostView`; the answer (:class:`Decision`) is the slots, a note
+when fewer workers run than asked, why the claimant must wait, or a refusal. Clamp, wait,
+share and error are interpreted here and nowhere else. :mod:`pinbackend.host.lifecycle`
+surveys, waits, claims and reports.
 Messages name remedies in the caller's own spelling (:data:`KEYWORDS` or
 :data:`COMMAND_LINE`).
 """
@@ -13,22 +15,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.planner import Plan, PlanError, plan_slots
-from ..core.topology import Topology
-from .holders import LeaseInfo, describe_holder
+from .groups import group_cpus, group_room, least_crowded
+from .holders import describe_holder
+from .leases import LeaseConflict
 from .options import PinOptions, spelled
+from .view import HostView
 
 __all__ = [
     "COMMAND_LINE",
     "KEYWORDS",
-    "JobCores",
-    "PoolDecision",
+    "ClaimFailed",
+    "Decision",
+    "Request",
     "Spelling",
     "count",
     "decide",
-    "job_cores",
 ]
 
 
@@ -67,141 +70,70 @@ COMMAND_LINE = Spelling(
 
 
 @dataclass(frozen=True)
-class JobCores:
-    """What one process may use for a new pool, right now.
+class Request:
+    """What a claimant asks the policy for.
 
-    ``usable``: the CPUs of the job here (allowed, within the runner's ``--cores``, minus the
-    reserved ones; inside a pinned worker, its slot). ``strangers``: CPUs held by leases of
-    other jobs or pools planned by other processes. ``own``: CPUs of this process's pools
-    still alive. ``stray``: CPUs leased by workers of this process that belong to no live
-    runner pool (joblib's idle workers, workers still exiting). ``budget``: the CPU budget
-    (:mod:`pinbackend.core.budget`: quota, cpuset, variables) a new pool may use, in CPUs;
-    None inside a pinned worker, whose slot is already within it.
+    ``what`` names it in messages. ``workers``: how many (None: as many as fit); the
+    runner's ``processes`` (``-p``) replaces it outside pinned workers. ``one_worker``: a
+    process that pins itself (a Dask worker, ``run -n``): it cannot run with fewer workers,
+    so where a pool would be clamped it waits, bounded by the claim timeout, and when its
+    group (:attr:`HostView.group`) holds every slot of its size the policy applies at once.
+    ``cores``: exactly these CPUs (``run --cores``), no planning.
     """
 
-    topology: Topology
-    nested: bool
-    scope: str
-    usable: frozenset[int]
-    strangers: frozenset[int] = frozenset()
-    own: frozenset[int] = frozenset()
-    stray: frozenset[int] = frozenset()
-    holders: tuple[LeaseInfo, ...] = ()
-    budget: int | None = None
-    budget_reason: str = ""
-
-    @property
-    def free(self) -> frozenset[int]:
-        """CPUs a new pool can have without waiting or sharing, within the budget."""
-        return self.within_budget(self.usable - self.strangers - self.own)
-
-    @property
-    def reachable(self) -> frozenset[int]:
-        """CPUs a new pool could ever have here (other jobs' ones once they end)."""
-        return self.within_budget(self.usable - self.own)
-
-    def within_budget(self, cpus: frozenset[int]) -> frozenset[int]:
-        """The whole cores of ``cpus`` that fit what is left of the budget, close together
-        (none when others in this cgroup use all of it)."""
-        if self.budget is None:
-            return cpus
-        if self.budget < 1:
-            return frozenset()
-        return cores_within(self.topology, cpus, self.budget)
-
-
-def job_cores(
-    topology: Topology,
-    config: PinOptions,
-    *,
-    cores: frozenset[int] | None = None,
-    nested: bool = False,
-    scope: str = "",
-    leases: tuple[LeaseInfo, ...] = (),
-    own: frozenset[int] = frozenset(),
-    me: int | None = None,
-    budget: Budget | None = None,
-    budget_used: frozenset[int] = frozenset(),
-) -> JobCores:
-    """Build :class:`JobCores` from the topology, the settings, the live leases and the CPU
-    budget, less ``budget_used`` (CPUs other processes of this cgroup hold, whose quota they
-    share) (pure; the budget does not apply inside a pinned worker)."""
-    usable = topology.allowed
-    if not nested:
-        if cores is not None:
-            usable = usable & cores
-        usable = usable - config.reserve
-    others = tuple(info for info in leases if me is None or info.owner != me)
-    strangers = frozenset().union(*(info.cores - info.shared for info in others))
-    mine = frozenset().union(*(info.cores for info in leases if info not in others))
-    return JobCores(
-        topology=topology,
-        nested=nested,
-        scope=scope,
-        usable=usable,
-        strangers=strangers & topology.allowed,
-        own=own & topology.allowed,
-        stray=(mine - own) & topology.allowed,
-        holders=others,
-        budget=None if nested or budget is None else budget.cpus - len(budget_used),
-        budget_reason="" if nested or budget is None else _budget_reason(budget, budget_used),
-    )
-
-
-def _budget_reason(budget: Budget, used: frozenset[int]) -> str:
-    if not used:
-        return budget.reason()
-    return (
-        f"{budget.reason()}, of which other processes of this cgroup hold "
-        f"CPUs {format_cpu_list(used)}"
-    )
+    what: str
+    workers: int | None = None
+    processes: int | None = None
+    one_worker: bool = False
+    cores: frozenset[int] | None = None
+    spelling: Spelling = KEYWORDS
 
 
 @dataclass(frozen=True)
-class PoolDecision:
-    """The slots for a pool, or why it must wait; plus what to tell the user."""
+class Decision:
+    """The slots for a claimant, or why it must wait or cannot have any; plus what to tell
+    the user."""
 
     plan: Plan | None
     note: str | None = None
     waiting: str | None = None
-    shared_with_others: bool = False
-    #: The wait ends with an error after the claim timeout (clamp with no free core);
-    #: otherwise it lasts until the cores are free (the ``"wait"`` policy).
+    #: The wait ends with :class:`ClaimFailed` after the claim timeout; otherwise it lasts
+    #: until the cores are free (the ``"wait"`` policy).
     bounded: bool = False
-    #: A clamp that other jobs' cores caused (the job has more): they may free up at once.
-    held_by_others: bool = False
     #: What is missing (who holds the cores), for the message that ends a bounded wait.
     shortage: str | None = None
+    #: The remedies that message names, in the caller's spelling.
+    remedy: str | None = None
+    shared_with_others: bool = False
+    #: A clamp that other jobs' cores caused (the job has more): they may free up at once.
+    held_by_others: bool = False
+    #: Why the claimant gets no slot now and waiting cannot help (its group holds every
+    #: slot); raised as :class:`ClaimFailed` at once.
+    refused: str | None = None
 
 
-def _holders_text(view: JobCores, cpus: frozenset[int]) -> str:
-    parts = [
-        f"CPUs {format_cpu_list(info.cores & cpus)} by {describe_holder(info)}"
-        for info in view.holders
-        if info.cores & cpus
-    ]
-    if view.own & cpus:
-        parts.append(f"CPUs {format_cpu_list(view.own & cpus)} by this program's other pools")
-    return "; ".join(parts) or "nothing"
+class ClaimFailed(LeaseConflict, PlanError):
+    """No slot could be had: a bounded wait ended, or the claimant's own group holds every
+    slot. Carries who holds what (``busy``, ``holders``) and which ``policy`` applied; the
+    one claim failure every entry point renders (a ``LeaseConflict`` and a ``PlanError``)."""
+
+    def __init__(self, message: str, busy: frozenset[int], holders, policy: str = "clamp"):
+        super().__init__(message, busy, holders)
+        self.policy = policy
+
+    def __reduce__(self):
+        return type(self), (str(self), self.busy, self.holders, self.policy)
 
 
-def decide(
-    view: JobCores,
-    options: PinOptions,
-    requested: int | None,
-    what: str,
-    *,
-    processes: int | None = None,
-    spelling: Spelling = KEYWORDS,
-) -> PoolDecision:
-    """Choose the slots for a pool that asked for ``requested`` workers (None: as many as fit).
+def decide(view: HostView, options: PinOptions, request: Request) -> Decision:
+    """Choose the slots for ``request`` on ``view`` by policy: the one decision.
 
-    ``processes`` (the runner's ``-p``) replaces ``requested`` outside pinned workers.
     Inside a pinned worker the policy is always ``clamp`` (a nested pool never leaves its
     worker's cores). The policies: ``clamp`` runs what fits (with a note) and waits, bounded
-    by the claim timeout, when no core is free; ``error`` fails; ``share`` shares;
-    ``wait`` waits for every worker's cores. Raises :class:`PlanError` when the policy
-    says fail; ``what`` names the pool in messages.
+    by the claim timeout, when nothing fits; ``error`` fails (a process pinning itself waits
+    like ``clamp``: it has no fewer workers to run); ``share`` shares; ``wait`` waits for
+    every worker's cores. Raises :class:`PlanError` when the policy says fail or the request
+    could never fit.
     """
     topology = view.topology
     unknown = options.reserve - topology.online
@@ -211,91 +143,240 @@ def decide(
             f"online (online CPUs: {format_cpu_list(topology.online)}); pick reserved CPUs "
             f"among them"
         )
-    policy = "clamp" if view.nested else options.policy("clamp")
-    per_worker = None if view.nested else options.cores_per_worker
-    size = per_worker or 1
-    asked = requested if view.nested or processes is None else processes
-    source = "" if view.nested or processes is None else f" ({spelling.workers(processes)})"
-    free, job = view.free, view.reachable
-    fit_free = topology.count_cores(free) // size
-    fit_job = topology.count_cores(job) // size
-    n = asked if asked is not None else (fit_free or fit_job)
-    reserve = topology.allowed - view.usable
-    busy = view.usable - free  # other jobs', this program's pools', beyond the budget
-    budgeted = view.budget is not None and job != view.usable - view.own
-    budget_note = f"; the CPU budget is {view.budget_reason}" if budgeted else ""
+    if request.cores is not None:
+        return _explicit(view, options, request)
+    return _Pool(view, options, request).decide()
 
-    def plan(n_workers: int, busy_cpus: frozenset[int], oversubscribe: str = "error") -> Plan:
-        """The planner on the job's CPUs, with ``busy_cpus`` left out."""
+
+class _Pool:
+    """One decision on a request for planned slots (see :func:`decide`)."""
+
+    def __init__(self, view: HostView, options: PinOptions, request: Request):
+        self.view, self.request, self.topology = view, request, view.topology
+        self.spelling = request.spelling
+        self.policy = "clamp" if view.nested else options.policy("clamp")
+        self.per_worker = None if view.nested else options.cores_per_worker
+        self.size = self.per_worker or 1
+        asked = request.workers
+        if not view.nested and request.processes is not None:
+            asked = request.processes
+        self.source = ""
+        if not view.nested and request.processes is not None:
+            self.source = f" ({self.spelling.workers(request.processes)})"
+        self.free, self.job = view.free, view.reachable
+        self.fit_free = self.topology.count_cores(self.free) // self.size
+        self.fit_job = self.topology.count_cores(self.job) // self.size
+        self.n = asked if asked is not None else (self.fit_free or self.fit_job)
+        self.reserve = self.topology.allowed - view.usable
+        self.busy = view.usable - self.free  # other jobs', own pools', beyond the budget
+        budgeted = view.budget_left is not None and self.job != view.usable - view.own
+        self.budget_note = f"; the CPU budget is {view.budget_reason()}" if budgeted else ""
+
+    def plan(self, n_workers: int, busy: frozenset[int], oversubscribe: str = "error") -> Plan:
+        """The planner on the job's CPUs, with ``busy`` left out."""
         return plan_slots(
-            topology,
+            self.topology,
             n_workers,
-            cores_per_worker=per_worker,
-            reserve=reserve,
-            busy=busy_cpus,
+            cores_per_worker=self.per_worker,
+            reserve=self.reserve,
+            busy=busy,
             oversubscribe=oversubscribe,
         )
 
-    if n >= 1 and n <= fit_free:
-        return PoolDecision(plan(n, busy))
-    if fit_job == 0:
-        ever = view.within_budget(view.usable)  # the budget too: it may bind
-        have = topology.count_cores(ever)
-        if have < size:
+    def decide(self) -> Decision:
+        if self.request.one_worker:
+            return self.one_worker()
+        if 1 <= self.n <= self.fit_free:
+            return Decision(self.plan(self.n, self.busy))
+        if self.fit_job == 0:
+            self.refuse_never_fits()
+        shortage = self.shortage()
+        if self.policy == "error":
+            spelling = self.spelling
             raise PlanError(
-                f"no room for {what}: a worker needs {count(size, 'physical core')} "
+                f"{shortage}; use {spelling.workers(max(self.fit_free, 1))}, or "
+                f"{spelling.policy('clamp')}, {spelling.policy('wait')} or "
+                f"{spelling.policy('share')}"
+            )
+        if self.policy == "clamp":
+            return self.clamp(shortage)
+        if self.policy == "share":
+            if self.fit_free >= 1:
+                return Decision(self.plan(self.n, self.busy, "share"))
+            return Decision(
+                self.plan(self.n, self.view.usable - self.job, "share"), shared_with_others=True
+            )
+        return self.wait(shortage)
+
+    def refuse_never_fits(self) -> None:
+        """Raise: no worker of this size could ever run here (or this program's own pools
+        hold every core)."""
+        view, spelling, what = self.view, self.spelling, self.request.what
+        ever = view.within_budget(view.usable)  # the budget too: it may bind
+        have = self.topology.count_cores(ever)
+        if have < self.size:
+            raise PlanError(
+                f"no room for {what}: a worker needs {count(self.size, 'physical core')} "
                 f"({spelling.cores_per_worker}) but the job has only {have} "
-                f"(CPUs {format_cpu_list(ever) or 'none'}{budget_note}); ask for fewer cores per "
-                f"worker, or give it {spelling.more_cores}"
+                f"(CPUs {format_cpu_list(ever) or 'none'}{self.budget_note}); ask for fewer "
+                f"cores per worker, or give it {spelling.more_cores}"
             )
         raise PlanError(
             f"no core for {what}: the job's CPUs {format_cpu_list(view.usable)} are all used "
-            f"by {_holders_text(view, view.usable)}; close this program's other pools first, "
+            f"by {view.holders(view.usable)}; close this program's other pools first, "
             f"or give it {spelling.more_cores}"
         )
-    shortage = (
-        f"{what} asks for {count(n, 'worker')}{source} of {count(size, 'core')} but only "
-        f"{count(fit_free * size, 'physical core')} {'is' if fit_free * size == 1 else 'are'} "
-        f"free (CPUs {format_cpu_list(free) or 'none'}; taken: "
-        f"{_holders_text(view, view.usable - free)}"
-        f"{budget_note})"
-    )
-    if policy == "error":
-        raise PlanError(
-            f"{shortage}; use {spelling.workers(max(fit_free, 1))}, or "
-            f"{spelling.policy('clamp')}, {spelling.policy('wait')} or {spelling.policy('share')}"
+
+    def shortage(self) -> str:
+        free = self.fit_free * self.size
+        return (
+            f"{self.request.what} asks for {count(self.n, 'worker')}{self.source} of "
+            f"{count(self.size, 'core')} but only {count(free, 'physical core')} "
+            f"{'is' if free == 1 else 'are'} free (CPUs {format_cpu_list(self.free) or 'none'}; "
+            f"taken: {self.view.holders(self.view.usable - self.free)}{self.budget_note})"
         )
-    if policy == "clamp":
-        if fit_free >= 1:
-            return PoolDecision(
-                plan(fit_free, busy),
-                note=f"{what} runs {count(fit_free, 'worker')} instead of {n}{source}: only "
-                f"{count(fit_free * size, 'physical core')} "
-                f"{'is' if fit_free * size == 1 else 'are'} free "
-                f"(CPUs {format_cpu_list(free)}{budget_note}); pass {spelling.policy('error')} "
-                f"to get an error instead",
-                held_by_others=fit_job > fit_free,
+
+    def remedy(self) -> str:
+        spelling = self.spelling
+        return f"use {spelling.policy('share')}, a longer {spelling.timeout}, or free some cores"
+
+    def clamp(self, shortage: str) -> Decision:
+        if self.fit_free >= 1:
+            free = self.fit_free * self.size
+            return Decision(
+                self.plan(self.fit_free, self.busy),
+                note=f"{self.request.what} runs {count(self.fit_free, 'worker')} instead of "
+                f"{self.n}{self.source}: only {count(free, 'physical core')} "
+                f"{'is' if free == 1 else 'are'} free (CPUs {format_cpu_list(self.free)}"
+                f"{self.budget_note}); pass {self.spelling.policy('error')} to get an error "
+                f"instead",
+                held_by_others=self.fit_job > self.fit_free,
             )
-        return PoolDecision(
+        return Decision(
             None,
-            waiting=f"{shortage}; waiting up to the claim timeout ({spelling.timeout}) for "
-            f"a core to free up",
+            waiting=f"{shortage}; waiting up to the claim timeout ({self.spelling.timeout}) "
+            f"for a core to free up",
             bounded=True,
             shortage=shortage,
+            remedy=self.remedy(),
         )
+
+    def wait(self, shortage: str) -> Decision:
+        """Never wait for more than the job could ever get, nor for its own pools."""
+        target = min(self.n, self.fit_job)
+        note = None
+        if target < self.n:
+            note = (
+                f"{self.request.what} runs {count(target, 'worker')} instead of "
+                f"{self.n}{self.source}: the job has only "
+                f"{count(self.fit_job * self.size, 'physical core')} "
+                f"(CPUs {format_cpu_list(self.job)}{self.budget_note})"
+            )
+        if target <= self.fit_free:
+            return Decision(self.plan(target, self.busy), note=note)
+        return Decision(
+            None, note=note, waiting=f"{shortage}; waiting for other jobs to end", shortage=shortage
+        )
+
+    def one_worker(self) -> Decision:
+        """A process pinning itself: a free slot of its size, else never fewer workers."""
+        if self.fit_free >= 1:
+            return Decision(self.plan(1, self.busy))
+        self.refuse_slot_never_fits()
+        view, size = self.view, self.size
+        if self.policy == "share":
+            return Decision(self.least_crowded(), shared_with_others=True)
+        room = group_room(view, size)
+        if view.group is not None and room.full:
+            raise ClaimFailed(
+                f"this host has room for {count(room.slots, 'slot')} of "
+                f"{count(size, 'physical core')}, and {room.held} of the group's own hold "
+                f"them all",
+                view.strangers,
+                view.members,
+                self.policy,
+            )
+        taken = view.holders(view.strangers) if view.strangers else "nobody"
+        shortage = (
+            f"no {size} free physical core(s): allowed CPUs "
+            f"{format_cpu_list(self.topology.allowed)}, held by {taken}{self.budget_note}"
+        )
+        waiting = f"{shortage}; waiting for a slot of {count(size, 'physical core')}"
+        if self.policy == "wait":
+            return Decision(None, waiting=waiting, shortage=shortage)
+        return Decision(
+            None,
+            waiting=waiting,
+            bounded=True,
+            shortage=shortage,
+            remedy="raise the claim timeout, share, or wait for those jobs",
+        )
+
+    def refuse_slot_never_fits(self) -> None:
+        """Raise when waiting cannot help a process pinning itself: its slot could never
+        fit this host (its allowed CPUs less the reserved ones, within the CPU budget)."""
+        topology, reserve = self.topology, self.reserve
+        usable, room_cpus, budget_note = self.view.usable, group_cpus(self.view), ""
+        if topology.count_cores(room_cpus) < topology.count_cores(usable):
+            budget_note = f"; the CPU budget is {self.view.budget.reason()}"
+        room = topology.count_cores(room_cpus)
+        if self.size <= room:
+            return
+        slot = count(self.size, "physical core")
+        allowed, reserved_list = format_cpu_list(topology.allowed), format_cpu_list(reserve)
+        if not usable:
+            raise PlanError(
+                f"a slot of {slot} cannot fit: every CPU this process may use is reserved "
+                f"(allowed {allowed}, reserved {reserved_list}); reserve fewer CPUs"
+            )
+        reserved = f", with {reserved_list} reserved" if reserve else ""
+        raise PlanError(
+            f"a slot of {slot} cannot fit: this process may use {count(room, 'physical core')} "
+            f"(CPUs {format_cpu_list(room_cpus)}{reserved}{budget_note}); ask for at most "
+            f"{count(room, 'core')}"
+            + (", or reserve fewer CPUs" if reserved and not budget_note else "")
+        )
+
+    def least_crowded(self) -> Plan:
+        """The slot of the claimant's size that the fewest live leases touch."""
+        room = self.topology.count_cores(self.view.usable) // self.size
+        slots = self.plan(room, frozenset(), "share").slots
+        crowd = [sum(1 for info in self.view.others if info.cores & slot) for slot in slots]
+        slot = least_crowded(slots, crowd, self.view.me)
+        return Plan((slot,), slot, shared=False, requested=1)
+
+
+def _explicit(view: HostView, options: PinOptions, request: Request) -> Decision:
+    """Exactly ``request.cores`` (``run --cores``): shared, waited for or refused by policy."""
+    cores = request.cores
+    missing = cores - view.topology.allowed
+    if missing:
+        raise PlanError(
+            f"CPUs {format_cpu_list(missing)} are not allowed here (allowed CPUs: "
+            f"{format_cpu_list(view.topology.allowed)}); pick among them"
+        )
+    plan = Plan((cores,), cores, shared=False, requested=1)
+    busy = cores & view.strangers
+    if not busy:
+        return Decision(plan)
+    holders = [info for info in view.others if info.cores & busy]
+    shortage = f"CPUs {format_cpu_list(busy)} are held by " + "; ".join(
+        describe_holder(info) for info in holders
+    )
+    policy = options.policy("clamp")
     if policy == "share":
-        if fit_free >= 1:
-            return PoolDecision(plan(n, busy, "share"))
-        return PoolDecision(plan(n, view.usable - job, "share"), shared_with_others=True)
-    # wait: never for more than the job could ever get, nor for this program's own pools.
-    target = min(n, fit_job)
-    note = None
-    if target < n:
-        note = (
-            f"{what} runs {count(target, 'worker')} instead of {n}{source}: the job has only "
-            f"{count(fit_job * size, 'physical core')} (CPUs {format_cpu_list(job)}"
-            f"{budget_note})"
+        return Decision(plan, shared_with_others=True)
+    if policy == "error":
+        raise ClaimFailed(
+            f"{shortage}. Pick other CPUs, wait for those jobs, or allow sharing",
+            busy,
+            holders,
+            policy,
         )
-    if target <= fit_free:
-        return PoolDecision(plan(target, busy), note=note)
-    return PoolDecision(None, note=note, waiting=f"{shortage}; waiting for other jobs to end")
+    return Decision(
+        None,
+        waiting=f"{shortage}; waiting for them",
+        bounded=policy != "wait",
+        shortage=shortage,
+        remedy="pick other CPUs, wait for those jobs, or allow sharing",
+    )

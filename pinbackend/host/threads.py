@@ -33,17 +33,18 @@ from collections.abc import Callable
 from threadpoolctl import ThreadpoolController
 
 from .. import _platform
-from ..core.planner import plan_slots
 from . import loads
 from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread, unpinned_default
 from .leases import Lease, LeaseConflict, claim
-from .lifecycle import job_view, report_decision, size_pool
+from .lifecycle import decide_waiting, report_decision
 from .locks import PinLock, call_when_unlocked
+from .machine import read_topology
 from .options import PinOptions
 from .patches import Patch, Patches
-from .policy import JobCores
+from .policy import Request, decide
 from .slot import current_slot
 from .state import STATE
+from .view import HostView, host_view, survey
 
 __all__ = [
     "PinnedThreadPool",
@@ -77,27 +78,23 @@ def plan_thread_shares(
     what: str,
     *,
     report: bool = True,
-    view: Callable[[], JobCores] | None = None,
+    view: Callable[[], HostView] | None = None,
 ) -> ThreadShares:
-    """Plan ``n_threads`` disjoint shares (None: one per free core), and lease them.
+    """Decide ``n_threads`` disjoint shares (None: one per free core), and lease them.
 
     Inside a pinned worker, the worker's slot is subdivided (its lease already holds the
     cores; at most one thread per core). Elsewhere the policy decides, as for process
     pools (clamp, wait, share, error), and the caller leases every share, all or nothing,
-    planning again if another job took a share between the plan and the claim. ``report``
-    says what the policy had to do (a caller that keeps its thread count says nothing);
-    ``view`` reads what the process may use (default: the joblib backend's view).
+    deciding again if another job took a share between the decision and the claim.
+    ``report`` says what the policy had to do (a caller that keeps its thread count says
+    nothing); ``view`` reads what the process may use (default: :func:`survey`).
     """
-    slot = current_slot()
-    if slot is not None:
-        from .machine import read_topology
-
-        view = read_topology().restrict(slot.cores)
-        plan = plan_slots(view, n_threads, oversubscribe="clamp")
-        return ThreadShares(plan.slots)
+    request = Request(what, workers=n_threads)
+    if current_slot() is not None:
+        inside = host_view(read_topology(), options, nested=True, me=os.getpid())
+        return ThreadShares(decide(inside, options, request).plan.slots)
     while True:
-        read_view = view or (lambda: job_view(options))
-        decision, job = size_pool(read_view, options, n_threads, what)
+        decision, job = decide_waiting(view or (lambda: survey(options)), options, request)
         if report:
             report_decision(decision, what)
         shares = ThreadShares(decision.plan.slots)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import joblib.parallel
 
 from ..host.patches import ItemPatch, Patch, Patches
-from ..host.policy import JobCores
 from ..host.slot import current_slot
+from ..host.view import HostView
 from ..joblib_backend import PinnedBackend, shutdown_workers
 from ._plan import survey
 from ._state import active_config
@@ -40,7 +40,7 @@ class RunnerBackend(PinnedBackend):
         if config is not None:
             self.options = self.options.within_job(config, given=kwargs)
 
-    def _view(self) -> JobCores:
+    def _view(self) -> HostView:
         """The job's view: within ``--cores``, around this program's live runner pools."""
         config = _top_level_config()
         if config is None:

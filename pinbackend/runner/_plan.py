@@ -2,7 +2,7 @@
 and this process's live pools.
 
 The decision itself (:func:`pinbackend.host.policy.decide`) and the waiting
-(:func:`pinbackend.host.lifecycle.size_pool`) are shared with the joblib backend; this module
+(:func:`pinbackend.host.lifecycle.decide_waiting`) are shared with the joblib backend; this module
 adds what only the runner knows: ``--cores``, ``-p``, and the pools this process started,
 whose cores a second pool must not reuse while they live.
 """
@@ -12,22 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..core.topology import Topology
-from ..host import lifecycle, policy
+from ..host import lifecycle, policy, view
 from ..host.options import PinOptions
-from ..host.policy import COMMAND_LINE, JobCores, PoolDecision
+from ..host.policy import COMMAND_LINE, Decision, Request
 from ..host.pool import PoolPlan
 from ..host.slot import current_slot
 from ..host.state import STATE
 from ..host.threads import assign_threads, assignments_queue, plan_thread_shares
+from ..host.view import HostView
 from ._config import RunnerConfig
 
 __all__ = [
-    "JobCores",
-    "PoolDecision",
     "decide",
-    "job_cores",
+    "host_view",
     "live_pool_cpus",
     "plan_process_pool",
+    "request",
     "survey",
     "thread_pool_plan",
     "track_pool",
@@ -59,37 +59,32 @@ def live_pool_cpus() -> frozenset[int]:
     return frozenset(cpus)
 
 
-def job_cores(
-    topology: Topology, config: RunnerConfig, options: PinOptions | None = None, **view
-) -> JobCores:
-    """The job's view (:func:`pinbackend.host.policy.job_cores`) within ``--cores``."""
-    return policy.job_cores(topology, options or config, cores=config.cores, **view)
+def host_view(topology: Topology, config: RunnerConfig, **read) -> HostView:
+    """The job's view (:func:`pinbackend.host.view.host_view`) within ``--cores`` (pure)."""
+    return view.host_view(topology, config, cores=config.cores, **read)
 
 
-def decide(view: JobCores, config: RunnerConfig, requested: int | None, what: str) -> PoolDecision:
-    """The shared policy decision, with ``-p`` and the command line's spelling."""
-    return policy.decide(
-        view, config, requested, what, processes=config.processes, spelling=COMMAND_LINE
-    )
+def request(config: RunnerConfig, requested: int | None, what: str) -> Request:
+    """A pool of the program asking for ``requested`` workers, with ``-p`` and the command
+    line's spelling."""
+    return Request(what, workers=requested, processes=config.processes, spelling=COMMAND_LINE)
 
 
-def survey(config: RunnerConfig, options: PinOptions | None = None) -> JobCores:
-    """Read this host now (the lifecycle's one survey) and add this process's live pools.
+def decide(job: HostView, config: RunnerConfig, requested: int | None, what: str) -> Decision:
+    """The shared policy decision for a pool of the program."""
+    return policy.decide(job, config, request(config, requested, what))
+
+
+def survey(config: RunnerConfig, options: PinOptions | None = None) -> HostView:
+    """Read this host now (the lifecycle's one survey), with this process's live pools.
 
     ``options`` are a joblib call's own (the job's settings merged in), else the job's.
     """
-    view = lifecycle.survey()
-    return job_cores(
-        view.topology,
-        config,
-        options,
+    return view.survey(
+        options or config,
+        cores=config.cores,
         nested=current_slot() is not None,
-        scope=view.scope,
-        leases=view.leases,
-        own=live_pool_cpus(),
-        me=view.owner,
-        budget=view.budget,
-        budget_used=view.budget_used,
+        own_pools=live_pool_cpus(),
     )
 
 
@@ -107,16 +102,11 @@ def plan_process_pool(
     """
     if survey(config).stray:
         release_stray()
-    decision, view = lifecycle.size_pool(
-        lambda: survey(config),
-        config,
-        requested,
-        what,
-        processes=config.processes,
-        spelling=COMMAND_LINE,
+    decision, job = lifecycle.decide_waiting(
+        lambda: survey(config), config, request(config, requested, what)
     )
     lifecycle.report_decision(decision, what)
-    return lifecycle.pool_from(decision, view, config)
+    return lifecycle.pool_from(decision, job, config)
 
 
 def thread_pool_plan(config: RunnerConfig, requested: int | None, what: str):
