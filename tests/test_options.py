@@ -166,7 +166,7 @@ def _run(flag, option, text, capsys):
 #: Keyword front doors: (option, text) -> the value the option got.
 KEYWORD_DOORS = {"joblib": _joblib, "dask": _dask, "runner": _runner_config}
 #: Command-line front doors: (flag, option, text, capsys) -> the value the option got.
-FLAG_DOORS = {"preload": _preload, "runner": _runner}  # run: once its flags are derived
+FLAG_DOORS = {"preload": _preload, "runner": _runner, "run": _run}
 
 
 def _cases(doors, values):

@@ -22,21 +22,23 @@ from ..core.planner import PlanError
 from ..host.leases import Lease
 from ..host.lifecycle import claim_exact, lease_slot
 from ..host.machine import read_topology
-from ..host.options import OptionsError, PinOptions
+from ..host.options import OptionsError, PinOptions, spelled
 from ..host.pinning import PinningError
 from ..host.registry import LeaseError
 from ..host.slot import apply_slot
 from ._common import (
     UsageError,
-    add_reserve_option,
     check_cores_allowed,
     cpu_list,
+    declared_arguments,
     fail,
     positive_int,
-    seconds,
 )
 
 HELP = "run a command on a leased set of cores (held for the command's lifetime)"
+
+#: ``run``'s own defaults: it fails at once where the cores are held, unless told to wait.
+_RUN_DEFAULTS = {"claim_timeout": 0.0}
 
 
 def add_parser(subparsers) -> None:
@@ -57,19 +59,8 @@ def add_parser(subparsers) -> None:
         metavar="K",
         help="let the planner pick K free physical cores (default: 1)",
     )
-    add_reserve_option(parser, "with -n: CPUs never to pick")
-    parser.add_argument(
-        "--share",
-        action="store_true",
-        help="if CPUs are held by another lease, share them (with a warning) instead of failing",
-    )
-    parser.add_argument(
-        "--wait",
-        type=seconds,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait up to SECONDS for busy CPUs to become free before failing (default: 0)",
-    )
+    for flags, keywords in declared_arguments(PinOptions.declared(), "run", _RUN_DEFAULTS):
+        parser.add_argument(*flags, **keywords)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
     parser.set_defaults(handler=run)
 
@@ -83,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     lease = _lease(args, " ".join(command))
     if lease.info.shared:
         warnings.warn(
-            f"sharing CPUs {format_cpu_list(lease.info.shared)} with another lease (--share): "
+            f"sharing CPUs {format_cpu_list(lease.info.shared)} with another lease "
+            f"({spelled('oversubscribe', 'share', command_line=True)}): "
             f"expect both jobs to slow down. See {troubleshooting('cores-held-by-another-lease')}",
             stacklevel=1,
         )
@@ -147,11 +139,7 @@ def _exec(executable: str, command: list[str], env: dict[str, str]) -> None:
 def _lease(args: argparse.Namespace, command: str) -> Lease:
     """The lifecycle's claim: exactly ``--cores``, or ``-n K`` cores it plans."""
     try:
-        options = PinOptions(
-            reserve=args.reserve,
-            claim_timeout=args.wait,
-            oversubscribe="share" if args.share else "clamp",
-        )
+        options = PinOptions(**{name: getattr(args, name) for name in PinOptions.names("run")})
         if args.cores is not None:
             check_cores_allowed(args.cores, read_topology().allowed)
             return claim_exact(args.cores, options, command=command)
