@@ -512,7 +512,7 @@ def scheduler_process(tmp_path):
 
 def worker_command(entry_point: str, scheduler: str, *args: str) -> list[str]:
     """The worker command line; the scheduler address is positional on purpose: with
-    ``--scheduler-file`` instead, dask's CLI takes the first ``--pin-...`` option for it."""
+    ``--scheduler-file`` instead, dask's CLI takes the first pinbackend option for it."""
     command = (
         [_script("dask"), "worker"] if entry_point == "dask worker" else [_script(entry_point)]
     )
@@ -548,7 +548,7 @@ def test_dask_worker_nworkers_2_with_preload_pins_disjoint_slots(tmp_path, entry
         worker = _spawn(
             [
                 *worker_command(entry_point, scheduler, "--nworkers", "2", "--nthreads", "1"),
-                *("--preload", "pinbackend", "--pin-claim-timeout", "20"),
+                *("--preload", "pinbackend", "--claim-timeout", "20"),
             ]
         )
         try:
@@ -595,7 +595,7 @@ def test_dask_worker_with_a_two_core_slot_caps_task_threads_to_two(
     args += ["--preload", "sklearn.utils._openmp_helpers"]
     if worker:
         # The options after --preload pinbackend: the nanny preload reads them there.
-        args += ["--preload", "pinbackend", "--pin-cores-per-worker", "2"]
+        args += ["--preload", "pinbackend", "--cores-per-worker", "2"]
     with scheduler_process(tmp_path) as scheduler:
         process = _spawn(worker_command("dask worker", scheduler, *args), env=env)
         try:
@@ -633,9 +633,9 @@ def test_dask_worker_that_gets_no_slot_ends_with_one_line(tmp_path, cause):
     # No free core (another job holds them): the policy (clamp) closes it, with a warning.
     # No slot can ever fit (every CPU reserved): fail=closed refuses it, with an error.
     # Either way it registers and closes like any worker: no traceback of a failed start.
-    args = ["--nthreads", "1", "--preload", "pinbackend", "--pin-claim-timeout", "0.3"]
+    args = ["--nthreads", "1", "--preload", "pinbackend", "--claim-timeout", "0.3"]
     if cause == "all-reserved":
-        args += ["--pin-reserve", format_cpu_list(ALL_CPUS)]
+        args += ["--reserve", format_cpu_list(ALL_CPUS)]
         held, level, says = contextlib.nullcontext(), "ERROR", "refuses to start (fail=closed)"
     else:
         held = claim(ALL_CPUS, command="the test holds every core")
@@ -689,8 +689,8 @@ def test_dask_worker_joining_after_the_plugin_closes_when_no_core_is_free(tmp_pa
 def test_dask_worker_with_fail_open_preload_runs_unpinned_and_says_why(tmp_path):
     # fail is for a worker that cannot be pinned at all: here no slot fits, every CPU is
     # reserved (cores other jobs hold are the policy's business, see the tests above).
-    args = ["--nthreads", "1", "--preload", "pinbackend", "--pin-fail", "open"]
-    args += ["--pin-reserve", format_cpu_list(ALL_CPUS)]
+    args = ["--nthreads", "1", "--preload", "pinbackend", "--fail", "open"]
+    args += ["--pin-reserve", format_cpu_list(ALL_CPUS)]  # an old spelling beside a new one
     why = "reserved " + format_cpu_list(ALL_CPUS)
     with scheduler_process(tmp_path) as scheduler:
         worker = _spawn(worker_command("dask worker", scheduler, *args))

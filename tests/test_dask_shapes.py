@@ -220,7 +220,7 @@ def test_dask_worker_nworkers_beyond_the_cores_runs_the_shape_that_fits(
 ):
     args = ["--nworkers", str(n_workers), "--nthreads", "1"]
     args += ["--preload-nanny", "pinbackend", "--preload", "pinbackend"]
-    args += ["--pin-oversubscribe", policy]
+    args += ["--oversubscribe", policy]
     with scheduler_process(tmp_path) as scheduler:
         worker = _spawn(worker_command("dask worker", scheduler, *args))
         try:

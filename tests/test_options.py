@@ -324,6 +324,16 @@ def test_a_switch_is_a_flag_without_a_value_and_a_keyword_true_or_false(capsys):
             RunnerConfig(**{option.name: "yes"})
 
 
+def test_the_configuration_page_names_every_option_by_keyword_and_flag():
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    for option in DECLARED:
+        assert f"`{option.name}`" in page and option.flag in page, option.name
+        for alias in option.aliases:  # among the old spellings
+            assert alias.flag in page, alias
+
+
 def test_in_the_worker_a_bad_preload_option_reaches_the_setup_instead_of_failing_it():
     # distributed parses the options again in the worker with make_context, and a failure
     # there starts the worker unpinned: the setup gets the error and refuses the worker.

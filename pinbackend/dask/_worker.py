@@ -212,7 +212,7 @@ async def pin_worker(worker, options: PinOptions, source: str) -> WorkerPin:
             logger.warning(
                 "pinbackend: worker %s: %s. Its task threads get %d all the same (capped at "
                 "run time), but threads a task starts itself keep the nanny's count. Give "
-                "the nanny part the same --pin-cores-per-worker (distributed.nanny.preload-argv "
+                "the nanny part the same --cores-per-worker (distributed.nanny.preload-argv "
                 "for --preload-nanny pinbackend). See %s",
                 worker.address,
                 nanny_mismatch,
