@@ -17,6 +17,7 @@ from joblib.executor import get_memmapping_executor
 
 from . import _platform
 from .core.cpuset import format_cpu_list
+from .core.planner import PlanError
 from .host import notices
 from .host.lifecycle import (
     SlotHold,
@@ -230,10 +231,19 @@ class PinnedBackend(LokyBackend):
         requested = n_jobs
         if n_jobs < 0:  # counts back from the free cores; none free: as many as free up
             requested = max(fit + 1 + n_jobs, 1) if fit else None
+        return requested, self._reported(self._expected(view, requested))
+
+    def _expected(self, view: HostView, requested: int | None) -> int:
+        """How many workers the policy would run now for ``requested`` (what joblib is
+        told: it batches by it). Where the policy refuses, ``configure`` raises it."""
         expected = requested if requested is not None else 1
-        if self.policy == "clamp" or in_slot():
-            expected = max(min(expected, fit), 1)
-        return requested, self._reported(expected)
+        try:
+            decision = decide(view, self.options, Request("Parallel", workers=requested))
+        except PlanError:
+            return expected
+        if decision.plan is not None:
+            return decision.plan.n_workers
+        return 1 if decision.bounded else expected  # waits for a core, or for all of them
 
     def _refuse_slots_that_never_fit(self) -> None:
         """Raise, as ``n_jobs=2`` would, where no worker could ever have its slot

@@ -100,7 +100,7 @@ def decide_waiting(
                     f"({request.spelling.timeout}); {decision.remedy}",
                     view.strangers,
                     view.others,
-                    options.policy("clamp"),
+                    decision.policy,
                 )
         if not announced:
             notices.warn(notices.WaitingForCoresWarning, decision.waiting)

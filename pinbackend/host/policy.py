@@ -107,9 +107,8 @@ class Decision:
     shared_with_others: bool = False
     #: A clamp that other jobs' cores caused (the job has more): they may free up at once.
     held_by_others: bool = False
-    #: Why the claimant gets no slot now and waiting cannot help (its group holds every
-    #: slot); raised as :class:`ClaimFailed` at once.
-    refused: str | None = None
+    #: The policy that decided (what a claim failure after this decision names).
+    policy: str = "clamp"
 
 
 class ClaimFailed(LeaseConflict, PlanError):
@@ -187,7 +186,12 @@ class _Pool:
         if self.request.one_worker:
             return self.one_worker()
         if 1 <= self.n <= self.fit_free:
-            return Decision(self.plan(self.n, self.busy))
+            # "As many as fit" while other jobs hold some of the job's cores: those may be
+            # an idle pool's, given back within moments of each other (see decide_waiting).
+            as_many = self.request.workers is None and self.request.processes is None
+            return Decision(
+                self.plan(self.n, self.busy), held_by_others=as_many and self.fit_job > self.n
+            )
         if self.fit_job == 0:
             self.refuse_never_fits()
         shortage = self.shortage()
@@ -259,6 +263,7 @@ class _Pool:
             bounded=True,
             shortage=shortage,
             remedy=self.remedy(),
+            policy=self.policy,
         )
 
     def wait(self, shortage: str) -> Decision:
@@ -275,7 +280,11 @@ class _Pool:
         if target <= self.fit_free:
             return Decision(self.plan(target, self.busy), note=note)
         return Decision(
-            None, note=note, waiting=f"{shortage}; waiting for other jobs to end", shortage=shortage
+            None,
+            note=note,
+            waiting=f"{shortage}; waiting for other jobs to end",
+            shortage=shortage,
+            policy=self.policy,
         )
 
     def one_worker(self) -> Decision:
@@ -303,13 +312,14 @@ class _Pool:
         )
         waiting = f"{shortage}; waiting for a slot of {count(size, 'physical core')}"
         if self.policy == "wait":
-            return Decision(None, waiting=waiting, shortage=shortage)
+            return Decision(None, waiting=waiting, shortage=shortage, policy=self.policy)
         return Decision(
             None,
             waiting=waiting,
             bounded=True,
             shortage=shortage,
             remedy="raise the claim timeout, share, or wait for those jobs",
+            policy=self.policy,
         )
 
     def refuse_slot_never_fits(self) -> None:
@@ -379,4 +389,5 @@ def _explicit(view: HostView, options: PinOptions, request: Request) -> Decision
         bounded=policy != "wait",
         shortage=shortage,
         remedy="pick other CPUs, wait for those jobs, or allow sharing",
+        policy=policy,
     )
