@@ -9,8 +9,10 @@ its default, help text, flag, the front doors that take it (:data:`FRONT_DOORS`)
 spellings. Every front door derives its interface from these declarations
 (:meth:`PinOptions.declared`): joblib's and the Dask plugins' keyword arguments, the
 runner's and ``run``'s flags (:func:`pinbackend.cli._common.declared_arguments`), the Dask
-preload's click options. The ``check_*`` functions here are the package's only validators
-of option values, and one :class:`OptionsError` words every refusal.
+preload's click options. The ``check_*`` functions here validate every option of every
+front door (joblib's own ``idle_worker_timeout`` and ``inner_max_num_threads`` too, and the
+counts, CPU lists and timeouts of the subcommands), and one :class:`OptionsError` words
+every refusal. (The pure planner, :mod:`pinbackend.core.planner`, checks its own arguments.)
 """
 
 from __future__ import annotations
