@@ -250,7 +250,7 @@ def state():
                  for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHON_CPU_COUNT",
                               "PINBACKEND_SLOT", SCOPE_ENV)}},
         "cpu_count": os.cpu_count(),
-        "loky_patched": hasattr(LokyBackend._prepare_worker_env, "_slot_threads"),
+        "loky_patched": "_prepare_worker_env" in vars(LokyBackend),  # its base class's
         "slot": current_slot() is not None,
     }}
 
