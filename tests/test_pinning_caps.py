@@ -383,3 +383,34 @@ def test_cap_controllers_restore_what_they_changed_and_registered_ones_may_not()
     assert data["after"]["blas"] == data["before"]["blas"] == 2
     assert data["after"]["restores"] == 5
     assert data["after"]["keeps"] == 1  # no restore: its cap stays
+
+
+def test_a_forked_child_that_undoes_its_inherited_slot_stays_inside_it():
+    """The child inherited the slot, not what was there before it: undoing there only
+    forgets it (a pool the child starts, or a slot it applies, stays inside)."""
+    code = """
+    import json, os
+    from pinbackend.host.slot import apply_slot, current_slot
+
+    def state():
+        return {"masks": sorted({tuple(sorted(os.sched_getaffinity(int(t))))
+                                 for t in os.listdir("/proc/self/task")}),
+                "slot_env": os.environ.get("PINBACKEND_SLOT"), "cpu_count": os.cpu_count(),
+                "slot": current_slot() is not None}
+
+    slot = apply_slot({0}, own_process=True)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        slot.undo()
+        os.write(write, json.dumps(state()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = json.loads(os.read(read, 65536))
+    slot.undo()
+    print(json.dumps({"child": child, "parent": state()}))
+    """
+    data = last_json(run_python(code).stdout)
+    assert data["child"] == {"masks": [[0]], "slot_env": "0", "cpu_count": 1, "slot": False}
+    assert data["parent"]["masks"] == [sorted(os.sched_getaffinity(0))]
+    assert data["parent"]["slot_env"] is None and not data["parent"]["slot"]

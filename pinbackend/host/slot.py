@@ -57,10 +57,17 @@ class SlotChanges:
     def __init__(self, steps: contextlib.ExitStack | None = None) -> None:
         self._steps = steps or contextlib.ExitStack()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def undo(self) -> None:
         """Run every undo step, last first; later calls do nothing. Every step runs even
-        where one fails; the last failure is raised after them."""
+        where one fails; the last failure is raised after them.
+
+        A forked child, which inherited the slot instead of applying it, undoes nothing: what
+        was there before is its parent's, and it stays inside the slot it was started in.
+        """
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             steps, self._steps = self._steps, contextlib.ExitStack()
         steps.close()
@@ -82,8 +89,9 @@ class AppliedSlot:
         (threads started since get the process's CPUs from before), the pools' caps, the
         environment variables and ``os.cpu_count``; forget it as this process's slot.
 
-        Idempotent. OpenMP's limit is per thread: it is put back in the calling thread, as
-        :func:`apply_slot` set it in the thread that called it. Raises
+        Idempotent; in a forked child, which inherited the slot, it only forgets it. OpenMP's
+        limit is per thread: it is put back in the calling thread, as :func:`apply_slot` set
+        it in the thread that called it. Raises
         :class:`~pinbackend.host.pinning.PinningError` where a thread cannot have its CPUs
         back, once everything else is restored.
         """
