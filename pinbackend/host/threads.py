@@ -27,6 +27,7 @@ import multiprocessing.pool
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -248,8 +249,11 @@ def hold_process_wide_cap(
         return True
 
     def ended() -> None:
-        if release():
-            wraps.undo()  # once, by the thread that released
+        def release_and_unwrap() -> None:
+            if release():
+                wraps.undo()  # once, by the thread that released
+
+        release_after_threads(_threads_of(owner), release_and_unwrap)
 
     wraps = Patches(
         f"ends of {type(owner).__name__}",
@@ -258,6 +262,50 @@ def hold_process_wide_cap(
     # The collector may run this in a thread that holds one of our locks right now. (Only
     # release is kept by the finalizer: holding the wraps would keep the owner alive.)
     weakref.finalize(owner, call_when_unlocked, release)
+
+
+#: How long ending a thread pool waits for its idle threads to exit (told to, they do at
+#: once) before their cores are given back by a thread that waits for the rest.
+_EXIT_GRACE_SECONDS = 0.5
+
+
+def release_after_threads(threads: list[threading.Thread], release: Callable[[], None]) -> None:
+    """Run ``release`` (give a thread pool's cores and caps back) once ``threads`` ended.
+
+    multiprocessing's ``ThreadPool.terminate`` (and ``shutdown(wait=False)``) return while
+    threads still run: an idle one exits a moment later, one running a task (a call aborted
+    by another task's error) only when its task ends, and nothing can stop it sooner. Idle
+    threads are waited for (up to :data:`_EXIT_GRACE_SECONDS`), so that a pool that ended
+    normally has given its cores back when its end returns; threads known to run a task
+    (:func:`run_capped`), or slower to exit, are waited for by a small daemon thread that
+    releases after them: a thread never runs on cores its pool gave back.
+    """
+    me = threading.current_thread()
+    threads = [thread for thread in threads if thread is not me]
+    with STATE.running_lock:
+        running = {thread for thread in threads if thread.ident in STATE.running_tasks}
+    deadline = time.monotonic() + _EXIT_GRACE_SECONDS
+    for thread in threads:
+        if thread not in running:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+    alive = [thread for thread in threads if thread.is_alive()]
+    if not alive:
+        release()
+        return
+
+    def release_later() -> None:
+        for thread in alive:
+            thread.join()
+        release()
+
+    threading.Thread(
+        target=release_later, name="pinbackend-thread-pool-release", daemon=True
+    ).start()
+
+
+def _threads_of(pool: object) -> list[threading.Thread]:
+    """The worker threads of a ``ThreadPool`` or a ``ThreadPoolExecutor``."""
+    return list(getattr(pool, "_pool", None) or getattr(pool, "_threads", ()))
 
 
 def _then(method: Callable, release: Callable[[], None]) -> Callable:
@@ -369,24 +417,11 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
 
         A thread still running a task (a call aborted by another task's error: nothing can
         stop a running thread) keeps its cores until it ends: they are given back then,
-        from a small thread that waits for it, never while it still runs on them. (Tasks
-        are known as running when they go through :func:`run_capped`, as joblib's do.)
+        from a small thread that waits for it, never while it still runs on them (see
+        :func:`release_after_threads`).
         """
         super().terminate()
-        with STATE.running_lock:
-            running = [thread for thread in self._pool if thread.ident in STATE.running_tasks]
-        if not running:
-            self._end()
-            return
-
-        def end_after_tasks() -> None:
-            for thread in running:
-                thread.join()
-            self._end()
-
-        threading.Thread(
-            target=end_after_tasks, name="pinbackend-thread-pool-release", daemon=True
-        ).start()
+        release_after_threads(list(self._pool), self._end)
 
     def join(self) -> None:
         """Wait for the threads (after ``close()``), then give the cores and caps back."""
