@@ -36,6 +36,14 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_what_to_measure(parser)
+    _add_limits(parser)
+    _add_outputs(parser)
+    parser.set_defaults(handler=run)
+
+
+def _add_what_to_measure(parser: argparse.ArgumentParser) -> None:
+    """Mode, rounds, workers, workloads and strategies."""
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--quick",
@@ -77,6 +85,18 @@ def add_parser(subparsers) -> None:
         help="comma-separated strategies (sequential and pinned are always kept as references)",
     )
     parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (here and in every measurement): it may register workloads "
+        "and strategies",
+    )
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """Time limits and how noise is judged."""
+    parser.add_argument(
         "--timeout",
         type=_seconds,
         metavar="SECONDS",
@@ -104,6 +124,10 @@ def add_parser(subparsers) -> None:
         help="measure a run again, up to N times, when others disturbed it (default: 0); "
         "every attempt is kept in the JSON",
     )
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    """Where results go, and what is reported."""
     parser.add_argument(
         "-o",
         "--output",
@@ -121,14 +145,6 @@ def add_parser(subparsers) -> None:
         help="check the benchmark's targets; exit status 1 if one fails",
     )
     parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first (here and in every measurement): it may register workloads "
-        "and strategies",
-    )
-    parser.add_argument(
         "--from-json",
         metavar="FILE",
         help="do not measure: report (table, --check, chart) on a result file written before",
@@ -136,7 +152,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--list", action="store_true", help="list workloads and strategies, then exit"
     )
-    parser.set_defaults(handler=run)
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -6,9 +6,16 @@ module converts them to and from the kernel's two text forms and validates user 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 
-__all__ = ["MAX_CPUS", "CpuListError", "format_cpu_list", "parse_cpu_list", "parse_cpu_mask"]
+__all__ = [
+    "MAX_CPUS",
+    "CpuListError",
+    "format_cpu_list",
+    "group_by",
+    "parse_cpu_list",
+    "parse_cpu_mask",
+]
 
 #: Upper bound on CPU numbers we accept (Linux's NR_CPUS tops out at 8192); a corrupt file
 #: saying "0-4294967295" must give a clear error, not exhaust memory.
@@ -101,3 +108,14 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
 
 def _format_range(start: int, end: int) -> str:
     return str(start) if start == end else f"{start}-{end}"
+
+
+def group_by(cpus: Iterable[int], key: Callable[[int], Hashable | None]) -> dict | None:
+    """Group CPUs by ``key`` (CPU -> hashable); None if the key is None for any CPU."""
+    groups: dict = {}
+    for cpu in sorted(cpus):
+        value = key(cpu)
+        if value is None:
+            return None
+        groups.setdefault(value, set()).add(cpu)
+    return {value: frozenset(members) for value, members in groups.items()}

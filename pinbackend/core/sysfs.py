@@ -25,35 +25,23 @@ core per CPU, one NUMA node) and leave a short note in ``Topology.notes``; it ne
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._files import Files, to_int
 from .cgroup import cgroup_cpuset, cpu_quota
-from .cpuset import format_cpu_list
+from .cpukinds import cpu_kinds
+from .cpuset import format_cpu_list, group_by
 from .topology import UNKNOWN_ID, Topology, TopologyError
 
 __all__ = ["is_live_root", "read_topology"]
 
 _CPU = "sys/devices/system/cpu"
 _NODE = "sys/devices/system/node"
-# Intel hybrid PMUs, most efficient first (hwloc ranks IntelLowPower < IntelAtom < IntelCore).
-_PMU_KINDS = ("cpu_lowpower", "cpu_atom", "cpu_core")
 # Cache levels hwloc knows (hwloc_cache_type_by_depth_type): others are skipped.
 _MAX_LEVEL = {"Instruction": 3}
 _MAX_DATA_LEVEL = 5
-
-
-def _group(cpus: Iterable[int], key: Callable[[int], Hashable | None]) -> dict | None:
-    """Group CPUs by ``key``; None if the key is unknown (None) for any CPU."""
-    groups: dict = {}
-    for cpu in sorted(cpus):
-        value = key(cpu)
-        if value is None:
-            return None
-        groups.setdefault(value, set()).add(cpu)
-    return {value: frozenset(members) for value, members in groups.items()}
 
 
 def _topo(cpu: int, name: str) -> str:
@@ -285,7 +273,7 @@ def _packages(
 ) -> dict[int, frozenset]:
     """Package id -> CPUs from the package sets; ids renumbered when unknown or repeated."""
     if not found.packages:
-        packages = _group(online, lambda c: to_int(cpuinfo.get(c, {}).get("physical id")))
+        packages = group_by(online, lambda c: to_int(cpuinfo.get(c, {}).get("physical id")))
         if packages is not None:
             files.note("no sysfs package sets: packages from /proc/cpuinfo physical ids")
             return packages
@@ -314,7 +302,7 @@ def _cores(
         return None if None in core else core
 
     if not found.cores:
-        cores = _group(online, cpuinfo_key)
+        cores = group_by(online, cpuinfo_key)
         if cores is not None:
             files.note("no sysfs core siblings: cores from /proc/cpuinfo core ids")
             return tuple(cores.values())
@@ -347,54 +335,6 @@ def _numa_nodes(files: Files, online: frozenset[int]) -> dict[int, frozenset]:
         files.note("no usable NUMA node information: one node assumed")
         return {0: online}
     return _unplaced(files, nodes, online, "NUMA node")
-
-
-def _frequencies(files: Files, online: frozenset[int]) -> dict[int, tuple[int, int]]:
-    """(base, max) frequency in MHz per CPU, 0 where unknown, Turbo Boost Max 3.0 smoothed."""
-    freqs = {}
-    for cpu in online:
-        folder = f"{_CPU}/cpu{cpu}/cpufreq"
-        base = files.number(f"{folder}/base_frequency") or 0
-        freqs[cpu] = [base, files.number(f"{folder}/cpuinfo_max_freq") or 0]
-    # Turbo Boost Max 3.0 gives a few cores of one kind a higher max frequency. Like hwloc
-    # (hwloc_linux_cpukinds_adjust_maxfreqs), when every max comes with a base frequency,
-    # CPUs of one base frequency whose max differ by less than 10% get their lowest max.
-    if all(base for base, top in freqs.values() if top):
-        for base in {base for base, _ in freqs.values()}:
-            same = [freq for freq in freqs.values() if freq[0] == base]
-            low, high = min(f[1] for f in same), max(f[1] for f in same)
-            if low and (high - low) * 10 < low:
-                for freq in same:
-                    freq[1] = low
-    return {cpu: (base // 1000, top // 1000) for cpu, (base, top) in freqs.items()}
-
-
-def _kinds_unreliable(cpuinfo: dict) -> bool:
-    """True on AMD CPUs before Zen 5, whose per-core max frequencies vary but are one kind."""
-    first = cpuinfo[min(cpuinfo)] if cpuinfo else {}
-    family = to_int(first.get("cpu family"))
-    # hwloc skips CPU kinds there too (topology-linux.c: "ignoring on pre-Zen5 AMD CPUs").
-    return first.get("vendor_id") == "AuthenticAMD" and family is not None and family < 0x1A
-
-
-def _cpu_kinds(files: Files, online: frozenset[int], cpuinfo: dict) -> tuple[frozenset, ...]:
-    """CPU kinds, most efficient first: by cpu_capacity, Intel PMU type, then frequency."""
-    if _kinds_unreliable(cpuinfo):
-        return ()
-    pmu_rank = {}
-    for rank, pmu in enumerate(_PMU_KINDS, start=1):
-        for cpu in files.cpus(f"sys/devices/{pmu}/cpus") or ():
-            pmu_rank[cpu] = rank
-    freqs = _frequencies(files, online)
-    # Lower capacity, then a lower PMU type, then a lower base (then max) frequency means
-    # more efficient: hwloc's ranking order (cpukinds.c) for the sources Linux offers.
-    keys = {
-        cpu: (files.number(f"{_CPU}/cpu{cpu}/cpu_capacity") or 0, pmu_rank.get(cpu, 0), *freqs[cpu])
-        for cpu in online
-    }
-    # A CPU that reports nothing is of no known kind (hwloc leaves it out of every kind).
-    kinds = _group((cpu for cpu, key in keys.items() if any(key)), keys.get) or {}
-    return tuple(kinds[key] for key in sorted(kinds))
 
 
 def _allowed_cpus(
@@ -458,7 +398,7 @@ def _read(path: Path, *, allowed: frozenset[int] | None, source: str) -> Topolog
         numa_nodes=_numa_nodes(files, online),
         cores=_cores(files, found, online, cpuinfo),
         l3_groups=tuple(found.l3_groups),
-        cpu_kinds=_cpu_kinds(files, online, cpuinfo),
+        cpu_kinds=cpu_kinds(files, online, cpuinfo),
         cpu_quota=cpu_quota(files),
         source=source,
         notes=tuple(files.notes),  # arguments run in order: every reader above has run
