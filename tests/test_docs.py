@@ -144,7 +144,12 @@ def test_cli_help_and_docs_name_the_same_options(command):
     assert len(section) == 2, f"docs/cli.md has no section for {command}"
     body = section[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"(--[a-z][a-z-]+)", body))
-    assert options == documented, f"help {sorted(options)} vs docs {sorted(documented)}"
+    # Old spellings kept for one release are hidden from --help; the docs may name them.
+    from pinbackend.host._declare import declared
+    from pinbackend.host.options import PinOptions
+
+    hidden = {alias.flag for o in declared(PinOptions) for alias in o.aliases_at(command)}
+    assert options == documented - hidden, f"help {sorted(options)} vs docs {sorted(documented)}"
 
 
 def test_every_example_is_referenced_from_the_docs():
