@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "pinbackend"
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 80
@@ -19,9 +17,6 @@ SIZE_EXEMPT = ("bench",)
 
 # Issue 19 is splitting the large modules and removing the cycles part by part; the lead makes
 # these strict once every part has landed.
-UNTIL_ISSUE_19 = pytest.mark.xfail(
-    strict=False, reason="issue 19: modules are being split and import cycles removed"
-)
 
 
 def module_name(path: Path) -> str:
@@ -113,7 +108,6 @@ def test_find_cycle_finds_a_cycle_and_only_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-@UNTIL_ISSUE_19
 def test_no_import_cycle_among_the_modules():
     graph = import_graph()
     assert "pinbackend.runner._workers" in graph, "the graph lists the package's modules"
@@ -121,7 +115,6 @@ def test_no_import_cycle_among_the_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@UNTIL_ISSUE_19
 def test_modules_and_functions_stay_small():
     too_long = []
     for name, path in package_modules().items():

@@ -124,7 +124,7 @@ def _gone_row(event: dict) -> WorkerPlacement:
 
 def gone_workers(client, live: set[str]) -> list[WorkerPlacement]:
     """Workers pinbackend closed that are not among ``live`` (the last event of each)."""
-    from ._worker import EVENT_TOPIC, GONE
+    from ._outcome import EVENT_TOPIC, GONE
 
     rows: dict[str, WorkerPlacement] = {}
     for _, event in client.get_events(EVENT_TOPIC):

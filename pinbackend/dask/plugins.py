@@ -21,7 +21,8 @@ from distributed.diagnostics.plugin import NannyPlugin, SchedulerPlugin, WorkerP
 
 from ..host.options import check_restart, reject_unknown
 from ._nanny import configure_nanny, running_worker, spawned_otherwise
-from ._worker import GONE, PinRefused, close_worker, pin_worker, report_outcome, unpin_worker
+from ._outcome import GONE, close_worker, report_outcome
+from ._worker import PinRefused, pin_worker, unpin_worker
 from .options import PinOptions
 
 __all__ = ["PinNannyPlugin", "PinPlugin", "PinWorkerPlugin"]

@@ -147,7 +147,8 @@ def _refuse(server, invalid: str):
     where it has none, so that the worker refuses (and says why)."""
     from distributed import Worker
 
-    from ._worker import close_worker, refuse_invalid_options
+    from ._outcome import close_worker
+    from ._worker import refuse_invalid_options
     from .plugins import _PreloadPinPlugin
 
     if isinstance(server, Worker):
