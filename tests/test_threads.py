@@ -11,7 +11,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_config
 
 import pinbackend
-from pinbackend.host.leases import list_leases
+from pinbackend.host.holders import list_leases
 from pinbackend.host.notices import PoolResizedWarning
 
 ALLOWED = sorted(os.sched_getaffinity(0))
