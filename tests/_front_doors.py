@@ -51,32 +51,32 @@ def cpus_of(cores) -> frozenset[int]:
     return frozenset().union(*cores)
 
 
-def command(door: str, workers: int, *, policy=None, claim_timeout=None, flags=()) -> list[str]:
+def command(door: str, workers: int, *, policy=None, claim_timeout=None, extra=()) -> list[str]:
     """The command line of ``door`` asking for ``workers`` workers (``run``: that many
-    cores, ``run --cores``: the CPUs of the first ``workers`` cores)."""
+    cores, ``run --cores``: the CPUs of the first ``workers`` cores); ``extra``: the
+    program's own flags (see ``tests/scripts/front_door.py``)."""
     runner_flags = []
     if policy is not None:
         runner_flags += ["--oversubscribe", policy]
     if claim_timeout is not None:
         runner_flags += ["--claim-timeout", f"{claim_timeout:g}"]
-    own = [f"--{flag}" for flag in flags]
     if door in RUN:
         which = ["-n", str(workers)]
         if door == "run-cores":
             which = ["--cores", format_cpu_list(cpus_of(CORES[:workers]))]
         return [
             *(PYTHON, "-m", "pinbackend", "run", *which, *runner_flags),
-            *("--", PYTHON, SCRIPT, "report", *own),
+            *("--", PYTHON, SCRIPT, "report", *extra),
         ]
     if door in RUNNER:
         kind = door.removeprefix("runner-")
-        return [PYTHON, "-m", "pinbackend", *runner_flags, SCRIPT, kind, str(workers), *own]
+        return [PYTHON, "-m", "pinbackend", *runner_flags, SCRIPT, kind, str(workers), *extra]
     options = []
     if policy is not None:
         options += ["--policy", policy]
     if claim_timeout is not None:
         options += ["--claim-timeout", f"{claim_timeout:g}"]
-    return [PYTHON, SCRIPT, door, str(workers), *options, *own]
+    return [PYTHON, SCRIPT, door, str(workers), *options, *extra]
 
 
 class Claimant:

@@ -213,14 +213,16 @@ def test_a_claim_waits_the_claim_timeout_then_fails_naming_the_holder(door):
     assert result["workers"] == []
     if door in DASK:
         assert result["error"] is None and outcomes(result) == {"closed": N}
-        assert all(holder(neighbour) in row["note"] for row in result["rows"])
+        for row in result["rows"]:
+            assert row["note"].startswith(f"no worker x 1 thread fits this host's {N} cores")
+            assert holder(neighbour) in row["note"]
         (warning,) = dask_lines(claimant, "WARNING")
         assert "the workers beyond them are closed" in warning
         assert result["seconds"] >= CLAIM_TIMEOUT
         return
     error = result["error"]
     assert error is not None and holder(neighbour) in error, claimant.stderr[-3000:]
-    assert "none freed up within 1s" in error
+    assert "none freed up within 1s" in error and "waiting" not in error
     assert CLAIM_TIMEOUT <= result["seconds"] < CLAIM_TIMEOUT + SLACK
     if door in POOLS:
         assert error.startswith("ClaimFailed: ")  # the one claim failure
@@ -245,7 +247,7 @@ def test_an_idle_pool_gives_its_cores_back_and_takes_them_again(door):
     Not the runner's pools: a multiprocessing pool's workers keep their slots while the pool
     lives (its end gives them back). Nor a Dask worker or ``run``: a slot for their life.
     """
-    with Claimant(door, N, flags=["again"]) as claimant:
+    with Claimant(door, N, extra=["--again"]) as claimant:
         first = claimant.result()
         assert first["error"] is None, claimant.stderr[-3000:]
         assert_pinned(door, first["workers"], N)
@@ -294,14 +296,15 @@ def _workers_of(pid: int, count_: int) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("door", [*PROCESS_POOLS, *RUN, *DASK])
 def test_a_claimants_death_frees_its_cores_and_leaves_no_process(door):
-    """SIGKILL: a pool's owner takes its workers with it, even those still waiting for a
-    slot; a ``run`` command's lease goes with it; a Dask worker's cores are free at once
-    for the worker its nanny starts instead.
+    """SIGKILL: a pool's owner takes its workers with it, those running a task on their
+    slot and those still waiting for one, and every lease goes; a ``run`` command's lease
+    goes with it; a Dask worker's cores are free at once for the worker its nanny starts
+    instead.
 
     Not the thread pools: their threads die with the process that leased their cores.
     """
     if door in DASK:
-        with Claimant(door, N, flags=["kill-one"]) as claimant:
+        with Claimant(door, N, extra=["--kill-one"]) as claimant:
             before = claimant.result()
             claimant.again()  # one worker killed; its nanny replaces it
             after = claimant.result()
@@ -312,19 +315,24 @@ def test_a_claimants_death_frees_its_cores_and_leaves_no_process(door):
         assert after["leases"] == sorted(r["pid"] for r in after["workers"])
         return
     if door in RUN:
-        with Claimant(door, 1, flags=["again"]) as claimant:
+        with Claimant(door, 1, extra=["--again"]) as claimant:
             assert_pinned(door, claimant.result()["workers"], 1)
             assert [info.pid for info in list_leases(scope=None)] == [claimant.process.pid]
             claimant.process.send_signal(signal.SIGKILL)
             claimant.process.wait(30)
             wait_until(lambda: not list_leases(scope=None), 2, "the kernel to drop the lease")
         return
-    # Every core held by the program's own exiting worker: its new workers wait to claim.
-    with Claimant(door, N, claim_timeout=60, flags=["hold-own"]) as claimant:
+    # The first core is held by the program's own exiting worker: one new worker waits to
+    # claim it, the others run tasks that never end, pinned, holding their leases.
+    extra = ["--hold-own", format_cpu_list(FIRST), "--block"]
+    with Claimant(door, N, claim_timeout=60, extra=extra) as claimant:
         claimant.ready()
         workers = _workers_of(claimant.process.pid, N)
-        time.sleep(0.5)
-        assert [info.pid for info in list_leases(scope=None)] == [claimant.process.pid]
+        program = claimant.process.pid
+        wait_until(
+            lambda: len([i for i in list_leases(scope=None) if i.pid != program]) == N - 1,
+            what="the workers that fit to hold their cores",
+        )
         claimant.process.send_signal(signal.SIGKILL)
         claimant.process.wait(30)
         _, alive = psutil.wait_procs(workers, timeout=10)
@@ -343,7 +351,8 @@ def test_a_failed_claim_reaches_the_caller_as_itself(door):
     worker: a process pinning itself claims what it decided (deciding again when another
     process was faster); its only claim failure is the end of its wait (claim-timeout test).
     """
-    with Claimant(door, N, claim_timeout=CLAIM_TIMEOUT, flags=["hold-own", "again"]) as claimant:
+    extra = ["--hold-own", format_cpu_list(ALLOWED), "--again"]
+    with Claimant(door, N, claim_timeout=CLAIM_TIMEOUT, extra=extra) as claimant:
         failed = claimant.result()
         claimant.again()  # the earlier worker has gone now
         again = claimant.result()

@@ -1,4 +1,6 @@
-"""The joblib backend's failure modes: a worker's claim error, the single-worker case."""
+"""The joblib backend's edge cases: the single-worker case, a released worker's next task.
+
+A worker's failed claim and idle release are in test_behaviours (every front door)."""
 
 from __future__ import annotations
 
@@ -6,51 +8,9 @@ import os
 
 import pytest
 from _helpers import last_json, run_python
-from joblib import Parallel, delayed
-
-import pinbackend
-from pinbackend.host.leases import LeaseConflict, claim
 
 ALLOWED = sorted(os.sched_getaffinity(0))
 pytestmark = [pytest.mark.slow]
-
-
-def _slot_of_worker():
-    from pinbackend.host.slot import current_slot
-
-    slot = current_slot()
-    return os.getpid(), sorted(slot.cores) if slot else None
-
-
-def _held_by_an_old_worker():
-    """Every CPU leased as if by a worker of this process's previous pool, still exiting.
-
-    The parent's plan counts its own pools' workers as its own (it reuses or replaces
-    them), so it plans on those CPUs; a new worker then cannot claim them.
-    """
-    return claim(ALLOWED, owner=os.getpid(), command="a previous pool's worker, exiting")
-
-
-def test_a_claim_failure_in_a_worker_is_raised_in_the_caller_as_itself():
-    try:
-        with _held_by_an_old_worker(), pytest.raises(LeaseConflict, match="planned core sets"):
-            Parallel(n_jobs=len(ALLOWED), backend="pinned", claim_timeout=0.2)(
-                delayed(_slot_of_worker)() for _ in range(4)
-            )
-    finally:
-        pinbackend.shutdown_workers()
-
-
-def test_a_worker_whose_claim_failed_runs_tasks_once_its_cores_are_free():
-    parallel = Parallel(n_jobs=len(ALLOWED), backend="pinned", claim_timeout=0.2)
-    try:
-        with _held_by_an_old_worker(), pytest.raises(LeaseConflict):
-            parallel(delayed(_slot_of_worker)() for _ in range(4))
-        # The same (reused) workers claim again before their next task.
-        results = parallel(delayed(_slot_of_worker)() for _ in range(4))
-        assert all(cores is not None for _, cores in results)
-    finally:
-        pinbackend.shutdown_workers()
 
 
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 CPUs to restrict the caller to one")
@@ -144,47 +104,3 @@ def test_a_released_worker_does_not_read_its_next_task_on_cores_another_job_took
         assert unpickled["held"] is not None, unpickled  # it held a lease as it unpickled
         assert set(unpickled["mask"]) <= set(unpickled["held"]), unpickled
         assert b_cpu not in unpickled["mask"] and b_cpu not in ran_on, (unpickled, ran_on)
-
-
-# An idle worker releases its slot (lease back, slot undone): while released it is on the
-# CPUs it was started with and holds no lease; its next task claims and applies a slot again.
-IDLE_WORKER = """
-import json, os, time
-from joblib import Parallel, delayed
-import pinbackend
-from pinbackend.host.holders import list_leases
-
-def masks(pid="self"):
-    return sorted({tuple(sorted(os.sched_getaffinity(int(tid))))
-                   for tid in os.listdir(f"/proc/{pid}/task")})
-
-def inside(_):
-    from pinbackend.host.slot import current_slot
-    time.sleep(0.2)  # both workers take tasks
-    slot = current_slot()
-    return {"pid": os.getpid(), "masks": masks(), "cpu_count": os.cpu_count(),
-            "slot": sorted(slot.cores) if slot is not None else None,
-            "env": os.environ.get("PINBACKEND_SLOT")}
-
-parallel = Parallel(n_jobs=2, backend="pinned")
-first = parallel(delayed(inside)(i) for i in range(4))
-time.sleep(1.5)  # every worker idle: each releases its slot
-released = {pid: {"masks": masks(pid),
-                  "leases": [sorted(l.cores) for l in list_leases(scope=None) if l.pid == pid]}
-            for pid in {r["pid"] for r in first}}
-second = parallel(delayed(inside)(i) for i in range(4))
-pinbackend.shutdown_workers()
-print(json.dumps({"first": first, "released": released, "second": second}))
-"""
-
-
-@pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs")
-def test_an_idle_worker_is_unpinned_while_released_and_pinned_again_for_its_next_task():
-    data = last_json(run_python(IDLE_WORKER, timeout=120).stdout)
-    for result in data["first"] + data["second"]:
-        assert result["slot"] is not None and result["masks"] == [result["slot"]], result
-        assert result["cpu_count"] == len(result["slot"]) and result["env"], result
-    # The same workers ran both calls, and between them each was released and undone.
-    assert {r["pid"] for r in data["second"]} <= set(map(int, data["released"]))
-    for pid, released in data["released"].items():
-        assert released == {"masks": [ALLOWED], "leases": []}, (pid, released)

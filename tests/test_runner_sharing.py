@@ -1,4 +1,6 @@
-"""Jobs side by side on one machine: a reserved daemon core, disjoint jobs, full machines."""
+"""Jobs side by side on one machine: a reserved daemon core, disjoint jobs.
+
+A job on a full machine (clamp's claim timeout, share, wait) is in test_behaviours."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -86,43 +86,3 @@ def test_two_jobs_side_by_side_get_disjoint_cores_and_status_names_the_job():
         assert set(first_worker["affinity"]) | set(second_worker["affinity"]) == set(ALLOWED)
         assert blas_threads(second_worker) == {1}
     assert json.loads(pinbackend_cli("status", "--json", check=True).stdout)["jobs"] == []
-
-
-def test_on_a_full_machine_clamp_waits_the_claim_timeout_then_fails_clearly_and_share_warns():
-    with started(str(SCRIPTS / "hold_pool.py"), "spawn") as (holder, _):
-        args = [str(SCRIPTS / "pools.py"), "pool", "spawn"]
-        begun = time.monotonic()
-        refused = run_job("--claim-timeout", "1", *args, check=False)
-        assert refused.returncode == 1
-        assert time.monotonic() - begun >= 1.0
-        assert refused.stderr.count("WaitingForCoresWarning") == 1
-        assert "ClaimFailed" in refused.stderr  # the one claim failure: a PlanError too
-        assert (
-            "none freed up within 1s (--claim-timeout); use --oversubscribe share, a "
-            "longer --claim-timeout, or free some cores" in refused.stderr
-        )
-        assert f"by pid {holder.pid}" not in refused.stderr  # workers hold them, not the job
-        shared = run_job("--oversubscribe", "share", *args)
-        assert "SharedCoresWarning" in shared.stderr
-        for worker in workers_of(shared.data):
-            assert thread_masks(worker) == {tuple(worker["affinity"])}
-
-
-def test_wait_policy_waits_for_the_other_job_to_end():
-    with started(str(SCRIPTS / "hold_pool.py"), "spawn") as (holder, _):
-        command = ["-m", "pinbackend", "--oversubscribe", "wait", str(SCRIPTS / "pools.py")]
-        waiting = subprocess.Popen(
-            [PYTHON, *command, "pool", "spawn"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        # It says that it waits, and it does: it cannot have finished while we hold.
-        assert "WaitingForCoresWarning" in waiting.stderr.readline()
-        assert waiting.poll() is None
-        holder.stdin.close()
-        holder.wait(timeout=60)
-    out, err = waiting.communicate(timeout=120)
-    assert waiting.returncode == 0, err
-    workers = workers_of(json.loads(out.strip().splitlines()[-1]))
-    assert sorted(tuple(w["affinity"]) for w in workers) == [(c,) for c in ALLOWED]

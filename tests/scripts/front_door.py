@@ -13,12 +13,13 @@ Usage (``tests/_front_doors.py`` builds these command lines):
   the worker preload (``preload=["pinbackend"]``, its options as ``preload_argv``).
 
 OPTIONS: ``--policy P`` and ``--claim-timeout T`` (joblib's keywords, the plugin's, the
-preload's flags), ``--hold-own`` (every allowed CPU held first by a lease of this program's
-own, as by a worker of an earlier pool that has not exited yet: the parent plans over it and
-the workers' claims fail), ``--again`` (after the call, release what ``--hold-own`` held and
-run the call again for each line read on stdin, until stdin closes; ``report``: wait for
-stdin to close), ``--kill-one`` (Dask: for each line read on stdin, kill a worker and report
-again once it is replaced).
+preload's flags), ``--hold-own LIST`` (these CPUs held first by a lease of this program's
+own, as by a worker of an earlier pool that has not exited yet: the parent plans over them
+and the workers' claims for them fail), ``--block`` (every task sleeps until the program
+ends), ``--again`` (after the call, release what ``--hold-own`` held and run the call again
+for each line read on stdin, until stdin closes; ``report``: wait for stdin to close),
+``--kill-one`` (Dask: for each line read on stdin, kill a worker and report again once it is
+replaced).
 
 Prints one JSON line per event: ``{"ready": TIME}`` just before the call (Dask: before the
 cluster starts, or the plugin is registered), ``{"warning": TEXT}`` as a warning is shown,
@@ -36,6 +37,8 @@ import warnings
 
 #: Seconds each task sleeps, so that every worker of a pool gets one.
 DELAY = 0.2
+#: Seconds each task sleeps with ``--block``: until the program is ended.
+BLOCK = 3600.0
 
 
 def emit(**event) -> None:
@@ -74,12 +77,13 @@ def seen(delay: float = DELAY) -> dict:
     }
 
 
-def hold_own():
-    """Every allowed CPU leased as if by a worker of this program's earlier pool, still
-    exiting: the program's plans count it as its own, so its new workers cannot claim."""
+def hold_own(cpus: str):
+    """``cpus`` leased as if by a worker of this program's earlier pool, still exiting: the
+    program's plans count them as its own, so its new workers cannot claim them."""
+    from pinbackend.core.cpuset import parse_cpu_list
     from pinbackend.host.leases import claim
 
-    return claim(os.sched_getaffinity(0), owner=os.getpid(), command="an earlier worker")
+    return claim(parse_cpu_list(cpus), owner=os.getpid(), command="an earlier worker")
 
 
 def timed(call) -> dict:
@@ -92,37 +96,37 @@ def timed(call) -> dict:
     return {"workers": workers, "error": error, "seconds": time.monotonic() - begun}
 
 
-def joblib_call(kind: str, workers: int, options: dict):
+def joblib_call(kind: str, workers: int, options: dict, delay: float):
     from joblib import Parallel, delayed
 
     import pinbackend  # noqa: F401  (registers "pinned")
 
     hint = {"prefer": "threads"} if kind == "joblib-threads" else {}
     parallel = Parallel(n_jobs=workers, backend="pinned", **hint, **options)
-    return lambda: parallel(delayed(seen)() for _ in range(2 * workers))
+    return lambda: parallel(delayed(seen)(delay) for _ in range(2 * workers))
 
 
-def runner_call(kind: str, workers: int):
+def runner_call(kind: str, workers: int, delay: float):
     if kind == "pool":
         import multiprocessing
 
         def call():
             with multiprocessing.Pool(workers) as pool:
-                return pool.map(seen, [DELAY] * 2 * workers)
+                return pool.map(seen, [delay] * 2 * workers)
 
     elif kind == "executor":
         from concurrent.futures import ProcessPoolExecutor
 
         def call():
             with ProcessPoolExecutor(workers) as executor:
-                return list(executor.map(seen, [DELAY] * 2 * workers))
+                return list(executor.map(seen, [delay] * 2 * workers))
 
     else:
         from multiprocessing.pool import ThreadPool
 
         def call():
             with ThreadPool(workers) as pool:
-                return pool.map(seen, [DELAY] * 2 * workers)
+                return pool.map(seen, [delay] * 2 * workers)
 
     return call
 
@@ -198,18 +202,21 @@ def dask_result(client, placement, workers: int) -> dict:
     }
 
 
-def parse(argv: list[str]) -> tuple[str, int, dict, set]:
+def parse(argv: list[str]) -> tuple[str, int, dict, dict]:
+    """The kind, the number of workers, the keywords for pinbackend and the other flags."""
     kind, rest = argv[0], argv[1:]
     workers = int(rest.pop(0)) if rest and rest[0].isdigit() else 1
-    options, flags = {}, set()
+    options, flags = {}, {}
     while rest:
         flag = rest.pop(0)
         if flag == "--policy":
             options["oversubscribe"] = rest.pop(0)
         elif flag == "--claim-timeout":
             options["claim_timeout"] = float(rest.pop(0))
+        elif flag == "--hold-own":
+            flags["hold-own"] = rest.pop(0)
         else:
-            flags.add(flag.lstrip("-"))
+            flags[flag.lstrip("-")] = True
     return kind, workers, options, flags
 
 
@@ -225,11 +232,12 @@ def main() -> None:
     if kind.startswith("dask"):
         dask(kind, workers, options, "kill-one" in flags)
         return
+    delay = BLOCK if "block" in flags else DELAY
     if kind.startswith("joblib"):
-        call = joblib_call(kind, workers, options)
+        call = joblib_call(kind, workers, options, delay)
     else:
-        call = runner_call(kind, workers)
-    own = hold_own() if "hold-own" in flags else None
+        call = runner_call(kind, workers, delay)
+    own = hold_own(flags["hold-own"]) if "hold-own" in flags else None
     emit(ready=time.time())
     emit(result=timed(call))
     while "again" in flags:
