@@ -1,13 +1,16 @@
 """Cluster shapes on one host: as many workers as fit are pinned, the rest handled by policy.
 
-Each shape is a real cluster on two cores, registered once (``client.register_plugin``), and
-read back from inside its tasks: every thread's CPU mask, the BLAS/OpenMP pools in each task
-thread and in a thread a task starts itself, the placement view. Then the same after
-``client.restart()`` and after a worker is killed (SIGKILL), as the OOM killer would.
+Each shape is a real cluster, planned from this machine's own core count (N cores: N workers
+of one thread, one worker of every CPU, twice as many workers as fit, one more...),
+registered once (``client.register_plugin``), and read back from inside its tasks: every
+thread's CPU mask, the BLAS/OpenMP pools in each task thread and in a thread a task starts
+itself, the placement view. Then the same after ``client.restart()`` and after a worker is
+killed (SIGKILL), as the OOM killer would.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -21,6 +24,7 @@ pytest.importorskip("sklearn")  # its wheels bundle GNU OpenMP: OpenMP's caps be
 
 import _dask_probes as probes  # noqa: E402
 from test_dask import (  # noqa: E402, F401 - restore_environ is an autouse fixture
+    ALL_CPUS,
     CORES,
     Client,
     _exit_by_itself,
@@ -33,29 +37,47 @@ from test_dask import (  # noqa: E402, F401 - restore_environ is an autouse fixt
 )
 
 import pinbackend  # noqa: E402
+from pinbackend.core.cpuset import format_cpu_list  # noqa: E402
 from pinbackend.dask import PinPlugin, PinRefused, format_placement, placement  # noqa: E402
+from pinbackend.dask.options import host_shape  # noqa: E402
 from pinbackend.host.holders import list_leases  # noqa: E402
 from pinbackend.host.options import PinOptions  # noqa: E402
 
-pytestmark = [
-    pytest.mark.dask,
-    pytest.mark.slow,
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(len(CORES) != 2, reason="the shapes are sized for 2 physical cores"),
-]
+pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.timeout(240)]
 
 #: Generous: on an idle two-core machine every shape registers in well under a second
 #: (the figures are printed); the bound catches a claim that waits for its own siblings.
 REGISTER_SECONDS = 8.0
 
-# (workers, threads per worker, policy, outcomes expected on two cores)
+#: This machine's physical cores and CPUs: a one-thread worker gets one core, a worker of
+#: every CPU the whole host (SMT siblings count as CPUs, as Dask's own ``nthreads`` does).
+N, WHOLE = len(CORES), len(ALL_CPUS)
+
+
+def shape(workers: int, nthreads: int, policy: str | None, expected: dict[str, int]):
+    """One shape: ``workers`` x ``nthreads``, registered with ``policy``, and the outcomes
+    expected on this machine."""
+    name = f"{workers}x{nthreads}"
+    if set(expected) != {"pinned"}:
+        name += f"-{policy or 'clamp'}"
+    return pytest.param(workers, nthreads, policy, expected, id=name)
+
+
+def fits(nthreads: int) -> str:
+    """How many workers of ``nthreads`` threads fit this host, as the messages say it."""
+    width = max(len(core) for core in CORES)  # CPUs per core
+    fit = N // math.ceil(nthreads / width)
+    return host_shape(fit, nthreads, N, format_cpu_list(ALL_CPUS))
+
+
+# (workers, threads per worker, policy, outcomes expected on this machine)
 SHAPES = [
-    pytest.param(2, 1, None, {"pinned": 2}, id="2x1"),
-    pytest.param(1, 2, None, {"pinned": 1}, id="1x2"),
-    pytest.param(4, 1, None, {"pinned": 2, "closed": 2}, id="4x1-clamp"),
-    pytest.param(2, 2, None, {"pinned": 1, "closed": 1}, id="2x2-clamp"),
-    pytest.param(3, 1, "share", {"pinned": 2, "shared": 1}, id="3x1-share"),
-    pytest.param(4, 1, "error", {"pinned": 2, "refused": 2}, id="4x1-error"),
+    shape(N, 1, None, {"pinned": N}),
+    shape(1, WHOLE, None, {"pinned": 1}),
+    shape(2 * N, 1, None, {"pinned": N, "closed": N}),
+    shape(2, WHOLE, None, {"pinned": 1, "closed": 1}),
+    shape(N + 1, 1, "share", {"pinned": N, "shared": 1}),
+    shape(2 * N, 1, "error", {"pinned": N, "refused": N}),
 ]
 
 
@@ -160,7 +182,7 @@ def test_a_hosts_workers_fit_its_cores_by_policy(
     with local_cluster(n_workers=n_workers, threads_per_worker=nthreads) as (_cluster, client):
         start = time.monotonic()
         if policy == "error":
-            with pytest.raises(PinRefused, match="refuses to start: 2 workers x 1 thread fit"):
+            with pytest.raises(PinRefused, match=f"refuses to start: {re.escape(fits(1))}"):
                 client.register_plugin(PinPlugin(oversubscribe=policy))
         else:
             client.register_plugin(PinPlugin(oversubscribe=policy))
@@ -174,8 +196,7 @@ def test_a_hosts_workers_fit_its_cores_by_policy(
         assert f"x {nthreads} thread" in text.splitlines()[0]
         assert text.splitlines()[0].endswith(counted), text
         if set(expected) != {"pinned"}:
-            fit = "2 workers x 1 thread fit" if nthreads == 1 else "1 worker x 2 threads fits"
-            assert f"  {fit} this host's 2 cores (CPUs 0-1)" in text.splitlines()[1]
+            assert f"  {fits(nthreads)}" in text.splitlines()[1]
 
         client.restart()
         check_shape(client, nthreads, expected)
@@ -196,8 +217,9 @@ def test_a_hosts_workers_fit_its_cores_by_policy(
     # distributed's own, such as a heartbeat's after the SIGKILL above, are not pinbackend's.
     ours = pinbackend_tracebacks(err)
     if policy == "error":
-        assert len(errors) == 2 and not warnings, errors
-        assert len(ours) == 2 and all("PinRefused: " in text for text in ours), ours
+        assert len(errors) == expected["refused"] and not warnings, errors
+        assert len(ours) == expected["refused"], ours
+        assert all("PinRefused: " in text for text in ours), ours
     else:
         assert not errors and not ours, err
     if set(expected) == {"pinned"}:
@@ -211,8 +233,8 @@ def test_a_hosts_workers_fit_its_cores_by_policy(
 @pytest.mark.parametrize(
     ("n_workers", "policy", "expected"),
     [
-        pytest.param(4, "clamp", {"pinned": 2, "closed": 2}, id="4x1-clamp"),
-        pytest.param(3, "share", {"pinned": 2, "shared": 1}, id="3x1-share"),
+        pytest.param(2 * N, "clamp", {"pinned": N, "closed": N}, id=f"{2 * N}x1-clamp"),
+        pytest.param(N + 1, "share", {"pinned": N, "shared": 1}, id=f"{N + 1}x1-share"),
     ],
 )
 def test_dask_worker_nworkers_beyond_the_cores_runs_the_shape_that_fits(
@@ -237,7 +259,7 @@ def test_dask_worker_nworkers_beyond_the_cores_runs_the_shape_that_fits(
             output = _exit_by_itself(worker)
     lines = output.splitlines()
     (warning,) = [line for line in lines if "pinbackend - WARNING" in line]
-    assert "2 workers x 1 thread fit this host's 2 cores (CPUs 0-1)" in warning
+    assert fits(1) in warning
     assert not [line for line in lines if "pinbackend - ERROR" in line]
     assert output.count("pinned to CPUs") == running
     # Nothing of a failed start: the closed workers registered, then closed like any worker.
