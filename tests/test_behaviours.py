@@ -61,6 +61,8 @@ POLICY_DOORS = [door for door in FRONT_DOORS if door != "runner-threadpool"]
 
 pytestmark = [
     pytest.mark.slow,
+    # A case takes 1-5 s on 2 cores; 120 s catches a hang with room for a loaded machine
+    # (each wait for a child is bounded by CHILD_SECONDS too).
     pytest.mark.timeout(120),
     pytest.mark.skipif(N < 2, reason="needs 2 allowed physical cores (one for the neighbour)"),
 ]
