@@ -13,6 +13,7 @@ import queue
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from _helpers import PYTHON, abort_child, child_env
@@ -253,16 +254,20 @@ def assert_pinned(door: str, reports: list[dict], count: int, *, shared: bool = 
     """``count`` workers, each on a slot of whole cores of this machine, read from inside:
     every task of a worker on its slot; for a worker process every thread too, and
     ``os.cpu_count()`` and the slot variable set to it (a ``run`` command is a new program:
-    its mask and caps only); BLAS capped to the slot; slots disjoint unless ``shared``.
-    Returns the slots."""
+    its mask and caps only); BLAS capped to the slot (threads of one pool that take turns on
+    a slot split its cap); slots disjoint unless ``shared``. Returns the slots."""
     workers = by_worker(door, reports)
     assert len(workers) == count, (door, sorted(workers), reports)
+    taking_turns = Counter(
+        frozenset(seen[0]["mask"]) for seen in workers.values() if door in THREADS
+    )
     slots = []
     for seen in workers.values():
         (slot,) = {frozenset(report["mask"]) for report in seen}
         assert slot <= ALLOWED and all(core <= slot for core in CORES if core & slot), slot
+        cap = max(1, len(slot) // taking_turns.get(slot, 1))
         for report in seen:
-            assert report["blas"] == len(slot), (door, report)
+            assert report["blas"] == cap, (door, report)
             if door not in THREADS:
                 assert report["masks"] == [sorted(slot)], (door, report)
             if door not in THREADS and door not in RUN:
