@@ -466,8 +466,7 @@ def check_decision(view, options, request) -> None:
     assert used <= view.usable  # never a reserved CPU, never outside the job or the slot
     topology = view.topology.restrict(view.topology.allowed)
     # Whole cores of what the slots were planned on: the free CPUs, or, shared with other
-    # jobs, every CPU the job could have (an SMT sibling of a CPU another process holds
-    # alone is free: a slot may hold it without the other).
+    # jobs, every CPU the job could have.
     planned_on = view.reachable if decision.shared_with_others else view.free
     if request.one_worker and decision.shared_with_others:
         planned_on = view.usable  # the least crowded slot of all
@@ -477,6 +476,9 @@ def check_decision(view, options, request) -> None:
     if not decision.shared_with_others:
         assert not used & view.strangers  # never another process's held CPUs
         assert not used & view.own  # nor this program's running pools'
+        # Nor the other half of a physical core they hold part of (SMT siblings share it).
+        held = view.strangers | view.own
+        assert not any(core & used and core & held for core in topology.cores)
     else:  # asked for, and only where no slot of the claimant's size is free
         size = 1 if view.nested else options.cores_per_worker or 1
         assert policy == "share" and topology.count_cores(view.free) < size

@@ -24,6 +24,7 @@ from ..host.lifecycle import claim_exact, lease_slot
 from ..host.machine import read_topology
 from ..host.options import OptionsError, PinOptions, spelled
 from ..host.pinning import PinningError
+from ..host.policy import COMMAND_LINE
 from ..host.registry import LeaseError
 from ..host.slot import apply_slot
 from ._common import (
@@ -143,6 +144,6 @@ def _lease(args: argparse.Namespace, command: str) -> Lease:
         if args.cores is not None:
             check_cores_allowed(args.cores, read_topology().allowed)
             return claim_exact(args.cores, options, command=command)
-        return lease_slot(args.n_cores or 1, options, command=command)
+        return lease_slot(args.n_cores or 1, options, command=command, spelling=COMMAND_LINE)
     except (UsageError, OptionsError, LeaseError, PlanError) as error:
         fail(str(error))

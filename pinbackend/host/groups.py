@@ -46,14 +46,16 @@ def group_cpus(view: HostView) -> frozenset[int]:
 def group_room(view: HostView, cores: int) -> GroupRoom:
     """Count the slots of ``cores`` physical cores the group of ``view`` has here (pure).
 
-    Member leases count once each, whatever their size; shared ones are not held.
+    Member leases count once each, whatever their size, where they hold CPUs of this
+    host's slots (a member pinned elsewhere, outside this process's CPUs, takes none of
+    them); shared ones are not held.
     """
     topology, usable = view.topology, group_cpus(view)
     members = view.members
     return GroupRoom(
         slots=topology.count_cores(usable) // cores,
         free=topology.count_cores(usable - view.other_jobs) // cores,
-        held=sum(1 for info in members if info.cores - info.shared),
+        held=sum(1 for info in members if (info.cores - info.shared) & usable),
     )
 
 

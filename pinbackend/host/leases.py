@@ -214,10 +214,11 @@ def claim_first_free(
             _close_all(fds)
         if time.monotonic() >= deadline:
             # Who holds what is read once, for the message, not on every poll.
-            last = _conflict(directory, busy, scope)
+            last = _conflict(directory, busy, scope, remedy=False)
             raise LeaseConflict(
                 f"none of the {len(candidates)} planned core sets is free "
-                f"({'; '.join(format_cpu_list(c) for c in candidates)}); last: {last}",
+                f"({'; '.join(format_cpu_list(c) for c in candidates)}) within {timeout:g}s; "
+                f"last: {last}",
                 last.busy,
                 last.holders,
             )
@@ -237,15 +238,13 @@ def _lease_set(cores: Iterable[int]) -> frozenset[int]:
     return cores
 
 
-def _conflict(directory: Path, busy: frozenset[int], scope: str) -> LeaseConflict:
+def _conflict(
+    directory: Path, busy: frozenset[int], scope: str, *, remedy: bool = True
+) -> LeaseConflict:
     holders = holders_of(directory, busy, scope)
-    return LeaseConflict(
-        f"CPUs {format_cpu_list(busy)} are held by "
-        + "; ".join(describe_holder(h) for h in holders)
-        + ". Pick other CPUs, wait for those jobs, or allow sharing",
-        busy,
-        holders,
-    )
+    held = f"CPUs {format_cpu_list(busy)} are held by " + "; ".join(map(describe_holder, holders))
+    advice = ". Pick other CPUs, wait for those jobs, or allow sharing" if remedy else ""
+    return LeaseConflict(held + advice, busy, holders)
 
 
 def _hold(

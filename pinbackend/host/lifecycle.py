@@ -33,7 +33,7 @@ from .groups import least_crowded
 from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim, claim_first_free
 from .options import PinOptions
-from .policy import COMMAND_LINE, ClaimFailed, Decision, Request, decide
+from .policy import COMMAND_LINE, KEYWORDS, ClaimFailed, Decision, Request, Spelling, decide
 from .pool import PoolPlan
 from .slot import AppliedSlot, apply_slot
 from .state import STATE
@@ -382,6 +382,7 @@ def lease_slot(
     command: str,
     scope: str | None = None,
     members: Members | None = None,
+    spelling: Spelling = KEYWORDS,
 ) -> Lease:
     """Decide a slot of ``cores`` physical cores for this process by policy and claim it.
 
@@ -391,10 +392,11 @@ def lease_slot(
     shares them at once under ``share``. An impossible slot (more cores than the host has)
     fails at once. ``members`` tells the leases of the caller's own group apart (a Dask
     cluster's workers on this host): waiting for them cannot help, so when they hold every
-    slot of this size the policy applies at once (:class:`ClaimFailed`).
+    slot of this size the policy applies at once (:class:`ClaimFailed`). ``spelling`` names
+    the remedies in the caller's words.
     """
     sized = options.updated(cores_per_worker=cores)
-    request = Request(command, workers=1, one_worker=True)
+    request = Request(command, workers=1, one_worker=True, spelling=spelling)
     while True:
         decision, view = decide_waiting(
             lambda: survey(sized, scope=scope, nested=False, group=members),

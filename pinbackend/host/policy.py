@@ -12,6 +12,7 @@ Messages name remedies in the caller's own spelling (:data:`KEYWORDS` or
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -144,7 +145,8 @@ def decide(view: HostView, options: PinOptions, request: Request) -> Decision:
         )
     if request.cores is not None:
         return _explicit(view, options, request)
-    return _Pool(view, options, request).decide()
+    pool = _Pool(view, options, request)
+    return dataclasses.replace(pool.decide(), policy=pool.policy)
 
 
 class _Pool:
@@ -263,7 +265,6 @@ class _Pool:
             bounded=True,
             shortage=shortage,
             remedy=self.remedy(),
-            policy=self.policy,
         )
 
     def wait(self, shortage: str) -> Decision:
@@ -284,7 +285,6 @@ class _Pool:
             note=note,
             waiting=f"{shortage}; waiting for other jobs to end",
             shortage=shortage,
-            policy=self.policy,
         )
 
     def one_worker(self) -> Decision:
@@ -312,14 +312,13 @@ class _Pool:
         )
         waiting = f"{shortage}; waiting for a slot of {count(size, 'physical core')}"
         if self.policy == "wait":
-            return Decision(None, waiting=waiting, shortage=shortage, policy=self.policy)
+            return Decision(None, waiting=waiting, shortage=shortage)
         return Decision(
             None,
             waiting=waiting,
             bounded=True,
             shortage=shortage,
             remedy="raise the claim timeout, share, or wait for those jobs",
-            policy=self.policy,
         )
 
     def refuse_slot_never_fits(self) -> None:
@@ -367,15 +366,15 @@ def _explicit(view: HostView, options: PinOptions, request: Request) -> Decision
         )
     plan = Plan((cores,), cores, shared=False, requested=1)
     busy = cores & view.strangers
+    policy = options.policy("clamp")
     if not busy:
-        return Decision(plan)
+        return Decision(plan, policy=policy)
     holders = [info for info in view.others if info.cores & busy]
     shortage = f"CPUs {format_cpu_list(busy)} are held by " + "; ".join(
         describe_holder(info) for info in holders
     )
-    policy = options.policy("clamp")
     if policy == "share":
-        return Decision(plan, shared_with_others=True)
+        return Decision(plan, shared_with_others=True, policy=policy)
     if policy == "error":
         raise ClaimFailed(
             f"{shortage}. Pick other CPUs, wait for those jobs, or allow sharing",

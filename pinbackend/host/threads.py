@@ -42,7 +42,7 @@ from .locks import PinLock, call_when_unlocked
 from .machine import read_topology
 from .options import PinOptions
 from .patches import Patch, Patches
-from .policy import Request, decide
+from .policy import KEYWORDS, Request, Spelling, decide
 from .slot import current_slot
 from .state import STATE
 from .view import HostView, host_view, survey
@@ -80,6 +80,7 @@ def plan_thread_shares(
     *,
     report: bool = True,
     view: Callable[[], HostView] | None = None,
+    spelling: Spelling = KEYWORDS,
 ) -> ThreadShares:
     """Decide ``n_threads`` disjoint shares (None: one per free core), and lease them.
 
@@ -88,14 +89,24 @@ def plan_thread_shares(
     pools (clamp, wait, share, error), and the caller leases every share, all or nothing,
     deciding again if another job took a share between the decision and the claim.
     ``report`` says what the policy had to do (a caller that keeps its thread count says
-    nothing); ``view`` reads what the process may use (default: :func:`survey`).
+    nothing); ``view`` reads what the process may use (default: :func:`survey`);
+    ``spelling`` names the remedies in the caller's words.
+
+    Unlike a process pool, a thread pool cannot reuse this process's own pool workers:
+    their leases are in its way like any other job's (waited for, bounded by the claim
+    timeout), never claimed over and over.
     """
-    request = Request(what, workers=n_threads)
+    request = Request(what, workers=n_threads, spelling=spelling)
     if current_slot() is not None:
         inside = host_view(read_topology(), options, nested=True, me=os.getpid())
         return ThreadShares(decide(inside, options, request).plan.slots)
+    read = view or (lambda: survey(options))
+
+    def read_all_held() -> HostView:
+        return dataclasses.replace(read(), me=None)  # own workers' leases count as held
+
     while True:
-        decision, job = decide_waiting(view or (lambda: survey(options)), options, request)
+        decision, job = decide_waiting(read_all_held, options, request)
         if report:
             report_decision(decision, what)
         shares = ThreadShares(decision.plan.slots)
@@ -106,8 +117,13 @@ def plan_thread_shares(
                 shares.leases.append(claim(share, scope=job.scope, command=f"threads: {what}"))
         except LeaseConflict:
             shares.release()
+            time.sleep(_RETRY_SECONDS)  # another process took a share meanwhile
             continue
         return shares
+
+
+#: Pause before deciding again when another process took a share first.
+_RETRY_SECONDS = 0.05
 
 
 def assign_threads(shares: ThreadShares, n_threads: int | None) -> list[tuple[frozenset[int], int]]:

@@ -127,13 +127,19 @@ class HostView:
 
     @property
     def free(self) -> frozenset[int]:
-        """CPUs a new slot can have without waiting or sharing, within the budget."""
-        return self.within_budget(self.usable - self.strangers - self.own)
+        """CPUs a new slot can have without waiting or sharing, within the budget: no CPU
+        of a physical core that another process or pool holds part of (SMT siblings share
+        the core's execution units: a slot on the other half would share it)."""
+        return self.within_budget(self.usable - self.whole_cores(self.strangers | self.own))
+
+    def whole_cores(self, cpus: frozenset[int]) -> frozenset[int]:
+        """``cpus`` with the SMT siblings of each."""
+        return frozenset().union(*(core for core in self.topology.cores if core & cpus))
 
     @property
     def reachable(self) -> frozenset[int]:
         """CPUs a new slot could ever have here (other jobs' ones once they end)."""
-        return self.within_budget(self.usable - self.own)
+        return self.within_budget(self.usable - self.whole_cores(self.own))
 
     def holders(self, cpus: Iterable[int]) -> str:
         """Who holds ``cpus``, for messages: ``CPUs 0 by pid 12 (python job.py)``, the

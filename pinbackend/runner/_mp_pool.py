@@ -42,6 +42,8 @@ def _wrap(original):
         config = active_config()
         if config is None or not pool_arguments_valid(processes, initializer):
             return original(self, processes, initializer, initargs, maxtasksperchild, context)
+        # Pool.__del__ reads _state; set it as the original does first, in case planning fails.
+        self._state = mp_pool.INIT
         if isinstance(self, mp_pool.ThreadPool):
             what = f"{type(self).__name__}(processes={processes!r})"
             threads, pending, shares, cap = thread_pool_plan(config, processes, what)
@@ -56,8 +58,6 @@ def _wrap(original):
             hold_shares(self, shares, cap, ("terminate", "join"))
             return None
         what = f"{type(self).__name__}(processes={processes!r})"
-        # Pool.__del__ reads _state; set it as the original does first, in case planning fails.
-        self._state = mp_pool.INIT
         plan = plan_process_pool(config, processes, what, release_stray=release_idle_workers)
         context = safe_context(context or multiprocessing.get_context(), plan.slots, what)
         # A worker that cannot claim its slot must stop the pool, not be replaced forever.

@@ -122,12 +122,16 @@ def thread_pool_plan(config: RunnerConfig, requested: int | None, what: str):
     n_shares = requested
     if n_shares is None and current_slot() is None and config.threads is not None:
         n_shares = config.threads
+    # The program's thread count is kept (extra threads take turns), so too many threads is
+    # never an error; the rest of the job's policy holds (share, wait) when no core is free.
+    policy = "clamp" if config.oversubscribe == "error" else config.oversubscribe
     shares = plan_thread_shares(
         n_shares,
-        config.updated(oversubscribe="clamp"),  # the count is kept: fewer cores, no error
+        config.updated(oversubscribe=policy),
         what,
         report=False,
         view=lambda: survey(config),
+        spelling=COMMAND_LINE,
     )
     assignments = assign_threads(shares, requested)
     cap = min(cap for _, cap in assignments)
