@@ -35,10 +35,11 @@ from threadpoolctl import ThreadpoolController
 
 from .. import _platform
 from . import loads
-from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread, unpinned_default
+from .blas_cap import blas_cap
+from .caps import _THREADPOOLCTL_LOCK, cap_openmp_in_this_thread
 from .leases import Lease, LeaseConflict, claim
 from .lifecycle import decide_waiting, report_decision
-from .locks import PinLock, call_when_unlocked
+from .locks import call_when_unlocked
 from .machine import read_topology
 from .options import PinOptions
 from .patches import Patch, Patches
@@ -150,98 +151,6 @@ def assignments_queue(assignments: list[tuple[frozenset[int], int]]) -> queue.Si
     return pending
 
 
-def _process_wide_blas() -> list:
-    """threadpoolctl controllers of BLAS libraries whose pool is shared by every thread."""
-    return [
-        lib
-        for lib in ThreadpoolController().select(user_api="blas").lib_controllers
-        if getattr(lib, "threading_layer", None) == "pthreads"
-    ]
-
-
-def _key(lib) -> tuple[str, type]:
-    return (lib.filepath, type(lib))
-
-
-class _ProcessWideCap:
-    """Caps process-wide BLAS pools while pinned thread pools live; restores them after.
-
-    One per process, ``STATE.blas_cap`` (:func:`_blas_cap`); a pool leaves the one it entered.
-
-    Counted: nested or concurrent pools keep the smallest cap until the last one ends. A
-    library that a task loads meanwhile sizes itself by the loading thread's share: BLAS
-    pools loaded so are capped too, and set to the unpinned default
-    (:func:`~pinbackend.host.caps.unpinned_default`) when the last pool ends, as are the
-    OpenMP runtimes loaded so, in the thread that ends it (OpenMP limits are per thread).
-    """
-
-    def __init__(self) -> None:
-        self._lock = PinLock("process-wide BLAS cap")
-        self._active: list[int] = []
-        self._before: set[tuple[str, type]] = set()  # every library loaded before the pools
-        self._saved: dict[tuple[str, type], tuple[object, int]] = {}  # BLAS -> size after
-
-    def enter(self, n_threads: int) -> None:
-        loads.watch_extension_loads()
-        loads.add_listener(self.after_load)
-        with self._lock:
-            if not self._active:
-                with _THREADPOOLCTL_LOCK:
-                    self._before = {_key(lib) for lib in ThreadpoolController().lib_controllers}
-            self._active.append(n_threads)
-            self._set(min(self._active))
-
-    def leave(self, n_threads: int) -> None:
-        with self._lock:
-            self._active.remove(n_threads)
-            if self._active:
-                self._set(min(self._active))
-                return
-            with _THREADPOOLCTL_LOCK:
-                for lib, size in self._saved.values():
-                    self._force(lib, size)
-                if getattr(_THIS_THREAD, "cap", None) is None:  # not a pinned thread itself
-                    openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
-                    for lib in openmp:
-                        if _key(lib) not in self._before:
-                            lib.set_num_threads(unpinned_default("openmp"))
-            self._saved = {}
-
-    def after_load(self) -> None:
-        """An import loaded libraries: while pools live, cap new process-wide BLAS too."""
-        with self._lock:
-            if self._active:
-                self._set(min(self._active))
-
-    def _set(self, n_threads: int) -> None:
-        with _THREADPOOLCTL_LOCK:
-            for lib in _process_wide_blas():
-                if _key(lib) not in self._saved:
-                    loaded_before = _key(lib) in self._before
-                    after = lib.num_threads if loaded_before else unpinned_default("blas")
-                    self._saved[_key(lib)] = (lib, after)
-                self._force(lib, n_threads)
-
-    @staticmethod
-    def _force(lib, n_threads: int) -> None:
-        # threadpoolctl lets only the first thread that set OpenBLAS's process-wide pool set
-        # it again; pinbackend is the one setting it here, from whichever thread.
-        type(lib).clear_controlling_thread(force=True)
-        lib.set_num_threads(n_threads)
-        type(lib).clear_controlling_thread(force=True)
-
-
-def _blas_cap() -> _ProcessWideCap:
-    """This process's cap on process-wide BLAS pools (``STATE.blas_cap``, made on first use)."""
-    cap = STATE.blas_cap
-    if cap is None:
-        with STATE.lock:
-            if STATE.blas_cap is None:
-                STATE.blas_cap = _ProcessWideCap()
-            cap = STATE.blas_cap
-    return cap
-
-
 def hold_process_wide_cap(
     owner: object, n_threads: int, on_release: Callable[[], None], ends: tuple[str, ...] = ()
 ) -> None:
@@ -253,14 +162,14 @@ def hold_process_wide_cap(
     The ``ends`` methods are wrapped on ``owner`` itself (:class:`Patch`); the first that
     returns undoes the wraps, so the pool has its own methods back from then on.
     """
-    blas_cap = _blas_cap()
-    blas_cap.enter(n_threads)
+    cap = blas_cap()
+    cap.enter(n_threads)
     done = threading.Lock()
 
     def release() -> bool:
         if not done.acquire(blocking=False):
             return False
-        blas_cap.leave(n_threads)
+        cap.leave(n_threads, restore_openmp_here=not in_pinned_thread())
         on_release()
         return True
 
@@ -340,6 +249,11 @@ def _then(method: Callable, release: Callable[[], None]) -> Callable:
 _THIS_THREAD = threading.local()
 
 
+def in_pinned_thread() -> bool:
+    """Whether the calling thread is a thread of a pinned pool (it has its own caps)."""
+    return getattr(_THIS_THREAD, "cap", None) is not None
+
+
 def enter_share(pending: queue.SimpleQueue, initializer: Callable | None, initargs) -> None:
     """Pool-thread initializer: take an assignment, pin this thread to its cores, cap its
     pools to its thread cap, then run the user's own initializer."""
@@ -406,7 +320,7 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
         self._thread_shares = shares
         assignments = assign_threads(shares, None)
         self._cap = min(cap for _, cap in assignments)
-        self._blas_cap = _blas_cap()
+        self._blas_cap = blas_cap()
         self._blas_cap.enter(self._cap)
         self._ended = False
         self._end_lock = threading.Lock()
@@ -425,7 +339,7 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
             if self._ended:
                 return
             self._ended = True
-        self._blas_cap.leave(self._cap)
+        self._blas_cap.leave(self._cap, restore_openmp_here=not in_pinned_thread())
         self._thread_shares.release()
 
     def terminate(self) -> None:

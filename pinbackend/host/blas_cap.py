@@ -1,0 +1,111 @@
+"""Cap process-wide BLAS pools while pinned thread pools live, and restore them after.
+
+A BLAS library built with pthreads (OpenBLAS) has one pool for the whole process: a thread
+cannot cap it for itself alone. While pinned thread pools live, it is capped to the
+smallest share any of them has, and given back its size when the last one ends.
+"""
+
+from __future__ import annotations
+
+from threadpoolctl import ThreadpoolController
+
+from . import loads
+from .caps import _THREADPOOLCTL_LOCK, unpinned_default
+from .locks import PinLock
+from .state import STATE
+
+__all__ = ["ProcessWideCap", "blas_cap"]
+
+
+def _process_wide_blas() -> list:
+    """threadpoolctl controllers of BLAS libraries whose pool is shared by every thread."""
+    return [
+        lib
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+        if getattr(lib, "threading_layer", None) == "pthreads"
+    ]
+
+
+def _key(lib) -> tuple[str, type]:
+    return (lib.filepath, type(lib))
+
+
+class ProcessWideCap:
+    """Caps process-wide BLAS pools while pinned thread pools live; restores them after.
+
+    One per process, ``STATE.blas_cap`` (:func:`blas_cap`); a pool leaves the one it entered.
+
+    Counted: nested or concurrent pools keep the smallest cap until the last one ends. A
+    library that a task loads meanwhile sizes itself by the loading thread's share: BLAS
+    pools loaded so are capped too, and set to the unpinned default
+    (:func:`~pinbackend.host.caps.unpinned_default`) when the last pool ends, as are the
+    OpenMP runtimes loaded so, in the thread that ends it (OpenMP limits are per thread).
+    """
+
+    def __init__(self) -> None:
+        self._lock = PinLock("process-wide BLAS cap")
+        self._active: list[int] = []
+        self._before: set[tuple[str, type]] = set()  # every library loaded before the pools
+        self._saved: dict[tuple[str, type], tuple[object, int]] = {}  # BLAS -> size after
+
+    def enter(self, n_threads: int) -> None:
+        loads.watch_extension_loads()
+        loads.add_listener(self.after_load)
+        with self._lock:
+            if not self._active:
+                with _THREADPOOLCTL_LOCK:
+                    self._before = {_key(lib) for lib in ThreadpoolController().lib_controllers}
+            self._active.append(n_threads)
+            self._set(min(self._active))
+
+    def leave(self, n_threads: int, *, restore_openmp_here: bool = True) -> None:
+        """One pool ends; the last one restores the caps (and, with ``restore_openmp_here``,
+        the OpenMP runtimes loaded meanwhile, in the calling thread: not a pinned one)."""
+        with self._lock:
+            self._active.remove(n_threads)
+            if self._active:
+                self._set(min(self._active))
+                return
+            with _THREADPOOLCTL_LOCK:
+                for lib, size in self._saved.values():
+                    self._force(lib, size)
+                if restore_openmp_here:
+                    openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
+                    for lib in openmp:
+                        if _key(lib) not in self._before:
+                            lib.set_num_threads(unpinned_default("openmp"))
+            self._saved = {}
+
+    def after_load(self) -> None:
+        """An import loaded libraries: while pools live, cap new process-wide BLAS too."""
+        with self._lock:
+            if self._active:
+                self._set(min(self._active))
+
+    def _set(self, n_threads: int) -> None:
+        with _THREADPOOLCTL_LOCK:
+            for lib in _process_wide_blas():
+                if _key(lib) not in self._saved:
+                    loaded_before = _key(lib) in self._before
+                    after = lib.num_threads if loaded_before else unpinned_default("blas")
+                    self._saved[_key(lib)] = (lib, after)
+                self._force(lib, n_threads)
+
+    @staticmethod
+    def _force(lib, n_threads: int) -> None:
+        # threadpoolctl lets only the first thread that set OpenBLAS's process-wide pool set
+        # it again; pinbackend is the one setting it here, from whichever thread.
+        type(lib).clear_controlling_thread(force=True)
+        lib.set_num_threads(n_threads)
+        type(lib).clear_controlling_thread(force=True)
+
+
+def blas_cap() -> ProcessWideCap:
+    """This process's cap on process-wide BLAS pools (``STATE.blas_cap``, made on first use)."""
+    cap = STATE.blas_cap
+    if cap is None:
+        with STATE.lock:
+            if STATE.blas_cap is None:
+                STATE.blas_cap = ProcessWideCap()
+            cap = STATE.blas_cap
+    return cap
