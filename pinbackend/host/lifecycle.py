@@ -1,11 +1,11 @@
-"""The one slot lifecycle: survey, plan, claim, apply, release. Every entry point calls it.
+"""The one slot lifecycle: survey, decide, claim, apply, release. Every front door calls it.
 
-- **survey** (:mod:`pinbackend.host.survey`): read the topology, the leases and the CPU
-  budget once per plan;
-- **plan** (:func:`size_pool`): the policy's pure decision (:func:`~pinbackend.host.policy.decide`)
-  on a survey, waiting where the policy says so;
-- **claim** (:func:`join_pool`, :func:`lease_slot`): all or nothing, bounded by the claim
-  timeout, and watched for the pool owner's death from its first moment;
+- **survey** (:func:`pinbackend.host.view.survey`): one :class:`HostView` of the topology,
+  the leases and the CPU budget per decision;
+- **decide** (:func:`decide_waiting`): the policy's pure decision
+  (:func:`~pinbackend.host.policy.decide`) on a view, waiting where the policy says so;
+- **claim** (:func:`join_pool`, :func:`lease_slot`, :func:`claim_exact`): all or nothing,
+  bounded by the claim timeout, and watched for the pool owner's death from its first moment;
 - **apply** (:func:`pinbackend.host.slot.apply_slot`): pinning plus every cap, undoable;
 - **release** (:func:`release_slot`): the lease given back and the applied slot undone (an
   idle pool worker, a Dask worker's teardown); on exit the kernel drops the locks.
