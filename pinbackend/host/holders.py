@@ -51,7 +51,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LeaseInfo:
-    """What a lease file says about its holder (``pid`` is None when the record is unreadable)."""
+    """What a lease file says about its holder (``pid`` is None when the record is unreadable).
+
+    ``uid``: the holder's user, where known (a host registry's record, or /proc for a
+    process seen by its affinity). ``source``: ``"lease"`` for a registry's record,
+    ``"affinity"`` for a process holding no lease here whose CPU affinity is narrower than
+    the job's CPUs (another user's job, ``taskset``, ``numactl``, a container's cpuset).
+    """
 
     lease_id: str
     pid: int | None
@@ -61,6 +67,8 @@ class LeaseInfo:
     scope: str = ""
     shared: frozenset[int] = frozenset()
     owner: int | None = None
+    uid: int | None = None
+    source: str = "lease"
 
     def to_dict(self) -> dict:
         """Plain-data form, written into lock files and shown by ``status --json``."""
@@ -73,6 +81,8 @@ class LeaseInfo:
             "scope": self.scope,
             "shared": sorted(self.shared),
             "owner": self.owner,
+            "uid": self.uid,
+            "source": self.source,
         }
 
 
