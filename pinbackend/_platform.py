@@ -15,11 +15,16 @@ import struct
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 try:  # POSIX only: the kernel lock that backs a core lease.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
+try:  # POSIX only: user names for messages about other users' processes.
+    import pwd
+except ImportError:  # pragma: no cover - Windows
+    pwd = None
 try:  # POSIX only: FIONREAD, how many bytes a pipe holds.
     import termios
 except ImportError:  # pragma: no cover - Windows
@@ -31,6 +36,7 @@ __all__ = [
     "IS_LINUX",
     "SAFE_OPEN_FLAGS",
     "AffinityUnavailable",
+    "TaskStat",
     "allowed_cpus",
     "bytes_waiting",
     "forget_in_forked_child",
@@ -40,8 +46,14 @@ __all__ = [
     "lock_exclusive",
     "main_thread_cpus",
     "probe_lock",
+    "process_command",
+    "process_ids",
+    "process_uid",
+    "read_task_stat",
     "set_thread_affinity",
+    "started_at",
     "thread_affinities",
+    "user_name",
     "wait_for_exit",
 ]
 
@@ -160,6 +172,105 @@ def loaded_libraries() -> frozenset[str] | None:
     return frozenset(
         os.fsdecode(path) for path in _MAPS_PATH.findall(text) if b".so" in path.rsplit(b"/", 1)[-1]
     )
+
+
+#: ``PF_KTHREAD`` in a task's flags (``/proc/PID/stat``, field 9): a kernel thread, pinned to
+#: its CPU by design and never a user's job.
+_PF_KTHREAD = 0x00200000
+
+
+class TaskStat(NamedTuple):
+    """One task's line of ``/proc/PID[/task/TID]/stat``, the fields the host view reads:
+    its scheduler ``state`` (``R`` runs or waits for a CPU), ``ppid``, whether it is a
+    ``kernel`` thread, CPU ``ticks`` used (user + system) and when it ``started`` (clock
+    ticks since boot, which orders processes by age)."""
+
+    state: str
+    ppid: int
+    kernel: bool
+    ticks: int
+    started: int
+
+
+def process_ids() -> list[int]:
+    """Every process id on this host (Linux ``/proc``; none where the OS cannot list them)."""
+    if not IS_LINUX:
+        return []
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def read_task_stat(pid: int, tid: int | None = None) -> TaskStat | None:
+    """A process's (or one of its threads') scheduler facts, or None if it has gone.
+
+    Any user may read them for any process. The command name in the line may hold spaces
+    and parentheses: the fields start after its last ``)``.
+    """
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path, "rb") as file:
+            line = file.read()
+    except OSError:
+        return None
+    fields = line[line.rfind(b")") + 2 :].split()
+    try:
+        return TaskStat(
+            state=fields[0].decode(),
+            ppid=int(fields[1]),
+            kernel=bool(int(fields[6]) & _PF_KTHREAD),
+            ticks=int(fields[11]) + int(fields[12]),
+            started=int(fields[19]),
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+def process_uid(pid: int) -> int | None:
+    """The user a process runs as (the owner of its ``/proc`` entry), None if it has gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def process_command(pid: int, limit: int = 200) -> str:
+    """A process's command line as one string, shortened to ``limit`` characters; its
+    name in brackets where the command line is empty or unreadable (another user's, under
+    ``hidepid``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            raw = file.read(limit * 4)
+    except OSError:
+        raw = b""
+    text = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
+    if not text:
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as file:
+                text = f"[{file.read().decode(errors='replace').strip()}]"
+        except OSError:
+            text = "[?]"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def started_at(ticks: int) -> float | None:
+    """When a task that started ``ticks`` clock ticks after boot started (Unix time)."""
+    try:
+        with open("/proc/stat", "rb") as file:
+            boot = next(int(line.split()[1]) for line in file if line.startswith(b"btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def user_name(uid: int | None) -> str:
+    """A user's login name (``uid 1001`` where the host has no name for it)."""
+    if uid is None:
+        return "an unknown user"
+    if pwd is None:
+        return f"uid {uid}"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def forget_in_forked_child(forget) -> None:

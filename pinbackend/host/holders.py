@@ -136,11 +136,17 @@ def _read_lease(fd: int, cpu: int, scope: str) -> LeaseInfo:
 
 
 def describe_holder(holder: LeaseInfo) -> str:
-    """Who holds a lease, for messages: ``pid 12 (python job.py)``, or an unknown process."""
+    """Who holds a lease, for messages: ``pid 12 (python job.py)``, an unknown process, or a
+    process pinned there without a lease (its user named)."""
     if holder.pid is None:
         return (
             f"an unknown process (its record of CPU {format_cpu_list(holder.cores)} is "
             f"unreadable; `python -m pinbackend status` lists the lock files)"
+        )
+    if holder.source == "affinity":
+        return (
+            f"pid {holder.pid} of user {_platform.user_name(holder.uid)} ({holder.command}), "
+            f"pinned there by its CPU affinity (no lease here)"
         )
     return f"pid {holder.pid} ({holder.command})"
 

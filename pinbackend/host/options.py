@@ -43,6 +43,7 @@ __all__ = [
     "FRONT_DOORS",
     "IDLE_WORKER_TIMEOUT",
     "INNER_MAX_NUM_THREADS",
+    "OTHER_PINS_POLICIES",
     "OVERSUBSCRIBE_POLICIES",
     "SECONDS",
     "SIZE",
@@ -82,6 +83,10 @@ OVERSUBSCRIBE_POLICIES = ("clamp", "error", "share", "wait")
 #: ``"closed"``: a Dask worker that cannot be pinned refuses to start (the default).
 #: ``"open"``: it logs one warning, runs unpinned and says so in the placement view.
 FAIL_POLICIES = ("closed", "open")
+
+#: ``"avoid"``: CPUs other processes are pinned to (without a lease here) count as held.
+#: ``"ignore"``: only the registry's leases count (pinbackend before it looked at /proc).
+OTHER_PINS_POLICIES = ("avoid", "ignore")
 
 
 def _is_int(value: object) -> bool:
@@ -301,6 +306,17 @@ class PinOptions:
         flag="--claim-timeout",
         where=_EVERYWHERE,
         aliases=(Alias("--pin-claim-timeout", "preload"), Alias("--wait", "run")),
+    )
+    other_pins: str = declare(
+        choice(OTHER_PINS_POLICIES),
+        "avoid",
+        "CPUs that running processes holding no lease here are pinned to (another user's "
+        "job, taskset, numactl, a container's cpuset), seen in /proc: 'avoid' (the default) "
+        "treats them like other jobs' leases while those processes are busy; 'ignore' plans "
+        "as if they were not there",
+        flag="--other-pins",
+        where=_EVERYWHERE,
+        nested=False,
     )
     fail: str = declare(
         choice(FAIL_POLICIES),

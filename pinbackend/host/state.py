@@ -55,6 +55,8 @@ class ProcessState:
     ``blas_cap``: the cap on process-wide BLAS pools while pinned thread pools live
     (:mod:`~pinbackend.host.threads`). ``load_watch``: the extension-load watch
     (:mod:`~pinbackend.host.loads`). ``library_watch``: the runner's ``--threads`` watch.
+    ``cpu_samples``: CPU time read from other processes' pinned threads, to tell busy from
+    idle at the next survey (:mod:`~pinbackend.host.foreign`).
     ``lock`` guards the other tables and ``watched_owner``, and making the objects on first
     use; it is held for no call out.
     """
@@ -76,6 +78,7 @@ class ProcessState:
     blas_cap: Any = None
     load_watch: Any = None
     library_watch: Any = None
+    cpu_samples: dict = field(default_factory=dict)
     lock: PinLock = field(default_factory=_state_lock, repr=False, compare=False)
 
     def warn_once(self, key: str) -> bool:

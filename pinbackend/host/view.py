@@ -9,7 +9,10 @@ the claimant's lease scope, told apart as
   workers, reused or replaced, never waited for),
 - **its group** (``group``: the other workers of a Dask cluster on this host; waiting for
   them cannot help),
-- **other jobs** (everything else: waited for, clamped around or shared, by policy).
+- **other jobs** (everything else: waited for, clamped around or shared, by policy),
+  among them ``pinned``: processes of any user that hold no lease here but run pinned to
+  part of the job's CPUs (:mod:`~pinbackend.host.foreign`; ``other_pins="ignore"`` leaves
+  them out).
 
 :func:`survey` reads the host; :func:`host_view` builds a view from what was read (pure, for
 snapshots and tests).
@@ -25,6 +28,7 @@ from ..core.budget import Budget, cores_within
 from ..core.cpuset import format_cpu_list
 from ..core.topology import Topology
 from .budget import quota_peers, read_budget
+from .foreign import pinned_holders
 from .holders import LeaseInfo, describe_holder, list_leases
 from .machine import read_topology
 from .options import PinOptions
@@ -59,19 +63,26 @@ class HostView:
     budget: Budget | None = None
     budget_used: frozenset[int] = frozenset()
     group: Members | None = dataclasses.field(default=None, compare=False)
+    pinned: tuple[LeaseInfo, ...] = ()
 
     # Who holds what.
 
     @property
     def others(self) -> tuple[LeaseInfo, ...]:
-        """Leases of other processes' pools and jobs, the group's members included."""
-        return tuple(info for info in self.leases if self.me is None or info.owner != self.me)
+        """Leases of other processes' pools and jobs, the group's members included, and the
+        processes pinned to the job's CPUs without a lease here."""
+        mine = self.me is not None
+        return tuple(info for info in self.leases if not mine or info.owner != self.me) + (
+            self.pinned
+        )
 
     @property
     def members(self) -> tuple[LeaseInfo, ...]:
         """Leases of the claimant's own group (none without a group)."""
         group = self.group
-        return () if group is None else tuple(info for info in self.others if group(info))
+        if group is None:
+            return ()
+        return tuple(info for info in self.others if info.source == "lease" and group(info))
 
     @property
     def strangers(self) -> frozenset[int]:
@@ -186,10 +197,13 @@ def survey(
     group: Members | None = None,
 ) -> HostView:
     """Read this host once: topology (live affinity), the leases of ``scope`` (default: this
-    process's own scope) and the CPU budget; see :class:`HostView` for the rest.
+    process's own scope), the CPU budget, and the processes pinned to the job's CPUs without
+    a lease here; see :class:`HostView` for the rest.
 
     ``nested`` defaults to whether this process runs in a slot. A scope other than this
-    process's own lies within a slot, already within the budget: none is read for it.
+    process's own lies within a slot, already within the budget: none is read for it. Inside
+    a slot (a scope other than the host's) the slot is the job's own: nobody else's pins are
+    looked for there.
     """
     own_scope = current_scope()
     scope = own_scope if scope is None else scope
@@ -202,11 +216,16 @@ def survey(
         budget = read_budget(topology=topology)
         if any(limit.kind == "quota" for limit in budget.binding):
             used = quota_peers(info for info in leases if info.owner != me)
+    pinned = ()
+    if scope == "" and not nested and options.other_pins == "avoid":
+        holders = {info.pid for info in leases if info.pid is not None}
+        pinned = pinned_holders(topology.allowed, skip=holders, me=me)
     return host_view(
         topology,
         options,
         cores=cores,
         nested=nested,
+        pinned=pinned,
         scope=scope,
         me=me,
         leases=leases,
