@@ -19,21 +19,14 @@ from . import _platform
 from .core.cpuset import format_cpu_list
 from .core.planner import PlanError
 from .host import notices
-from .host.lifecycle import (
-    SlotHold,
-    decide_waiting,
-    hold_slot,
-    join_pool,
-    pool_from,
-    report_decision,
-    task_in_slot,
-)
+from .host.lifecycle import decide_waiting, pool_from, report_decision
 from .host.options import IDLE_WORKER_TIMEOUT, INNER_MAX_NUM_THREADS, PinOptions, reject_unknown
 from .host.patches import Patch
 from .host.policy import Request, decide
 from .host.pool import PoolPlan
 from .host.slot import OWN_PROCESS_HOOKS, in_slot
 from .host.view import HostView, survey
+from .host.worker import SlotHold, hold_slot, join_pool, task_in_slot
 from .joblib_nested import share_caps_with_nested_loky
 from .joblib_threading import PinnedThreadingBackend, RunThrough
 
@@ -67,8 +60,8 @@ _OPTION_NAMES = frozenset(PinOptions.names("joblib"))
 
 
 class _TaskInSlot(RunThrough):
-    """A task run through :func:`~pinbackend.host.lifecycle.task_in_slot`, pickled so that
-    the worker claims its slot back (:class:`~pinbackend.host.lifecycle.SlotHold`) before
+    """A task run through :func:`~pinbackend.host.worker.task_in_slot`, pickled so that
+    the worker claims its slot back (:class:`~pinbackend.host.worker.SlotHold`) before
     it unpickles the task's arguments, which may be large, on cores it no longer holds."""
 
     __slots__ = ()
@@ -86,7 +79,7 @@ def _start_worker(pool: PoolPlan) -> None:
 
     A failed claim does not end the worker (loky would report a crash and hide why): it is
     kept, and the worker's tasks raise it in the caller
-    (:func:`~pinbackend.host.lifecycle.task_in_slot`). The worker gives its lease back
+    (:func:`~pinbackend.host.worker.task_in_slot`). The worker gives its lease back
     while idle, so that other jobs can have its cores.
     """
     try:

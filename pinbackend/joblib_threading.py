@@ -21,7 +21,7 @@ __all__ = ["PinnedThreadingBackend", "RunThrough"]
 
 class RunThrough:
     """A joblib task run through one of the lifecycle's task runners (``run(func)``):
-    :func:`~pinbackend.host.lifecycle.task_in_slot` in pinned workers,
+    :func:`~pinbackend.host.worker.task_in_slot` in pinned workers,
     :func:`~pinbackend.host.threads.run_capped` on pinned threads. Small and picklable."""
 
     __slots__ = ("func", "run")

@@ -30,7 +30,7 @@ def plan(n_workers=None, policy="error", **options):
 
 JOIN = """
 import json, pickle, sys, warnings
-from pinbackend.host.lifecycle import join_pool
+from pinbackend.host.worker import join_pool
 from pinbackend.diagnostics import process_report
 import numpy
 pool = pickle.loads(bytes.fromhex(sys.argv[1]))
@@ -129,16 +129,17 @@ def test_a_worker_still_waiting_for_its_slot_ends_with_its_pools_owner():
 def test_a_claim_that_fails_after_locking_releases_every_lock(monkeypatch):
     """All or nothing: when applying the slot fails, the lease taken for it is released."""
     import pinbackend.host.lifecycle as lifecycle
+    import pinbackend.host.worker as worker
     from pinbackend.host.holders import list_leases
     from pinbackend.host.state import STATE
 
     def broken_apply(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lifecycle, "apply_slot", broken_apply)
+    monkeypatch.setattr(worker, "apply_slot", broken_apply)
     pool = PoolPlan(slots=(frozenset({0}),), scope="", owner=os.getpid(), claim_timeout=0.0)
     with pytest.raises(OSError, match="No space left"):
-        lifecycle.join_pool(pool)
+        worker.join_pool(pool)
     assert list_leases() == []
     assert isinstance(STATE.claim_error, OSError)
     lifecycle.release_slot(None)

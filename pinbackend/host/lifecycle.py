@@ -4,7 +4,8 @@
   the leases and the CPU budget per decision;
 - **decide** (:func:`decide_waiting`): the policy's pure decision
   (:func:`~pinbackend.host.policy.decide`) on a view, waiting where the policy says so;
-- **claim** (:func:`join_pool`, :func:`lease_slot`, :func:`claim_exact`): all or nothing,
+- **claim** (:func:`pinbackend.host.worker.join_pool` in a pool worker, :func:`lease_slot`,
+  :func:`claim_exact`): all or nothing,
   bounded by the claim timeout, and watched for the pool owner's death from its first moment;
 - **apply** (:func:`pinbackend.host.slot.apply_slot`): pinning plus every cap, undoable;
 - **release** (:func:`release_slot`): the lease given back and the applied slot undone (an
@@ -16,41 +17,30 @@ steps into their frameworks.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
-from .. import _platform
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan
-from . import loads, notices
+from . import notices
 from .caps import user_thread_limits
-from .groups import least_crowded
-from .holders import list_leases
-from .leases import Lease, LeaseConflict, claim, claim_first_free
+from .leases import Lease, LeaseConflict, claim
 from .options import PinOptions
 from .policy import COMMAND_LINE, KEYWORDS, ClaimFailed, Decision, Request, Spelling, decide
 from .pool import PoolPlan
-from .slot import AppliedSlot, apply_slot
+from .slot import AppliedSlot
 from .state import STATE
 from .view import HostView, Members, survey
 
 __all__ = [
-    "SlotHold",
     "claim_exact",
     "decide_waiting",
-    "hold_slot",
-    "join_pool",
     "lease_slot",
     "pool_from",
     "release_slot",
     "report_decision",
     "report_plan",
-    "task_in_slot",
 ]
 
 _WAIT_POLL_SECONDS = 0.1
@@ -146,6 +136,7 @@ def pool_from(
         claim_timeout=options.claim_timeout,
         requested=decision.plan.requested,
         user_limits=tuple(sorted(user_thread_limits(os.environ).items())),
+        avoid_pins=options.other_pins == "avoid",
     )
 
 
@@ -159,220 +150,6 @@ def report_plan(plan: Plan | PoolPlan, what: str = "") -> None:
             f"{what + ': ' if what else ''}{message}",
             "workers-share-core-sets",
         )
-
-
-def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
-    """In a new pool worker: claim a free slot of ``pool`` and apply it; record the outcome.
-
-    The owner watch starts first, so a worker still waiting for a slot ends with its pool's
-    owner. The claim is all or nothing and bounded by ``pool.claim_timeout``; on failure
-    the error is kept in :data:`~pinbackend.host.state.STATE` (so that the worker's tasks
-    can raise it in the caller, see :func:`task_in_slot`) and raised. With
-    ``yield_when_idle`` the worker gives its lease back after :data:`IDLE_RELEASE_SECONDS`
-    without a task and takes it again for the next one.
-    """
-    _exit_with_owner(pool.owner)
-    STATE.pool = pool
-    try:
-        lease = _claim_pool_slot(pool)
-        try:
-            applied = _apply_pool_slot(pool, lease)
-        except BaseException:
-            lease.release()
-            raise
-    except Exception as error:
-        STATE.claim_error = error
-        raise
-    STATE.claim_error = None
-    if yield_when_idle:
-        STATE.keeper = _SlotKeeper(pool, lease, applied)
-        STATE.keeper.start()
-    return applied
-
-
-def _apply_pool_slot(pool: PoolPlan, lease: Lease) -> AppliedSlot:
-    threads = len(lease.cores) if pool.threads is None else min(pool.threads, len(lease.cores))
-    return apply_slot(
-        lease.cores, lease=lease, threads=threads, own_process=True, lower=dict(pool.user_limits)
-    )
-
-
-def task_in_slot(func: Callable[[], object]) -> object:
-    """Run one task of a pool worker on its slot, holding the slot's lease meanwhile.
-
-    A worker whose claim failed tries once more without waiting (the cores it waited for
-    may be free by now: executors reuse workers across calls), then raises the claim error,
-    which reaches the caller as itself.
-    """
-    if STATE.keeper is None and STATE.claim_error is not None and STATE.pool is not None:
-        error = STATE.claim_error
-        try:
-            join_pool(dataclasses.replace(STATE.pool, claim_timeout=0.0), yield_when_idle=True)
-        except Exception:
-            raise error from None
-    if STATE.keeper is None:
-        return func()
-    with STATE.keeper.busy():
-        return func()
-
-
-class _SlotKeeper:
-    """Releases an idle pool worker's slot, and claims and applies one again for the next task.
-
-    Idle workers of a pool whose call has returned would otherwise keep their cores for as
-    long as the executor keeps them (loky: 300 s), and every other job on the host would
-    find no core free. A released worker (:func:`release_slot`: lease back, slot undone) is
-    back on the CPUs, caps and environment it had before its slot, and idle; its next task
-    claims the same cores again or, if another job took them, another free slot of its
-    pool, waiting up to the claim timeout, and applies it (a few lock operations, pinning
-    and caps).
-
-    The claim comes before the worker does any work for the task (:meth:`hold`): loky reads
-    the whole pickled task from a pipe and unpickles it in the worker's main thread before
-    running it, and a large argument took up to 0.7 s of CPU on cores that another job held
-    by then. As the task arrives, the worker takes a slot that is free at once (the message
-    may be loky's shutdown sentinel: no waiting for it); as it unpickles, before the
-    arguments, it waits for one if it has none yet.
-    """
-
-    def __init__(self, pool: PoolPlan, lease: Lease, applied: AppliedSlot):
-        self.pool = pool
-        self.lease: Lease | None = lease
-        #: The slot applied last: undone while released, its cores claimed first again.
-        self.applied = applied
-        self.running = 0
-        self.last_task = time.monotonic()
-        self.lock = threading.Lock()
-        #: True: a task arrived and holds the lease (counted in ``running``) until it runs.
-        #: An exception: holding failed, and the task raises it.
-        self.held: bool | Exception = False
-
-    def start(self) -> None:
-        """Start watching for idleness (once this keeper is the process's keeper), and count
-        extension-module loads: applying the slot again then reuses the thread-pool libraries
-        found, unless a module loaded since (see :mod:`pinbackend.host.caps`)."""
-        loads.watch_extension_loads()
-        threading.Thread(target=self._watch, name="pinbackend-idle-release", daemon=True).start()
-
-    def hold(self, *, wait: bool) -> None:
-        """Hold a slot for the task that is arriving (``wait=False``: only a slot free at
-        once) or being unpickled (``wait=True``: up to the claim timeout).
-
-        Never raises (an error while loky reads a task ends the worker): a failed claim is
-        kept, and the task raises it (:meth:`busy`) without waiting again.
-        """
-        with self.lock:
-            if self.held is not False:
-                return  # held (or failed) for this task already
-            if self.lease is None:
-                try:
-                    self.lease = self._reclaim(wait=wait)
-                except Exception as error:
-                    if wait:
-                        self.held = error
-                    return
-            self.running += 1
-            self.held = True
-
-    @contextlib.contextmanager
-    def busy(self):
-        """Hold the slot's lease while a task runs (claiming it again if it was released)."""
-        with self.lock:
-            held, self.held = self.held, False
-            if isinstance(held, Exception):
-                raise held
-            if not held:  # counted in running since it arrived, if held
-                if self.lease is None:
-                    self.lease = self._reclaim()
-                self.running += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.running -= 1
-                self.last_task = time.monotonic()
-
-    def _watch(self) -> None:
-        while STATE.keeper is self:
-            time.sleep(IDLE_RELEASE_SECONDS / 5)
-            with self.lock:
-                idle = time.monotonic() - self.last_task >= IDLE_RELEASE_SECONDS
-                if self.running == 0 and idle and self.lease is not None:
-                    lease, self.lease = self.lease, None
-                    try:
-                        release_slot(self.applied, lease, keep_pool=True)
-                    except Exception:
-                        pass  # a thread kept the slot's CPUs (one went offline): re-pinned soon
-
-    def _reclaim(self, *, wait: bool = True) -> Lease:
-        try:
-            lease = claim(self.applied.cores, scope=self.pool.scope, owner=self.pool.owner)
-        except LeaseConflict:
-            # Another job took them: any free slot of the pool (waiting, unless told not to).
-            pool = self.pool if wait else dataclasses.replace(self.pool, claim_timeout=0.0)
-            lease = _claim_pool_slot(pool)
-        try:
-            self.applied = _apply_pool_slot(self.pool, lease)
-        except BaseException:
-            lease.release()
-            raise
-        return lease
-
-
-def hold_slot(*, wait: bool = True) -> None:
-    """In a pool worker that gives its lease back when idle: hold a slot for the task that
-    arrives (``wait=False``) or is being unpickled (see :meth:`_SlotKeeper.hold`).
-    Elsewhere (no keeper: a parent, a worker whose claim failed) nothing."""
-    keeper = STATE.keeper
-    if keeper is not None:
-        keeper.hold(wait=wait)
-
-
-class SlotHold:
-    """Pickled ahead of a task's arguments: unpickling it in a pool worker calls
-    :func:`hold_slot`, so that the worker holds its cores before it unpickles them."""
-
-    __slots__ = ()
-
-    def __reduce__(self):
-        return (hold_slot, ())
-
-
-def _claim_pool_slot(pool: PoolPlan) -> Lease:
-    distinct = list(dict.fromkeys(pool.slots))
-    if not pool.shared:
-        return claim_first_free(
-            distinct, scope=pool.scope, timeout=pool.claim_timeout, owner=pool.owner
-        )
-    try:
-        return claim_first_free(distinct, scope=pool.scope, owner=pool.owner)
-    except LeaseConflict:
-        pass  # every slot is taken: share the least crowded one
-    holders = Counter(info.cores for info in list_leases(pool.scope))
-    # (The pool's owner warned once that its workers share; workers say nothing more.)
-    least = least_crowded(distinct, [holders[cores] for cores in distinct])
-    return claim(least, scope=pool.scope, share=True, owner=pool.owner)
-
-
-def _exit_with_owner(owner: int) -> None:
-    """End this worker when the process that planned its pool dies (SIGKILL included).
-
-    Pool workers blocked on their task queue (or on a claim) never notice a killed parent
-    (loky's queue pipes stay open in every worker), and would keep or wait for leases:
-    watch the owner instead. One watch per process.
-    """
-    if owner == os.getpid():
-        return
-    with STATE.lock:
-        if STATE.watched_owner == owner:
-            return
-        STATE.watched_owner = owner
-
-    def watch() -> None:
-        _platform.wait_for_exit(owner)
-        os._exit(70)  # EX_SOFTWARE: our pool's owner is gone
-
-    threading.Thread(target=watch, name="pinbackend-owner-watch", daemon=True).start()
 
 
 def lease_slot(

@@ -3,7 +3,7 @@
 Pool workers (loky, ``multiprocessing``, Dask) have no stable index and come and go
 (crashes, idle timeouts, restarts), so a worker cannot be *told* its slot: each new worker
 claims the first planned slot that no live worker holds
-(:func:`pinbackend.host.lifecycle.join_pool`).
+(:func:`pinbackend.host.worker.join_pool`).
 A :class:`PoolPlan` is small, picklable and equal across calls with the same settings, so
 executors that compare their initializer arguments (loky) keep reusing their workers.
 """
@@ -25,7 +25,9 @@ class PoolPlan:
 
     ``threads`` caps each worker's pools below its slot size; ``requested`` is how many
     workers were asked for (None: as many as fit); ``user_limits`` are the thread-count
-    variables the planner's user set (honoured up to the slot size, never above).
+    variables the planner's user set (honoured up to the slot size, never above);
+    ``avoid_pins``: workers look for other jobs' pinned processes on their slot right after
+    pinning (``other_pins="avoid"``).
     """
 
     slots: tuple[frozenset[int], ...]
@@ -36,6 +38,7 @@ class PoolPlan:
     claim_timeout: float = DEFAULT_CLAIM_TIMEOUT
     requested: int | None = None
     user_limits: tuple[tuple[str, int], ...] = ()
+    avoid_pins: bool = True
 
     @property
     def n_workers(self) -> int:

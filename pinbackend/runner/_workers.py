@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..host.lifecycle import join_pool
 from ..host.pool import PoolPlan
 from ..host.threads import ThreadShares, hold_process_wide_cap
+from ..host.worker import join_pool
 from ._claim_errors import ClaimErrors
 from ._config import RunnerConfig
 from ._install import install

@@ -1,0 +1,300 @@
+"""A pool worker's life on its slot: join the pool, run tasks on the slot, give the slot back
+while idle and take it again, and end with the pool's owner.
+
+Each new pool worker (loky's, the runner's ``multiprocessing`` and ``concurrent.futures``
+workers) claims the first free planned slot of its :class:`~pinbackend.host.pool.PoolPlan`
+and applies it (:func:`join_pool`); its tasks run through :func:`task_in_slot`. Right after
+pinning, it looks once more at the host (:func:`_move_once`): another user's job that pinned
+itself to the same CPUs at the same instant cannot be seen in any registry this worker reads
+(see :mod:`~pinbackend.host.foreign`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from .. import _platform
+from ..core.cpuset import format_cpu_list
+from . import loads, notices
+from .foreign import pinned_holders
+from .groups import least_crowded
+from .holders import describe_holder, list_leases
+from .leases import Lease, LeaseConflict, claim, claim_first_free
+from .lifecycle import IDLE_RELEASE_SECONDS, release_slot
+from .pool import PoolPlan
+from .slot import AppliedSlot, apply_slot
+from .state import STATE
+
+__all__ = ["SlotHold", "hold_slot", "join_pool", "task_in_slot"]
+
+
+def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
+    """In a new pool worker: claim a free slot of ``pool`` and apply it; record the outcome.
+
+    The owner watch starts first, so a worker still waiting for a slot ends with its pool's
+    owner. The claim is all or nothing and bounded by ``pool.claim_timeout``; on failure
+    the error is kept in :data:`~pinbackend.host.state.STATE` (so that the worker's tasks
+    can raise it in the caller, see :func:`task_in_slot`) and raised. With
+    ``yield_when_idle`` the worker gives its lease back after :data:`IDLE_RELEASE_SECONDS`
+    without a task and takes it again for the next one.
+    """
+    _exit_with_owner(pool.owner)
+    STATE.pool = pool
+    try:
+        lease = _claim_pool_slot(pool)
+        try:
+            applied = _apply_pool_slot(pool, lease)
+        except BaseException:
+            lease.release()
+            raise
+        lease, applied = _move_once(pool, lease, applied)
+    except Exception as error:
+        STATE.claim_error = error
+        raise
+    STATE.claim_error = None
+    if yield_when_idle:
+        STATE.keeper = _SlotKeeper(pool, lease, applied)
+        STATE.keeper.start()
+    return applied
+
+
+def _apply_pool_slot(pool: PoolPlan, lease: Lease) -> AppliedSlot:
+    threads = len(lease.cores) if pool.threads is None else min(pool.threads, len(lease.cores))
+    return apply_slot(
+        lease.cores, lease=lease, threads=threads, own_process=True, lower=dict(pool.user_limits)
+    )
+
+
+def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Lease, AppliedSlot]:
+    """Right after pinning: if a busy process of another job (no lease here) that started
+    before this worker is pinned to part of the slot, move once to a free slot of the pool
+    (free of leases and of such pins); where none is free, stay and say so once.
+
+    Two jobs that read the host at the same instant both see it free; each looks again after
+    pinning, so the later one to pin sees the earlier one, and the younger one of the two
+    gives way (process start time, then pid, ordered the same way by both sides). What is
+    left: two processes that pin within one look of each other, the older one last.
+    """
+    if not pool.avoid_pins or pool.shared:
+        return lease, applied
+    job_cpus = frozenset().union(*pool.slots)
+    holders = {info.pid for info in list_leases(pool.scope) if info.pid is not None}
+    pinned = pinned_holders(job_cpus, skip=holders)
+    me = _started(os.getpid())
+    earlier = [info for info in pinned if info.cores & lease.cores and _earlier(info, me)]
+    if not earlier:
+        return lease, applied
+    taken = frozenset().union(*(info.cores for info in pinned))
+    others = [slot for slot in dict.fromkeys(pool.slots) if not slot & taken]
+    try:
+        moved = claim_first_free(others, scope=pool.scope, owner=pool.owner) if others else None
+    except LeaseConflict:
+        moved = None
+    if moved is None:
+        if STATE.warn_once(f"pinned-neighbour:{format_cpu_list(lease.cores)}"):
+            notices.warn(
+                notices.SharedCoresWarning,
+                f"CPUs {format_cpu_list(lease.cores)} of this pool worker are also used by "
+                f"{describe_holder(earlier[0])}, which pinned itself there first, and no other "
+                f"slot of the pool is free: they share",
+            )
+        return lease, applied
+    release_slot(applied, lease, keep_pool=True)
+    try:
+        return moved, _apply_pool_slot(pool, moved)
+    except BaseException:
+        moved.release()
+        raise
+
+
+def _started(pid: int) -> tuple[float, int]:
+    stat = _platform.read_task_stat(pid)
+    return (float("inf") if stat is None else stat.started, pid)
+
+
+def _earlier(info, me: tuple[float, int]) -> bool:
+    return _started(info.pid) < me
+
+
+def task_in_slot(func: Callable[[], object]) -> object:
+    """Run one task of a pool worker on its slot, holding the slot's lease meanwhile.
+
+    A worker whose claim failed tries once more without waiting (the cores it waited for
+    may be free by now: executors reuse workers across calls), then raises the claim error,
+    which reaches the caller as itself.
+    """
+    if STATE.keeper is None and STATE.claim_error is not None and STATE.pool is not None:
+        error = STATE.claim_error
+        try:
+            join_pool(dataclasses.replace(STATE.pool, claim_timeout=0.0), yield_when_idle=True)
+        except Exception:
+            raise error from None
+    if STATE.keeper is None:
+        return func()
+    with STATE.keeper.busy():
+        return func()
+
+
+class _SlotKeeper:
+    """Releases an idle pool worker's slot, and claims and applies one again for the next task.
+
+    Idle workers of a pool whose call has returned would otherwise keep their cores for as
+    long as the executor keeps them (loky: 300 s), and every other job on the host would
+    find no core free. A released worker (:func:`release_slot`: lease back, slot undone) is
+    back on the CPUs, caps and environment it had before its slot, and idle; its next task
+    claims the same cores again or, if another job took them, another free slot of its
+    pool, waiting up to the claim timeout, and applies it (a few lock operations, pinning
+    and caps).
+
+    The claim comes before the worker does any work for the task (:meth:`hold`): loky reads
+    the whole pickled task from a pipe and unpickles it in the worker's main thread before
+    running it, and a large argument took up to 0.7 s of CPU on cores that another job held
+    by then. As the task arrives, the worker takes a slot that is free at once (the message
+    may be loky's shutdown sentinel: no waiting for it); as it unpickles, before the
+    arguments, it waits for one if it has none yet.
+    """
+
+    def __init__(self, pool: PoolPlan, lease: Lease, applied: AppliedSlot):
+        self.pool = pool
+        self.lease: Lease | None = lease
+        #: The slot applied last: undone while released, its cores claimed first again.
+        self.applied = applied
+        self.running = 0
+        self.last_task = time.monotonic()
+        self.lock = threading.Lock()
+        #: True: a task arrived and holds the lease (counted in ``running``) until it runs.
+        #: An exception: holding failed, and the task raises it.
+        self.held: bool | Exception = False
+
+    def start(self) -> None:
+        """Start watching for idleness (once this keeper is the process's keeper), and count
+        extension-module loads: applying the slot again then reuses the thread-pool libraries
+        found, unless a module loaded since (see :mod:`pinbackend.host.caps`)."""
+        loads.watch_extension_loads()
+        threading.Thread(target=self._watch, name="pinbackend-idle-release", daemon=True).start()
+
+    def hold(self, *, wait: bool) -> None:
+        """Hold a slot for the task that is arriving (``wait=False``: only a slot free at
+        once) or being unpickled (``wait=True``: up to the claim timeout).
+
+        Never raises (an error while loky reads a task ends the worker): a failed claim is
+        kept, and the task raises it (:meth:`busy`) without waiting again.
+        """
+        with self.lock:
+            if self.held is not False:
+                return  # held (or failed) for this task already
+            if self.lease is None:
+                try:
+                    self.lease = self._reclaim(wait=wait)
+                except Exception as error:
+                    if wait:
+                        self.held = error
+                    return
+            self.running += 1
+            self.held = True
+
+    @contextlib.contextmanager
+    def busy(self):
+        """Hold the slot's lease while a task runs (claiming it again if it was released)."""
+        with self.lock:
+            held, self.held = self.held, False
+            if isinstance(held, Exception):
+                raise held
+            if not held:  # counted in running since it arrived, if held
+                if self.lease is None:
+                    self.lease = self._reclaim()
+                self.running += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.last_task = time.monotonic()
+
+    def _watch(self) -> None:
+        while STATE.keeper is self:
+            time.sleep(IDLE_RELEASE_SECONDS / 5)
+            with self.lock:
+                idle = time.monotonic() - self.last_task >= IDLE_RELEASE_SECONDS
+                if self.running == 0 and idle and self.lease is not None:
+                    lease, self.lease = self.lease, None
+                    try:
+                        release_slot(self.applied, lease, keep_pool=True)
+                    except Exception:
+                        pass  # a thread kept the slot's CPUs (one went offline): re-pinned soon
+
+    def _reclaim(self, *, wait: bool = True) -> Lease:
+        try:
+            lease = claim(self.applied.cores, scope=self.pool.scope, owner=self.pool.owner)
+        except LeaseConflict:
+            # Another job took them: any free slot of the pool (waiting, unless told not to).
+            pool = self.pool if wait else dataclasses.replace(self.pool, claim_timeout=0.0)
+            lease = _claim_pool_slot(pool)
+        try:
+            self.applied = _apply_pool_slot(self.pool, lease)
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+
+def hold_slot(*, wait: bool = True) -> None:
+    """In a pool worker that gives its lease back when idle: hold a slot for the task that
+    arrives (``wait=False``) or is being unpickled (see :meth:`_SlotKeeper.hold`).
+    Elsewhere (no keeper: a parent, a worker whose claim failed) nothing."""
+    keeper = STATE.keeper
+    if keeper is not None:
+        keeper.hold(wait=wait)
+
+
+class SlotHold:
+    """Pickled ahead of a task's arguments: unpickling it in a pool worker calls
+    :func:`hold_slot`, so that the worker holds its cores before it unpickles them."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (hold_slot, ())
+
+
+def _claim_pool_slot(pool: PoolPlan) -> Lease:
+    distinct = list(dict.fromkeys(pool.slots))
+    if not pool.shared:
+        return claim_first_free(
+            distinct, scope=pool.scope, timeout=pool.claim_timeout, owner=pool.owner
+        )
+    try:
+        return claim_first_free(distinct, scope=pool.scope, owner=pool.owner)
+    except LeaseConflict:
+        pass  # every slot is taken: share the least crowded one
+    holders = Counter(info.cores for info in list_leases(pool.scope))
+    # (The pool's owner warned once that its workers share; workers say nothing more.)
+    least = least_crowded(distinct, [holders[cores] for cores in distinct])
+    return claim(least, scope=pool.scope, share=True, owner=pool.owner)
+
+
+def _exit_with_owner(owner: int) -> None:
+    """End this worker when the process that planned its pool dies (SIGKILL included).
+
+    Pool workers blocked on their task queue (or on a claim) never notice a killed parent
+    (loky's queue pipes stay open in every worker), and would keep or wait for leases:
+    watch the owner instead. One watch per process.
+    """
+    if owner == os.getpid():
+        return
+    with STATE.lock:
+        if STATE.watched_owner == owner:
+            return
+        STATE.watched_owner = owner
+
+    def watch() -> None:
+        _platform.wait_for_exit(owner)
+        os._exit(70)  # EX_SOFTWARE: our pool's owner is gone
+
+    threading.Thread(target=watch, name="pinbackend-owner-watch", daemon=True).start()
