@@ -558,3 +558,65 @@ def test_container_workload_without_cgroups_is_unavailable_and_says_why(monkeypa
     doc = _doc({("container", "pinned"): [0.0], ("container", "loky"): [1.0]})
     doc["runs"][0].update(status="unavailable", reason=record["reason"])
     assert "needs a cgroup" in _targets(doc)["vs-default-container"].detail
+
+
+# -- workloads where the host changes during a call (issue 21) ----------------------------
+
+
+def _jobs_doc(jobs: dict) -> dict:
+    """A result document from {(workload, strategy): [{job: seconds} per round]}; a run's
+    time is its slowest job's (the makespan)."""
+    doc = _doc({key: [max(r.values()) for r in rounds] for key, rounds in jobs.items()})
+    by_cell = {}
+    for run in doc["runs"]:
+        by_cell.setdefault((run["workload"], run["strategy"]), []).append(run)
+    for key, rounds in jobs.items():
+        for run, times in zip(by_cell[key], rounds, strict=True):
+            run["extra"] = {"jobs": times}
+    return doc
+
+
+def test_moving_targets_compare_each_jobs_own_time_pair_by_pair():
+    doc = _jobs_doc(
+        {
+            ("staggered", "none"): [{"neighbour": 2.0}, {"neighbour": 2.0}, {"neighbour": 1.0}],
+            ("staggered", "loky"): [{"job": 4.0, "neighbour": 3.0}] * 3,
+            # job 1.10x loky (passes at the threshold); neighbour 1.16, 1.16, 2.3: fails
+            ("staggered", "pinned"): [
+                {"job": 4.4, "neighbour": 2.32},
+                {"job": 4.4, "neighbour": 2.32},
+                {"job": 4.0, "neighbour": 2.3},
+            ],
+            ("tail", "loky"): [{"1 task": 2.0, "n_jobs+1 tasks": 4.0}] * 3,
+            ("tail", "pinned"): [{"1 task": 1.3, "n_jobs+1 tasks": 3.64}] * 3,  # 0.65, 0.91
+            ("tail", "pinned-threads"): [{"1 task": 2.0, "n_jobs+1 tasks": 4.0}] * 3,
+            ("arrival", "loky"): [{"first": 3.0, "newcomer": 4.0}] * 3,
+            ("arrival", "pinned"): [{"first": 3.0, "newcomer": 5.6}] * 3,  # 1.4x: fails
+        }
+    )
+    targets = _targets(doc)
+    assert targets["staggered-job"].status == "pass"
+    assert "pinned/loky = 1.10" in targets["staggered-job"].detail
+    assert targets["staggered-neighbour"].status == "fail"
+    assert "pinned/none = 1.16" in targets["staggered-neighbour"].detail
+    assert targets["tail-one"].status == "pass"
+    assert targets["tail-more"].status == "fail"
+    assert targets["arrival-newcomer"].status == "fail"
+    # Pinned threads are reported against the same bar, not held to it.
+    assert targets["tail-one-threads"].status == "info"
+    assert "pinned-threads/loky = 1.00" in targets["tail-one-threads"].detail
+    # The generic "no slower than loky by 3 %" on the makespan is not applied here.
+    assert not {"vs-default-staggered", "vs-default-tail", "vs-default-arrival"} & set(targets)
+    # The table names each job's median time.
+    summary = summarize(doc)
+    assert summary["staggered"]["pinned"]["jobs"] == {"job": 4.4, "neighbour": 2.32}
+    table = format_table({**doc, "duration_s": 1, "machine": _machine()}, summary)
+    assert "pinned: job 4.4 s, neighbour 2.32 s (medians)" in table
+
+
+def test_moving_targets_are_not_applicable_without_their_reference():
+    doc = _jobs_doc({("staggered", "pinned"): [{"job": 4.0, "neighbour": 2.0}]})
+    targets = _targets(doc)
+    assert targets["staggered-job"].status == "n/a"
+    assert "'loky' was not measured on 'staggered'" in targets["staggered-job"].detail
+    assert "workload 'tail' was not run" in targets["tail-one"].detail

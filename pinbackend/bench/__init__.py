@@ -8,12 +8,15 @@ The pieces, one module per reason to change:
   multiprocessing and threading backends, Dask, pinned);
 * :mod:`.measure` and :mod:`._child`: one measurement in its own process, with a timeout;
 * :mod:`.procstat`: the kernel's counters (noise, migrations, preemptions);
+* :mod:`.moving`: workloads where the host changes during a call (a neighbour leaves, a
+  call's tail, a job arrives), with their targets;
 * :mod:`.suite`: the interleaved rounds; :mod:`.report`, :mod:`.targets`, :mod:`.chart`:
   the table, the JSON, the checks of the targets and the PNG chart.
 
 Importing this package imports neither scikit-learn nor Dask (joblib itself loads numpy).
 """
 
+from . import moving  # noqa: F401  (registers staggered, tail, arrival and their targets)
 from .report import format_table, summarize, write_json
 from .strategies import STRATEGIES, Strategy, register_strategy
 from .suite import BenchConfig, run_benchmark

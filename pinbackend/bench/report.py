@@ -151,11 +151,24 @@ def summarize(doc: dict) -> dict:
                 "tasks": _median_of(ok, lambda r: r.get("extra", {}).get("tasks")),
                 "busy_workers": _median_of(ok, _busy_workers),
                 "budget_cpus": _median_of(ok, lambda r: r.get("extra", {}).get("budget_cpus")),
+                "jobs": _job_medians(ok),
             }
             cells[strategy] = cell
         _relative(doc, name, workload, cells, n_jobs)
         summary[name] = cells
     return summary
+
+
+def _job_medians(runs: list[dict]) -> dict[str, float]:
+    """Median time of each job a run reports in ``extra["jobs"]`` (workloads of several
+    jobs, or a job and its neighbour: their run's time is the makespan)."""
+    names = {name for r in runs for name in (r.get("extra") or {}).get("jobs") or {}}
+    return {
+        name: _median_of(
+            runs, lambda r, name=name: ((r.get("extra") or {}).get("jobs") or {}).get(name)
+        )
+        for name in sorted(names)
+    }
 
 
 #: CPU seconds a worker process must use in the window to count as one that worked.
@@ -336,6 +349,9 @@ def _cell_notes(cells: dict, workload: dict, labels: dict) -> list[str]:
                 f"   {label}: {_count(cell['busy_workers'])} busy worker process(es); "
                 f"CPU budget seen inside: {_count(cell['budget_cpus'])}"
             )
+        if cell.get("jobs"):
+            times = ", ".join(f"{name} {seconds:.3g} s" for name, seconds in cell["jobs"].items())
+            notes.append(f"   {label}: {times} (medians)")
         for problem, count in cell["problems"].items():
             notes.append(f"   {label}: {count} run(s) {problem}")
     return notes

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .report import INF, cell_runs, paired, robust_median
 
-__all__ = ["TOLERANCE", "TargetResult", "check_targets", "format_targets"]
+__all__ = ["TOLERANCE", "TargetResult", "check_targets", "format_targets", "register_targets"]
 
 #: "No slower than ... by more than 3 %", "within 3 %".
 TOLERANCE = 1.03
@@ -24,6 +24,19 @@ THREADING_WINS = {
     "sklearn": "threads skip pickling the data and results between processes",
     "kmeans": "threads skip pickling the data and results between processes",
 }
+
+
+#: Target checks that workload modules register (each called with the checker), and the
+#: workloads whose targets they set alone (no generic "no slower than the baseline" there).
+_REGISTERED: list[Callable] = []
+_OWN_TARGETS: set[str] = set()
+
+
+def register_targets(check: Callable, workloads: tuple[str, ...] = ()) -> None:
+    """Add ``check(checker)`` to :func:`check_targets`; ``workloads`` get only its targets."""
+    if check not in _REGISTERED:
+        _REGISTERED.append(check)
+    _OWN_TARGETS.update(workloads)
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,8 @@ def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
     for name, workload in doc["workloads"].items():
         if workload["metric"] != "time" or workload.get("neighbour") == "daemon":
             continue
+        if name in _OWN_TARGETS:
+            continue
         pinned, baseline = workload["pinned"], workload["baseline"]
         check.ratio(
             f"vs-default-{name}",
@@ -180,6 +195,8 @@ def check_targets(doc: dict, summary: dict) -> list[TargetResult]:
         "pinned throughput / loky throughput (= loky time / pinned time) must be >= 0.9",
     )
     _pool_start(check)
+    for registered in _REGISTERED:
+        registered(check)
     return check.results
 
 
