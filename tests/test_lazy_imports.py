@@ -40,6 +40,7 @@ print(Parallel(n_jobs=2, backend="pinned", {hint})(delayed(f)(i) for i in range(
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.threads,
     pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs for two pinned threads"),
 ]
 

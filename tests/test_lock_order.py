@@ -13,6 +13,7 @@ import pytest
 from _helpers import last_json, run_python
 
 ALLOWED = sorted(os.sched_getaffinity(0))
+pytestmark = pytest.mark.threads
 
 #: These children do a few milliseconds of work; a deadlock never ends, so 60 s is
 #: generous on a loaded machine and still fails fast.

@@ -78,6 +78,7 @@ def test_process_pool_workers_get_disjoint_pinned_capped_slots(kind, method):
     assert data["main"]["affinity"] == ALLOWED and data["main"]["slot"] is None
 
 
+@pytest.mark.threads
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", ["threadpool", "threadexec"])
 def test_thread_pools_are_sized_to_the_cpus(kind, method):
@@ -94,6 +95,7 @@ def test_thread_pools_are_sized_to_the_cpus(kind, method):
     assert data["main"]["this_thread_mask"] == ALLOWED and data["main"]["slot"] is None
 
 
+@pytest.mark.threads
 @pytest.mark.parametrize("kind", ["threadpool", "threadexec"])
 def test_thread_pools_run_on_disjoint_pinned_capped_threads(kind):
     args = [str(SCRIPTS / "pools.py"), kind, "fork", "8"]
@@ -333,6 +335,7 @@ def test_without_the_runner_the_same_program_hangs():
             program.wait()
 
 
+@pytest.mark.threads
 def test_a_thread_pool_nested_in_a_pool_worker_subdivides_its_slot(tmp_path):
     script = tmp_path / "nested_threads.py"
     script.write_text(

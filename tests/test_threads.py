@@ -15,7 +15,10 @@ from pinbackend.host.holders import list_leases
 from pinbackend.host.notices import PoolResizedWarning
 
 ALLOWED = sorted(os.sched_getaffinity(0))
-pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs")
+pytestmark = [
+    pytest.mark.threads,
+    pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs"),
+]
 
 
 def probe(seconds: float = 0.2) -> dict:

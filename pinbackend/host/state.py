@@ -83,10 +83,12 @@ class ProcessState:
 
     def warn_once(self, key: str) -> bool:
         """Return True the first time ``key`` is asked for in this process, False after."""
-        if key in self.warned:
-            return False
-        self.warned.add(key)
-        return True
+        # A check and an add: without the GIL, threads asking together each saw it missing.
+        with self.lock:
+            if key in self.warned:
+                return False
+            self.warned.add(key)
+            return True
 
 
 STATE = ProcessState()
