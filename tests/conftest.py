@@ -163,12 +163,15 @@ def _live_children() -> list[psutil.Process]:
 
 @pytest.fixture(autouse=True)
 def lease_registry(tmp_path_factory, monkeypatch):
-    """Give every test its own lease registry, so tests never see the host's real leases."""
+    """Give every test its own lease registry, so tests never see the host's real leases
+    (nor a host registry `host init` made on this machine: none, unless a test makes one)."""
+    from pinbackend.host.hostreg import HOST_REGISTRY_ENV
     from pinbackend.host.registry import REGISTRY_ENV
 
     directory = tmp_path_factory.mktemp("leases", numbered=True)
     directory.chmod(0o700)
     monkeypatch.setenv(REGISTRY_ENV, str(directory))
+    monkeypatch.setenv(HOST_REGISTRY_ENV, str(directory / "no-host-registry"))
     return directory
 
 

@@ -1,9 +1,9 @@
 """Command line: ``python -m pinbackend`` / ``pinbackend``.
 
-Subcommands are diagnostics and tools (``info``, ``plan``, ``run``, ``status``, ``bench``,
-``explain``); each lives in its own module and registers itself here. Any other first word is
-a program to run with pinned pools (the runner, :mod:`pinbackend.cli.runner` decides which
-form a line is).
+Subcommands are diagnostics and tools (``info``, ``plan``, ``run``, ``status``, ``host``,
+``bench``, ``explain``); each lives in its own module and registers itself here. Any other
+first word is a program to run with pinned pools (the runner, :mod:`pinbackend.cli.runner`
+decides which form a line is).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from .. import __version__
-from . import bench, explain, info, plan, run, runner, status
+from . import bench, explain, host, info, plan, run, runner, status
 from ._common import OneLineErrorParser, UsageError, fail
 
 SUBCOMMANDS = {
@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "plan": plan,
     "run": run,
     "status": status,
+    "host": host,
     "bench": bench,
     "explain": explain,
 }

@@ -12,6 +12,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.topology import TopologyError
 from ..host.budget import read_budget
 from ..host.holders import list_leases
+from ..host.hostreg import registry_in_use
 from ..host.machine import read_topology
 from ..host.registry import LeaseError
 from ._common import UsageError, add_json_option, add_root_option, fail, print_json
@@ -91,6 +92,23 @@ def _leases() -> list:
         return []
 
 
+def _registry() -> dict:
+    """Which registry this user's claims go through (``kind``: ``host`` or ``user``)."""
+    try:
+        return registry_in_use()
+    except LeaseError as error:
+        return {"kind": "user", "path": None, "private": None, "note": str(error)}
+
+
+def _describe_registry(registry: dict) -> str:
+    if registry["kind"] == "host":
+        return (
+            f"lease registry: host {registry['path']} (every user's jobs claim through it; "
+            f"your own records: {registry['private']})"
+        )
+    return f"lease registry: per-user {registry['path']} ({registry['note']})"
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the topology (and, on the live machine, thread pools)."""
     try:
@@ -101,16 +119,20 @@ def run(args: argparse.Namespace) -> int:
     live = topology.source == "live"
     pools = thread_pools(args.modules) if live else []
     leases = _leases() if live else []
+    registry = _registry() if live else None
     if args.json:
         data = topology.to_dict()
         data["budget"] = {**budget.to_dict(), "cores": budget_cores(topology, budget)}
         data["thread_pools"] = pools
         data["leases"] = [info.to_dict() for info in leases]
+        if registry is not None:
+            data["registry"] = registry
         print_json(data)
         return 0
     print(describe_topology(topology))
     print(describe_budget(topology, budget))
     if live:
+        print(_describe_registry(registry))
         print("core leases on this host:" if leases else "core leases: none")
         for info in leases:
             print(f"  pid {info.pid}: CPUs {format_cpu_list(info.cores)}  {info.command}")

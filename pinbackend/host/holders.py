@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import _platform
 from ..core.cpuset import format_cpu_list
+from .hostreg import HostRegistry, find_host_registry, flock_holders, holder_pid, trusted_record
 from .registry import (
     LEASE_ID,
     LOCK_NAME,
@@ -44,7 +45,9 @@ __all__ = [
     "collect_after_claim",
     "describe_holder",
     "holders_of",
+    "host_holders",
     "list_leases",
+    "merge_host",
     "remove_idle_scope",
 ]
 
@@ -86,8 +89,11 @@ class LeaseInfo:
         }
 
 
-def _lease_from_record(data: dict, cpu: int, scope: str) -> LeaseInfo | None:
-    """The lease a record describes, or None if a field is missing, odd or out of range."""
+def _lease_from_record(data: dict, cpu: int, scope: str, uid: int | None) -> LeaseInfo | None:
+    """The lease a record describes, or None if a field is missing, odd or out of range.
+
+    ``uid`` is the owner of the file it was read from: a record's own ``uid`` is not read.
+    """
     cores, shared = data.get("cores"), data.get("shared", [])
     owner = data.get("owner")
     valid = (
@@ -113,6 +119,7 @@ def _lease_from_record(data: dict, cpu: int, scope: str) -> LeaseInfo | None:
         scope=scope,
         shared=frozenset(shared),
         owner=owner,
+        uid=uid,
     )
 
 
@@ -125,11 +132,12 @@ def _unknown_holder(cpu: int, scope: str) -> LeaseInfo:
 
 def _read_lease(fd: int, cpu: int, scope: str) -> LeaseInfo:
     """The lease recorded in a held lock file; an unknown holder if it cannot be trusted."""
+    uid = os.fstat(fd).st_uid
     for attempt in range(3):
         if attempt:
             time.sleep(0.01)  # the holder may be writing its record right now
         data = read_record(fd)
-        info = _lease_from_record(data, cpu, scope) if data is not None else None
+        info = _lease_from_record(data, cpu, scope, uid) if data is not None else None
         if info is not None:
             return info
     return _unknown_holder(cpu, scope)
@@ -143,6 +151,10 @@ def describe_holder(holder: LeaseInfo) -> str:
             f"an unknown process (its record of CPU {format_cpu_list(holder.cores)} is "
             f"unreadable; `python -m pinbackend status` lists the lock files)"
         )
+    if holder.source == "lease" and holder.uid not in (None, os.geteuid()):
+        # Another user's lease in the host registry: their command only where root reads.
+        shown = f" ({holder.command})" if holder.command else ""
+        return f"pid {holder.pid} of user {_platform.user_name(holder.uid)}{shown}"
     if holder.source == "affinity":
         return (
             f"pid {holder.pid} of user {_platform.user_name(holder.uid)} ({holder.command}), "
@@ -198,6 +210,79 @@ def holders_of(
     return list(found.values())
 
 
+def host_holders(
+    registry: HostRegistry,
+    cpus: Iterable[int] | None = None,
+    problems: list[RegistryError] | None = None,
+) -> list[LeaseInfo]:
+    """Every user's leases in the host registry on ``cpus`` (default: every CPU it has a
+    lock file for), as the kernel shows them.
+
+    The kernel says which process holds a CPU's lock (``/proc/locks``) and whose it is
+    (``/proc/PID``); a public record adds the lease's id, age and shared CPUs only where it
+    names that pid and lies in that user's own folder (:func:`.hostreg.trusted_record`).
+    The cores are those the kernel shows the process holding (plus the record's shared
+    ones): a record cannot claim more. Commands are read for root only.
+    """
+    cpus = registry.lock_cpus() if cpus is None else sorted(cpus)
+    kernel: dict | None = None
+    found: dict[tuple, tuple[set[int], dict | None, int | None]] = {}
+    for cpu in cpus:
+        try:
+            fd = registry.open_lock(cpu)
+        except RegistryError as error:
+            if problems is None:
+                raise
+            problems.append(error)
+            continue
+        try:
+            if not _platform.probe_lock(fd):
+                continue
+            stat_info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if kernel is None or holder_pid(kernel, stat_info) is None:
+            kernel = flock_holders()  # once, and again for a lock taken since
+        pid = holder_pid(kernel, stat_info)
+        uid = _platform.process_uid(pid) if pid is not None else None
+        record = registry.read_record(uid, cpu) if uid is not None else None
+        data = trusted_record(record, cpu, pid, uid) if pid is not None else None
+        key = (pid, data["lease_id"] if data else None, cpu if pid is None else None)
+        found.setdefault(key, (set(), data, uid))[0].add(cpu)
+    return [_host_lease(key, *value) for key, value in found.items()]
+
+
+def _host_lease(key: tuple, held: set[int], data: dict | None, uid: int | None) -> LeaseInfo:
+    pid = key[0]
+    if pid is None:
+        return _unknown_holder(min(held), "")
+    command = _platform.process_command(pid) if os.geteuid() == 0 else ""
+    if data is None:
+        return LeaseInfo(f"host-{pid}", pid, frozenset(held), command, None, uid=uid)
+    shared = frozenset(data["shared"]) - held
+    return LeaseInfo(
+        data["lease_id"],
+        pid,
+        frozenset(held) | shared,
+        command,
+        float(data["since"]),
+        shared=shared,
+        owner=data["owner"],
+        uid=uid,
+    )
+
+
+def merge_host(own: list[LeaseInfo], host: list[LeaseInfo]) -> list[LeaseInfo]:
+    """This user's top-level leases (their records hold the commands) and every other lease
+    the host registry shows; one of this user's leases there (the same id, or a process
+    holding leases here) is shown once, from its own record."""
+    mine = {info.lease_id for info in own} | {info.pid for info in own}
+    me = os.geteuid()
+    return own + [
+        info for info in host if not (info.uid == me and {info.lease_id, info.pid} & mine)
+    ]
+
+
 def list_leases(
     scope: str | None = "", *, problems: list[RegistryError] | None = None
 ) -> list[LeaseInfo]:
@@ -231,6 +316,9 @@ def _leases_in(scope: str, problems: list[RegistryError] | None = None) -> list[
         raise registry_failure("list the lease directory", directory, error) from None
     cpus = [int(match[1]) for match in map(LOCK_NAME.fullmatch, entries) if match]
     leases = holders_of(directory, cpus, scope, problems) if cpus else []
+    registry = None if scope else find_host_registry()
+    if registry is not None:
+        leases = merge_host(leases, host_holders(registry, problems=problems))
     return sorted(leases, key=lambda info: (info.since or 0.0, info.lease_id))
 
 

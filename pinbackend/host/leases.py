@@ -27,7 +27,16 @@ from pathlib import Path
 
 from .. import _platform
 from ..core.cpuset import format_cpu_list
-from .holders import LeaseInfo, collect_after_claim, describe_holder, holders_of, remove_idle_scope
+from .holders import (
+    LeaseInfo,
+    collect_after_claim,
+    describe_holder,
+    holders_of,
+    host_holders,
+    merge_host,
+    remove_idle_scope,
+)
+from .hostreg import HostRegistry, find_host_registry
 from .locks import PinLock
 from .registry import (
     CPU_LIMIT,
@@ -94,6 +103,8 @@ class Lease:
 
     info: LeaseInfo
     _fds: dict[int, int] = field(repr=False)
+    #: The host registry's locks of a top-level lease (none in the per-user registry).
+    _host_fds: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def cores(self) -> frozenset[int]:
@@ -112,15 +123,15 @@ class Lease:
 
     def fds(self) -> list[int]:
         """The lock descriptors (to hand the lease to a program we ``exec``)."""
-        return list(self._fds.values())
+        return [*self._fds.values(), *self._host_fds.values()]
 
     def release(self) -> None:
         """Drop the lease (idempotent) and clean up the scope its nested pools used."""
         with _TABLE_LOCK:
             STATE.leases.pop(self.lease_id, None)
-            fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            os.close(fd)
+            fds = [*self._fds.values(), *self._host_fds.values()]
+            self._fds, self._host_fds = {}, {}
+        _close_all(fds)
         remove_idle_scope(self.info)
 
     def forget_inherited(self) -> None:
@@ -129,8 +140,9 @@ class Lease:
         The child shares the parent's lock descriptions; closing its copies keeps the
         parent's locks intact (no ``LOCK_UN``) and makes sure the child never holds them alone.
         """
-        fds, self._fds = self._fds, {}
-        for fd in fds.values():
+        fds = [*self._fds.values(), *self._host_fds.values()]
+        self._fds, self._host_fds = {}, {}
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
@@ -173,16 +185,17 @@ def claim(
     """
     cores = _lease_set(cores)
     directory = scope_dir(scope)
+    host = None if scope else find_host_registry()
     deadline = time.monotonic() + timeout
     while True:
-        fds, busy = _try_lock_all(directory, cores)
+        fds, busy = _try_lock_all(directory, cores, host)
         if not busy or share or time.monotonic() >= deadline:
             break
         _close_all(fds)
         time.sleep(_POLL_SECONDS)
     if busy and not share:
         _close_all(fds)
-        raise _conflict(directory, busy, scope)
+        raise _conflict(directory, busy, scope, host)
     lease = _hold(cores, fds, directory, scope=scope, shared=busy, command=command, owner=owner)
     collect_after_claim(scope)
     return lease
@@ -203,8 +216,9 @@ def claim_first_free(
     while True:
         # Resolved each round: the scope folder is removed when its last lease ends.
         directory = scope_dir(scope)
+        host = None if scope else find_host_registry()
         for cores in candidates:
-            fds, busy = _try_lock_all(directory, cores)
+            fds, busy = _try_lock_all(directory, cores, host)
             if not busy:
                 lease = _hold(
                     cores, fds, directory, scope=scope, shared=busy, command=None, owner=owner
@@ -214,7 +228,7 @@ def claim_first_free(
             _close_all(fds)
         if time.monotonic() >= deadline:
             # Who holds what is read once, for the message, not on every poll.
-            last = _conflict(directory, busy, scope, remedy=False)
+            last = _conflict(directory, busy, scope, host, remedy=False)
             raise LeaseConflict(
                 f"none of the {len(candidates)} planned core sets is free "
                 f"({'; '.join(format_cpu_list(c) for c in candidates)}) within {timeout:g}s; "
@@ -239,9 +253,16 @@ def _lease_set(cores: Iterable[int]) -> frozenset[int]:
 
 
 def _conflict(
-    directory: Path, busy: frozenset[int], scope: str, *, remedy: bool = True
+    directory: Path,
+    busy: frozenset[int],
+    scope: str,
+    host: HostRegistry | None = None,
+    *,
+    remedy: bool = True,
 ) -> LeaseConflict:
     holders = holders_of(directory, busy, scope)
+    if host is not None:
+        holders = merge_host(holders, host_holders(host, busy))
     held = f"CPUs {format_cpu_list(busy)} are held by " + "; ".join(map(describe_holder, holders))
     advice = ". Pick other CPUs, wait for those jobs, or allow sharing" if remedy else ""
     return LeaseConflict(held + advice, busy, holders)
@@ -249,7 +270,7 @@ def _conflict(
 
 def _hold(
     cores: frozenset[int],
-    fds: dict[int, int],
+    fds: _Locks,
     directory: Path,
     *,
     scope: str,
@@ -271,6 +292,7 @@ def _hold(
         scope=scope,
         shared=shared,
         owner=owner,
+        uid=os.geteuid(),
     )
     record = json.dumps(info.to_dict()).encode()
     try:
@@ -283,19 +305,48 @@ def _hold(
     except BaseException:
         _close_all(fds)
         raise
-    lease = Lease(info, fds)
+    if fds.host is not None:
+        # What other users may read: no command (theirs to see only in their own records).
+        public = {key: value for key, value in info.to_dict().items() if key != "command"}
+        for cpu in fds.host_fds:
+            fds.host.write_record(cpu, json.dumps(public).encode())
+    lease = Lease(info, dict(fds), dict(fds.host_fds))
     with _TABLE_LOCK:
         STATE.leases[info.lease_id] = lease
     return lease
 
 
-def _try_lock_all(directory: Path, cores: frozenset[int]) -> tuple[dict[int, int], frozenset]:
-    fds: dict[int, int] = {}
+class _Locks(dict):
+    """The lock descriptors a claim took: per-user files by CPU, and (``host_fds``) the host
+    registry's, taken first."""
+
+    def __init__(self, host: HostRegistry | None) -> None:
+        super().__init__()
+        self.host = host
+        self.host_fds: dict[int, int] = {}
+
+
+def _try_lock_all(
+    directory: Path, cores: frozenset[int], host: HostRegistry | None = None
+) -> tuple[_Locks, frozenset]:
+    """Lock every CPU of ``cores`` that is free: the host registry's lock first (it decides
+    between users), then this user's own file (its record, nested scopes)."""
+    fds = _Locks(host)
     busy = set()
     try:
         for cpu in sorted(cores):
+            if host is not None:
+                host_fd = host.open_lock(cpu)
+                if not _platform.lock_exclusive(host_fd):
+                    os.close(host_fd)
+                    busy.add(cpu)
+                    continue
+                fds.host_fds[cpu] = host_fd
             fd = _lock_one(directory, cpu)
             if fd is None:
+                # Held by a process of ours that claimed without the host registry.
+                if host is not None:
+                    os.close(fds.host_fds.pop(cpu))
                 busy.add(cpu)
             else:
                 fds[cpu] = fd
@@ -306,6 +357,9 @@ def _try_lock_all(directory: Path, cores: frozenset[int]) -> tuple[dict[int, int
 
 
 def _close_all(fds: dict[int, int] | list[int]) -> None:
+    if isinstance(fds, _Locks):
+        host_fds, fds.host_fds = fds.host_fds, {}
+        _close_all(list(host_fds.values()))
     for fd in fds.values() if isinstance(fds, dict) else fds:
         os.close(fd)
 
