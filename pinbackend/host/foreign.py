@@ -56,7 +56,8 @@ def pinned_holders(
     (``LeaseInfo(source="affinity")``: pid, uid, command, since, their busy threads' CPUs).
 
     ``skip``: the pids of lease holders (their descendants are skipped too); ``me`` (default:
-    this process) and its ancestors are skipped. Empty where the OS cannot list processes.
+    this process) and its ancestors are skipped, not its children (a program that starts a
+    pinned helper and then a pool must plan around the helper). Empty where the OS cannot list processes.
     """
     me = os.getpid() if me is None else me
     ancestors = set(_ancestry(me))
@@ -68,7 +69,8 @@ def pinned_holders(
         for pinned in [_narrow_tasks(pid, allowed)]
         if pinned is not None
     ]
-    found = [pinned for pinned in found if not _descends_from(pinned.pid, skipped)]
+    holders = set(skip) - {me}  # this process's own children are like anyone's
+    found = [pinned for pinned in found if not _descends_from(pinned.pid, holders)]
     busy = _busy_cpus(found)
     return tuple(
         _holder(pinned.pid, cpus) for pinned, cpus in zip(found, busy, strict=True) if cpus
