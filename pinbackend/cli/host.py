@@ -31,7 +31,12 @@ HELP = "set up (init, as root) or show (status) the registry every user of this 
 
 def add_parser(subparsers) -> None:
     """Register ``host init`` and ``host status``."""
-    parser = subparsers.add_parser("host", help=HELP, description=HELP + ".")
+    parser = subparsers.add_parser(
+        "host",
+        help=HELP,
+        description=HELP + ".",
+        epilog="usage: host init [--group GROUP] (as root); host status [--json]",
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     init = commands.add_parser(
         "init",
