@@ -20,7 +20,7 @@ from .._docs import troubleshooting
 from ..core.cpuset import format_cpu_list
 from ..core.planner import PlanError
 from ..host.leases import Lease
-from ..host.lifecycle import claim_exact, lease_slot
+from ..host.lifecycle import claim_exact, lease_slot, move_once
 from ..host.machine import read_topology
 from ..host.options import OptionsError, PinOptions, spelled
 from ..host.pinning import PinningError
@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         fail("run needs a command: pinbackend run [--cores LIST | -n K] -- COMMAND [ARGS...]")
     executable = _find(command[0])
-    lease = _lease(args, " ".join(command))
+    name = " ".join(command)
+    lease = _lease(args, name)
     if lease.info.shared:
         warnings.warn(
             f"sharing CPUs {format_cpu_list(lease.info.shared)} with another lease "
@@ -80,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
             f"expect both jobs to slow down. See {troubleshooting('cores-held-by-another-lease')}",
             stacklevel=1,
         )
+    job_cpus = read_topology().allowed
     try:
-        apply_slot(lease.cores, lease=lease, own_process=True)
+        applied = apply_slot(lease.cores, lease=lease, own_process=True)
+        avoid = args.other_pins != "ignore" and not lease.info.shared
+        if avoid and args.cores is None and lease.info.scope == "":
+            lease, applied = move_once(lease, applied, job_cpus, lambda: _lease(args, name))
     except PinningError as error:
         fail(str(error))
     env = dict(os.environ)  # with the slot's variables (slot_env), as apply_slot set them

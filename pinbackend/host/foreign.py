@@ -35,7 +35,7 @@ from .. import _platform
 from .holders import LeaseInfo
 from .state import STATE
 
-__all__ = ["SAMPLE_SECONDS", "SECOND_LOOK_SECONDS", "pinned_holders"]
+__all__ = ["SAMPLE_SECONDS", "SECOND_LOOK_SECONDS", "pinned_first", "pinned_holders"]
 
 #: How long a thread's CPU-time reading tells whether it ran since (older ones are dropped).
 SAMPLE_SECONDS = 5.0
@@ -57,7 +57,8 @@ def pinned_holders(
 
     ``skip``: the pids of lease holders (their descendants are skipped too); ``me`` (default:
     this process) and its ancestors are skipped, not its children (a program that starts a
-    pinned helper and then a pool must plan around the helper). Empty where the OS cannot list processes.
+    pinned helper and then a pool must plan around the helper). Empty where the OS cannot
+    list processes.
     """
     me = os.getpid() if me is None else me
     ancestors = set(_ancestry(me))
@@ -75,6 +76,34 @@ def pinned_holders(
     return tuple(
         _holder(pinned.pid, cpus) for pinned, cpus in zip(found, busy, strict=True) if cpus
     )
+
+
+def pinned_first(
+    cores: frozenset[int],
+    job_cpus: frozenset[int],
+    *,
+    skip: Collection[int] = (),
+    me: int | None = None,
+) -> tuple[LeaseInfo, ...]:
+    """Right after pinning to ``cores``: the busy processes pinned to part of them (narrower
+    than ``job_cpus``) that started before ``me`` (default: this process).
+
+    Two jobs that read the host at the same instant both find it free; each looks again
+    after pinning, so the later one to pin sees the earlier one, and the younger of the two
+    gives way: start time, then pid, which both sides order the same way.
+    """
+    me = os.getpid() if me is None else me
+    mine = _started(me)
+    return tuple(
+        info
+        for info in pinned_holders(job_cpus, skip=skip, me=me)
+        if info.cores & cores and _started(info.pid) < mine
+    )
+
+
+def _started(pid: int) -> tuple[float, int]:
+    stat = _platform.read_task_stat(pid)
+    return (float("inf") if stat is None else stat.started, pid)
 
 
 def _narrow_tasks(pid: int, allowed: frozenset[int]) -> _Pinned | None:

@@ -25,11 +25,13 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan
 from . import notices
 from .caps import user_thread_limits
+from .foreign import pinned_first
+from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim
 from .options import PinOptions
 from .policy import COMMAND_LINE, KEYWORDS, ClaimFailed, Decision, Request, Spelling, decide
 from .pool import PoolPlan
-from .slot import AppliedSlot
+from .slot import AppliedSlot, apply_slot
 from .state import STATE
 from .view import HostView, Members, survey
 
@@ -37,6 +39,7 @@ __all__ = [
     "claim_exact",
     "decide_waiting",
     "lease_slot",
+    "move_once",
     "pool_from",
     "release_slot",
     "report_decision",
@@ -202,6 +205,24 @@ def claim_exact(cpus: frozenset[int], options: PinOptions, *, command: str) -> L
             return claim(cpus, scope=view.scope, share=decision.shared_with_others, command=command)
         except LeaseConflict:
             continue
+
+
+def move_once(
+    lease: Lease,
+    applied: AppliedSlot,
+    job_cpus: frozenset[int],
+    again: Callable[[], Lease],
+) -> tuple[Lease, AppliedSlot]:
+    """For a process that pinned itself to a slot it leased (``run -n``): right after
+    pinning, if a busy process of another job that started first is pinned to part of the
+    slot (:func:`~pinbackend.host.foreign.pinned_first`), give the slot back and lease once
+    more (``again``: the decision now sees that process), then apply that one."""
+    holders = {info.pid for info in list_leases(lease.info.scope) if info.pid is not None}
+    if not pinned_first(lease.cores, job_cpus, skip=holders):
+        return lease, applied
+    release_slot(applied, lease)
+    lease = again()
+    return lease, apply_slot(lease.cores, lease=lease, own_process=True)
 
 
 def release_slot(

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from . import loads, notices
-from .foreign import pinned_holders
+from .foreign import pinned_first, pinned_holders
 from .groups import least_crowded
 from .holders import describe_holder, list_leases
 from .leases import Lease, LeaseConflict, claim, claim_first_free
@@ -73,24 +73,19 @@ def _apply_pool_slot(pool: PoolPlan, lease: Lease) -> AppliedSlot:
 
 def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Lease, AppliedSlot]:
     """Right after pinning: if a busy process of another job (no lease here) that started
-    before this worker is pinned to part of the slot, move once to a free slot of the pool
-    (free of leases and of such pins); where none is free, stay and say so once.
-
-    Two jobs that read the host at the same instant both see it free; each looks again after
-    pinning, so the later one to pin sees the earlier one, and the younger one of the two
-    gives way (process start time, then pid, ordered the same way by both sides). What is
-    left: two processes that pin within one look of each other, the older one last.
+    before this worker is pinned to part of the slot (:func:`.pinned_first`), move once to a
+    free slot of the pool (free of leases and of such pins); where none is free, stay and
+    say so once. What is left: two processes that pin within one look of each other, the
+    older one last.
     """
     if not pool.avoid_pins or pool.shared:
         return lease, applied
     job_cpus = frozenset().union(*pool.slots)
     holders = {info.pid for info in list_leases(pool.scope) if info.pid is not None}
-    pinned = pinned_holders(job_cpus, skip=holders)
-    me = _started(os.getpid())
-    earlier = [info for info in pinned if info.cores & lease.cores and _earlier(info, me)]
+    earlier = pinned_first(lease.cores, job_cpus, skip=holders)
     if not earlier:
         return lease, applied
-    taken = frozenset().union(*(info.cores for info in pinned))
+    taken = frozenset().union(*(info.cores for info in pinned_holders(job_cpus, skip=holders)))
     others = [slot for slot in dict.fromkeys(pool.slots) if not slot & taken]
     try:
         moved = claim_first_free(others, scope=pool.scope, owner=pool.owner) if others else None
@@ -111,15 +106,6 @@ def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Leas
     except BaseException:
         moved.release()
         raise
-
-
-def _started(pid: int) -> tuple[float, int]:
-    stat = _platform.read_task_stat(pid)
-    return (float("inf") if stat is None else stat.started, pid)
-
-
-def _earlier(info, me: tuple[float, int]) -> bool:
-    return _started(info.pid) < me
 
 
 def task_in_slot(func: Callable[[], object]) -> object:
