@@ -13,6 +13,7 @@ Needs root (CI is); skipped otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -112,7 +113,10 @@ class Site:
 
     def start(self, user: User | None, *args: str, **env: str) -> subprocess.Popen:
         line = self.python.command(user, list(args), self.env(user, **env))
-        process = subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A session of its own: the teardown ends runuser and what runs under it at once.
+        process = subprocess.Popen(
+            line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         self.started.append(process)
         return process
 
@@ -183,8 +187,8 @@ def site(python_for_users, alice, bob):
         yield built
     finally:
         for process in built.started:
-            if process.poll() is None:
-                process.kill()  # runuser: it ends its child with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -389,11 +393,11 @@ def test_no_user_can_remove_rename_rewrite_or_forge_another_users_lease(site, al
 
 def test_nothing_is_written_through_a_symlink(site, alice, bob):
     site.init()
-    trap = site.root / "trap"
-    trap.mkdir(mode=0o777)
-    trap.chmod(0o777)
-    # Folders planted under other users' names (root's included) before they ever claimed.
-    for uid in (bob.uid, 0):
+    # Folders planted under other users' names (root's included) before they ever claimed,
+    # each pointing at a folder of theirs that would pass every other check if followed.
+    traps = {bob.uid: site.homes[bob.name], 0: site.root / "root-folder"}
+    traps[0].mkdir(mode=0o755)
+    for uid, trap in traps.items():
         link = site.run(
             alice, "-c", f"import os; os.symlink({str(trap)!r}, {str(site.host / f'user-{uid}')!r})"
         )
@@ -411,7 +415,8 @@ def test_nothing_is_written_through_a_symlink(site, alice, bob):
         job = site.hold(user, 0.1)
         _, err = job.communicate(timeout=60)
         assert job.returncode == 0, err
-    assert list(trap.iterdir()) == []
+    for trap in traps.values():
+        assert list(trap.glob("cpu-*")) == []
     assert victim_file.read_text() == "untouched"
 
 
