@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 import time
 
@@ -140,7 +141,7 @@ slots = (frozenset({{{first}}}), frozenset({{{second}}}))
 print("ready", flush=True)
 sys.stdin.readline()
 # A pool planned before the other process pinned itself: both slots looked free.
-plan = PoolPlan(slots=slots, scope="", owner=os.getppid(), claim_timeout=0.0)
+plan = PoolPlan(slots=slots, scope="", owner=os.getppid(), claim_timeout={timeout})
 join_pool(plan)
 print(json.dumps(sorted(os.sched_getaffinity(0))), flush=True)
 """
@@ -153,7 +154,7 @@ def test_a_worker_pinned_onto_an_older_pinned_process_moves_once_a_younger_one_s
 ):
     """Two jobs that read the host at the same instant both find it free: each looks again
     right after pinning, and the younger one gives way."""
-    code = JOIN.format(first=FIRST, second=SECOND)
+    code = JOIN.format(first=FIRST, second=SECOND, timeout=0.0)
     with contextlib.ExitStack() as stack:
         if other_started == "before":
             stack.enter_context(pinned(FIRST))
@@ -181,3 +182,27 @@ def test_inside_a_slot_nobody_elses_pins_are_looked_for():
     with pinned(FIRST) as busy:
         assert busy.pid in {info.pid for info in survey(PinOptions()).pinned}
         assert survey(PinOptions(), scope="a-slot").pinned == ()
+
+
+@needs_two_cpus
+def test_a_worker_with_no_slot_to_move_to_waits_for_the_older_process_then_stays():
+    """Every slot is held by an older busy pinned process: the worker waits (a pool with no
+    free core waits up to its claim timeout) and runs once its own slot's holder ends."""
+    code = JOIN.format(first=FIRST, second=SECOND, timeout=30.0)
+    with pinned(FIRST) as first, pinned(SECOND):
+        time.sleep(0.05)
+        with subprocess.Popen(
+            [PYTHON, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as worker:
+            assert worker.stdout.readline() == "ready\n"
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+            # Still waiting after 1.5 s: it has printed no mask.
+            assert not select.select([worker.stdout], [], [], 1.5)[0]
+            started = time.monotonic()
+            first.kill()
+            mask = last_json(worker.stdout.readline())
+            waited_after_kill = time.monotonic() - started
+            worker.stdin.close()
+            assert worker.wait(30) == 0
+    assert mask == [FIRST] and waited_after_kill < 5

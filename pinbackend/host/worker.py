@@ -33,6 +33,9 @@ from .state import STATE
 
 __all__ = ["SlotHold", "hold_slot", "join_pool", "task_in_slot"]
 
+#: How often a worker that found its slot taken looks again.
+_WAIT_POLL_SECONDS = 0.1
+
 
 def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
     """In a new pool worker: claim a free slot of ``pool`` and apply it; record the outcome.
@@ -74,38 +77,50 @@ def _apply_pool_slot(pool: PoolPlan, lease: Lease) -> AppliedSlot:
 def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Lease, AppliedSlot]:
     """Right after pinning: if a busy process of another job (no lease here) that started
     before this worker is pinned to part of the slot (:func:`.pinned_first`), move once to a
-    free slot of the pool (free of leases and of such pins); where none is free, stay and
-    say so once. What is left: two processes that pin within one look of each other, the
-    older one last.
+    free slot of the pool (free of leases and of busy pins). Where none is free, wait, as a
+    pool with no free core does, up to the claim timeout, for that process to go idle or
+    end (stay) or for a slot to free up (move); then share, saying so once. What is left:
+    two processes that pin within one look of each other, the older one last.
     """
     if not pool.avoid_pins or pool.shared:
         return lease, applied
     job_cpus = frozenset().union(*pool.slots)
     holders = {info.pid for info in list_leases(pool.scope) if info.pid is not None}
     earlier = pinned_first(lease.cores, job_cpus, skip=holders)
-    if not earlier:
-        return lease, applied
+    deadline = time.monotonic() + pool.claim_timeout
+    while earlier:
+        moved = _free_slot(pool, lease, job_cpus, holders)
+        if moved is not None:
+            release_slot(applied, lease, keep_pool=True)
+            try:
+                return moved, _apply_pool_slot(pool, moved)
+            except BaseException:
+                moved.release()
+                raise
+        if time.monotonic() >= deadline:
+            if STATE.warn_once(f"pinned-neighbour:{format_cpu_list(lease.cores)}"):
+                notices.warn(
+                    notices.SharedCoresWarning,
+                    f"CPUs {format_cpu_list(lease.cores)} of this pool worker are also used by "
+                    f"{describe_holder(earlier[0])}, which pinned itself there first, and no "
+                    f"slot of the pool freed up within {pool.claim_timeout:g}s: they share",
+                )
+            break
+        time.sleep(_WAIT_POLL_SECONDS)
+        earlier = pinned_first(lease.cores, job_cpus, skip=holders)
+    return lease, applied
+
+
+def _free_slot(pool: PoolPlan, lease: Lease, job_cpus, holders) -> Lease | None:
+    """A slot of ``pool`` other than ``lease``'s that no lease and no busy pin holds, claimed."""
     taken = frozenset().union(*(info.cores for info in pinned_holders(job_cpus, skip=holders)))
-    others = [slot for slot in dict.fromkeys(pool.slots) if not slot & taken]
+    others = [slot for slot in dict.fromkeys(pool.slots) if not slot & (taken | lease.cores)]
+    if not others:
+        return None
     try:
-        moved = claim_first_free(others, scope=pool.scope, owner=pool.owner) if others else None
+        return claim_first_free(others, scope=pool.scope, owner=pool.owner)
     except LeaseConflict:
-        moved = None
-    if moved is None:
-        if STATE.warn_once(f"pinned-neighbour:{format_cpu_list(lease.cores)}"):
-            notices.warn(
-                notices.SharedCoresWarning,
-                f"CPUs {format_cpu_list(lease.cores)} of this pool worker are also used by "
-                f"{describe_holder(earlier[0])}, which pinned itself there first, and no other "
-                f"slot of the pool is free: they share",
-            )
-        return lease, applied
-    release_slot(applied, lease, keep_pool=True)
-    try:
-        return moved, _apply_pool_slot(pool, moved)
-    except BaseException:
-        moved.release()
-        raise
+        return None
 
 
 def task_in_slot(func: Callable[[], object]) -> object:
