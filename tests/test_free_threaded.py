@@ -101,9 +101,9 @@ def short_task(i: int) -> tuple:
 
 @pytest.mark.slow
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 allowed CPUs")
-@pytest.mark.timeout(180)  # 20 calls of 2000 tasks take 10-20 s on 2 busy cores
+@pytest.mark.timeout(120)  # 20 calls of 1000 tasks take 5-12 s on 2 busy cores
 def test_many_short_tasks_on_pinned_threads_stay_on_their_share_with_their_caps():
-    """20 pinned thread pools, one after the other, each running 2000 short tasks on every
+    """20 pinned thread pools, one after the other, each running 1000 short tasks on every
     core: each thread on one core of its own for all its tasks, its BLAS and OpenMP capped
     to it, every result right; after each call the caller's mask, caps and leases as
     before, and nothing of the pools left in the process state."""
@@ -121,10 +121,10 @@ def test_many_short_tasks_on_pinned_threads_stay_on_their_share_with_their_caps(
     for call in range(20):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            results = Parallel(n_jobs=len(ALLOWED), backend="pinned", prefer="threads")(
-                delayed(short_task)(i) for i in range(2000)
+            results = Parallel(n_jobs=-1, backend="pinned", prefer="threads")(
+                delayed(short_task)(i) for i in range(1000)
             )
-        assert [value for *_, value in results] == [8.0 * i for i in range(2000)]
+        assert [value for *_, value in results] == [8.0 * i for i in range(1000)]
         masks: dict[int, set] = {}
         for tid, mask, caps, _ in results:
             masks.setdefault(tid, set()).add(mask)

@@ -29,6 +29,10 @@ ALLOWED = sorted(os.sched_getaffinity(0))
 #: One run takes 0.5-3 s here (2 cores, other tests' processes around). A run still going
 #: after this long is hung: the deadlocks this file guards against never resolve.
 RUN_LIMIT = 60.0
+#: A share of every test's runs. ``tox -e ft`` runs a quarter of them (``0.25``): fresh
+#: interpreters of its free-threaded build (no PGO) start slower, and it runs in CI beside the
+#: GIL build, which runs them all.
+RUNS_SCALE = float(os.environ.get("PINBACKEND_LAZY_RUNS_SCALE", "1"))
 #: The first script of the issue: numpy 2 loads numpy.random's C extensions on first use.
 NUMPY_RANDOM = """
 import pinbackend, numpy as np
@@ -47,7 +51,9 @@ pytestmark = [
 
 def run_fresh(argv: list[str], runs: int, tmp_path: Path, *, parallel: int = 2) -> None:
     """Run ``python ARGV`` ``runs`` times, ``parallel`` at a time, each in a fresh interpreter
-    with its own lease registry; fail with every thread's stack if one does not finish."""
+    with its own lease registry; fail with every thread's stack if one does not finish.
+    ``RUNS_SCALE`` scales ``runs`` (two at least, where more were asked)."""
+    runs = max(min(runs, 2), round(runs * RUNS_SCALE))
     pending = list(range(runs))
     running: list[tuple[subprocess.Popen, float, int]] = []
     while pending or running:
