@@ -14,12 +14,14 @@ Needs root (CI is); skipped otherwise.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -28,7 +30,11 @@ from pathlib import Path
 import pytest
 from _users import SharedPython, User, private_folder, unix_user, world_folder
 
-from pinbackend.host.hostinit import possible_cpus
+from pinbackend.host.holders import host_holders, list_leases
+from pinbackend.host.hostinit import init_host_registry, possible_cpus
+from pinbackend.host.hostreg import HOST_REGISTRY_ENV, HostRegistry, registry_in_use
+from pinbackend.host.jobs import list_jobs, register_job
+from pinbackend.host.leases import LeaseConflict, claim
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -466,3 +472,76 @@ def test_a_planted_registry_is_refused_in_one_line_and_users_fall_back(site, ali
     assert f"refusing the host registry {site.host}" in lines[0]
     assert "host init" in lines[0] and "per-user registry" in lines[0]
     assert len(json.loads(out.splitlines()[0])["cpus"]) == 1
+
+
+# --- the rest of pinbackend under the host registry (in this process, as root) ----------------
+
+
+@pytest.fixture
+def host_registry(monkeypatch):
+    """A host registry made here, in use by this process."""
+    if os.geteuid() != 0:
+        pytest.skip("host init needs root")
+    root = world_folder()
+    try:
+        path = init_host_registry(root / "host").path
+        monkeypatch.setenv(HOST_REGISTRY_ENV, str(path))
+        yield path
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def is_held(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_scopes_jobs_and_the_scope_collector_work_under_the_host_registry(
+    host_registry, lease_registry
+):
+    assert registry_in_use()["kind"] == "host"
+    cpu = CPUS[0]
+    outer = claim({cpu}, command="outer")
+    try:
+        assert is_held(host_registry / f"cpu-{cpu}.lock")
+        assert is_held(lease_registry / f"cpu-{cpu}.lock")
+        nested = claim({cpu}, scope=outer.lease_id, command="inner")
+        listed = {(info.lease_id, info.scope, info.command) for info in list_leases(scope=None)}
+        assert listed == {(outer.lease_id, "", "outer"), (nested.lease_id, outer.lease_id, "inner")}
+        (top,) = list_leases("")
+        assert (top.uid, top.pid, top.since is not None) == (0, os.getpid(), True)
+        job = register_job("a runner job", {})
+        assert [info.pid for info in list_jobs()] == [os.getpid()]
+        job.end()
+        with pytest.raises(LeaseConflict, match=f"CPUs {cpu} are held by pid {os.getpid()}"):
+            claim({cpu})
+        nested.release()
+    finally:
+        outer.release()
+    assert not is_held(host_registry / f"cpu-{cpu}.lock")
+    assert not (lease_registry / f"scope-{outer.lease_id}").exists()
+
+
+def test_a_killed_holders_cores_are_free_at_once_under_the_host_registry(host_registry):
+    sleeper = "import os, time; print(*os.sched_getaffinity(0)); time.sleep(60)"
+    run = ["-m", "pinbackend", "run", "-n", "1", "--other-pins", "ignore", "--"]
+    hold = subprocess.Popen(
+        [sys.executable, *run, sys.executable, "-c", sleeper], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        cpu = int(hold.stdout.readline())
+        # Seen through the host registry itself (the kernel's lock holder), not our records.
+        (seen,) = host_holders(HostRegistry(host_registry))
+        assert (seen.pid, seen.uid, seen.cores) == (hold.pid, 0, frozenset({cpu}))
+    finally:
+        hold.kill()
+        hold.communicate()
+    assert host_holders(HostRegistry(host_registry)) == []
+    with claim({cpu}) as lease:
+        assert lease.held
