@@ -10,13 +10,17 @@ The pieces, one module per reason to change:
 * :mod:`.procstat`: the kernel's counters (noise, migrations, preemptions);
 * :mod:`.moving`: workloads where the host changes during a call (a neighbour leaves, a
   call's tail, a job arrives), with their targets;
+* :mod:`.users`: two users running the same job at once (their own registries);
 * :mod:`.suite`: the interleaved rounds; :mod:`.report`, :mod:`.targets`, :mod:`.chart`:
   the table, the JSON, the checks of the targets and the PNG chart.
 
 Importing this package imports neither scikit-learn nor Dask (joblib itself loads numpy).
 """
 
-from . import moving  # noqa: F401  (registers staggered, tail, arrival and their targets)
+from . import (
+    moving,  # noqa: F401  (registers staggered, tail, arrival and their targets)
+    users,  # noqa: F401  (registers two-users and the pinned-blind strategy)
+)
 from .report import format_table, summarize, write_json
 from .strategies import STRATEGIES, Strategy, register_strategy
 from .suite import BenchConfig, run_benchmark
