@@ -116,7 +116,7 @@ def test_a_pool_avoids_a_taskset_pinned_process_and_ignore_plans_as_before():
 
 
 @needs_two_cpus
-def test_run_takes_the_cpu_nobody_is_pinned_to_and_error_names_the_pinned_process():
+def test_run_takes_the_free_cpu_and_error_and_status_name_the_pinned_process():
     with pinned(FIRST) as busy:
         show = "import os; print(sorted(os.sched_getaffinity(0)))"
         result = pinbackend_cli("run", "-n", "1", "--", PYTHON, "-c", show)
@@ -128,7 +128,11 @@ def test_run_takes_the_cpu_nobody_is_pinned_to_and_error_names_the_pinned_proces
             "(delayed(abs)(i) for i in range(2))"
         )
         refused = run_python(code, check=False)
+        status = pinbackend_cli("status", "--json", check=True)
+        text = pinbackend_cli("status", check=True).stdout
     assert refused.returncode != 0
+    assert busy.pid in {info["pid"] for info in last_json(status.stdout)["pinned"]}
+    assert "busy processes pinned without a lease here" in text and str(busy.pid) in text
     assert f"pid {busy.pid} of user " in refused.stderr
     assert "pinned there by its CPU affinity (no lease here)" in refused.stderr
 

@@ -10,9 +10,12 @@ import argparse
 import sys
 import time
 
+from .. import _platform
 from ..core.cpuset import format_cpu_list
+from ..host.foreign import pinned_holders
 from ..host.holders import list_leases
 from ..host.jobs import job_of, list_jobs
+from ..host.machine import read_topology
 from ..host.registry import LeaseError, RegistryError, UnsafeLeaseFile, registry_dir
 from ._common import add_json_option, fail, print_json
 
@@ -27,7 +30,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the runner jobs, the leases (top-level and nested) and the registry directory."""
+    """Print the runner jobs, the leases (top-level and nested), the busy processes pinned
+    without a lease here, and the registry directory."""
     problems: list[RegistryError] = []
     try:
         directory = registry_dir()
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"pinbackend: error: {problem}", file=sys.stderr)
     owners = {info.lease_id: job_of(info, jobs) for info in leases}
+    holders = {info.pid for info in leases if info.pid is not None}
+    pinned = pinned_holders(read_topology().allowed, skip=holders)
     if args.json:
         print_json(
             {
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
                     for info in leases
                 ],
                 "problems": [_problem_dict(problem) for problem in problems],
+                "pinned": [info.to_dict() for info in pinned],
             }
         )
         return 0
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'pid':>8}  {'age':>8}  command")
         for job in jobs:
             print(f"{job.pid:>8}  {now - job.since:>7.0f}s  {_printable(job.command)}")
+    _print_pinned(pinned, now)
     if not leases:
         print("no leases held")
         return 0
@@ -78,6 +86,19 @@ def run(args: argparse.Namespace) -> int:
             f"{info.scope or '-':<12}  {job.pid if job else '-':>8}  {_printable(info.command)}"
         )
     return 0
+
+
+def _print_pinned(pinned, now: float) -> None:
+    """Busy processes pinned to part of these CPUs without a lease here: plans avoid them."""
+    if not pinned:
+        return
+    print("busy processes pinned without a lease here (other users, taskset; plans avoid them):")
+    print(f"{'pid':>8}  {'cores':<12} {'age':>8}  {'user':<12}  command")
+    for info in pinned:
+        age = f"{now - info.since:.0f}s" if info.since else "?"
+        user = _platform.user_name(info.uid)
+        cores = format_cpu_list(info.cores)
+        print(f"{info.pid:>8}  {cores:<12} {age:>8}  {user:<12}  {_printable(info.command)}")
 
 
 def _problem_dict(problem: RegistryError) -> dict:
