@@ -361,11 +361,17 @@ def read_record(fd: int) -> dict | None:
 
 
 def write_record(fd: int, record: bytes) -> None:
-    """Replace the record in an open file (OSError if it cannot be written whole)."""
-    os.ftruncate(fd, 0)
+    """Replace the record in an open file (OSError if it cannot be written whole).
+
+    Written first, then cut to its length: ext4 flushes a file truncated to zero and
+    rewritten when it is closed (``auto_da_alloc``), 4 ms per lock file here against 8 µs.
+    A reader meanwhile may see the new record with the old one's tail: unreadable, as an
+    emptied file was, and read again.
+    """
     if os.pwrite(fd, record, 0) != len(record):
         # A short write on a nearly full disk: the record would read back as corrupt.
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.ftruncate(fd, len(record))
 
 
 def is_pid(value: object) -> bool:
