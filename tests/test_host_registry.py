@@ -472,6 +472,12 @@ def test_a_planted_registry_is_refused_in_one_line_and_users_fall_back(site, ali
     assert f"refusing the host registry {site.host}" in lines[0]
     assert "host init" in lines[0] and "per-user registry" in lines[0]
     assert len(json.loads(out.splitlines()[0])["cpus"]) == 1
+    if how == "a user's folder":
+        # A pool's workers do not repeat their parent's line: one line per job.
+        job = site.start(bob, site.script("joblib_job.py", JOBLIB), "0")
+        out, err = job.communicate(timeout=120)
+        assert job.returncode == 0, err
+        assert err.count("refusing the host registry") == 1, err
 
 
 # --- the rest of pinbackend under the host registry (in this process, as root) ----------------

@@ -71,6 +71,8 @@ HOST_REGISTRY_ENV = "PINBACKEND_HOST_REGISTRY"
 #: ``host init`` again (users would silently claim in their own registries meanwhile). The
 #: kernel drops every flock at reboot, so nothing stale there is ever trusted.
 DEFAULT_HOST_REGISTRY = Path("/var/lib/pinbackend")
+#: Set once a process warned that the host registry is refused: its children do not repeat it.
+_REFUSED_ENV = "_PINBACKEND_HOST_REGISTRY_REFUSED"
 _RECORD_MODE = 0o644
 _FOLDER_MODE = 0o755
 
@@ -268,11 +270,15 @@ def _lookup() -> tuple[HostRegistry | None, str]:
 def find_host_registry() -> HostRegistry | None:
     """The host registry, checked now; None to claim in the per-user registry.
 
-    An unsafe folder is refused with a warning, once per process and folder.
+    An unsafe folder is refused with a warning, once per process and folder, and not again
+    in the processes it starts (pool workers): one line per job, not one per worker.
     """
     registry, why = _lookup()
     if registry is None and why.startswith("refusing") and STATE.warn_once(f"host:{why}"):
-        warn(HostRegistryRefused, f"{why}; using your per-user registry meanwhile")
+        path = str(host_registry_path())
+        if os.environ.get(_REFUSED_ENV) != path:
+            os.environ[_REFUSED_ENV] = path
+            warn(HostRegistryRefused, f"{why}; using your per-user registry meanwhile")
     return registry
 
 
