@@ -1,7 +1,9 @@
 """Host-local core leases: which process holds which CPUs, without a central server.
 
 A lease on a CPU is an exclusive ``flock`` on that CPU's lock file in the per-user registry
-(:mod:`.registry`). The kernel drops the lock when the holder dies (SIGKILL included), so a
+(:mod:`.registry`) and, where an admin set one up, first on that CPU's lock file in the host
+registry every user shares (:mod:`.hostreg`: a top-level claim only; nested scopes stay in
+the per-user registry). The kernel drops the lock when the holder dies (SIGKILL included), so a
 crashed worker's cores are free at once. Every process on the host (workers of one pool,
 several ``dask worker`` runs, separate jobs) claims through the same files, so each holds a
 different set of CPUs. A nested pool claims inside its parent lease's *scope* (a

@@ -1,5 +1,8 @@
 """The lease registry: one private folder per user, where leases, jobs and notices keep files.
 
+(The host registry every user shares, where an admin set one up, is :mod:`.hostreg`; this
+folder keeps each user's own records there too: commands, nested scopes, jobs.)
+
 Every process of a user finds the same folder (:func:`registry_dir`) and uses it only while
 it is a directory of theirs that nobody else may enter. Its files are opened so that nothing
 planted there is followed or trusted: a symlink, FIFO, directory, hard-linked or foreign-owned
