@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _platform
-from ..core.cpuset import parse_cpu_list
-from .hostreg import dir_problem, host_registry_problem
+from .hostreg import dir_problem, host_registry_problem, possible_cpus
 from .registry import RegistryError, lock_path
 
 __all__ = ["InitResult", "init_host_registry", "possible_cpus"]
@@ -38,14 +37,6 @@ class InitResult:
     mode: int
     cpus: frozenset[int]
     replaced: tuple[str, ...]
-
-
-def possible_cpus() -> frozenset[int]:
-    """Every CPU id this host may ever bring online (hot-plug included), so that no CPU is
-    ever without a lock file; the CPUs counted now where the kernel does not say."""
-    with contextlib.suppress(OSError, ValueError), open("/sys/devices/system/cpu/possible") as f:
-        return parse_cpu_list(f.read().strip())
-    return frozenset(range(os.cpu_count() or 1))
 
 
 def init_host_registry(path: Path, gid: int | None = None) -> InitResult:

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _platform
+from ..core.cpuset import parse_cpu_list
 from .notices import PinbackendWarning, warn
 from .registry import (
     LEASE_ID,
-    LOCK_NAME,
     RECORD_LIMIT,
     RegistryError,
     UnsafeLeaseFile,
@@ -61,6 +61,7 @@ __all__ = [
     "flock_holders",
     "host_registry_path",
     "host_registry_problem",
+    "possible_cpus",
     "registry_in_use",
 ]
 
@@ -98,12 +99,9 @@ class HostRegistry:
         return self.path / f"user-{uid}"
 
     def lock_cpus(self) -> list[int]:
-        """The CPUs that have a lock file here."""
-        try:
-            names = os.listdir(self.path)
-        except OSError as error:
-            raise registry_failure("list the host registry", self.path, error) from None
-        return sorted(int(match[1]) for match in map(LOCK_NAME.fullmatch, names) if match)
+        """The CPUs that have a lock file here. Looked up one by one, never by listing the
+        folder: any user may fill it with files."""
+        return [cpu for cpu in sorted(possible_cpus()) if os.path.lexists(self.lock_file(cpu))]
 
     def open_lock(self, cpu: int) -> int:
         """Open one CPU's lock file read-only (a flock needs no more), refusing what root did
@@ -173,6 +171,14 @@ class HostRegistry:
             return None
         finally:
             os.close(fd)
+
+
+def possible_cpus() -> frozenset[int]:
+    """Every CPU id this host may ever bring online (hot-plug included), so that no CPU is
+    ever without a lock file; the CPUs counted now where the kernel does not say."""
+    with contextlib.suppress(OSError, ValueError), open("/sys/devices/system/cpu/possible") as f:
+        return parse_cpu_list(f.read().strip())
+    return frozenset(range(os.cpu_count() or 1))
 
 
 def root_file_problem(info: os.stat_result) -> str | None:
