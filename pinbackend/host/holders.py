@@ -144,23 +144,25 @@ def _read_lease(fd: int, cpu: int, scope: str) -> LeaseInfo:
 
 
 def describe_holder(holder: LeaseInfo) -> str:
-    """Who holds a lease, for messages: ``pid 12 (python job.py)``, an unknown process, or a
-    process pinned there without a lease (its user named)."""
+    """Who holds a lease, for messages: ``pid 12 (python job.py)``, an unknown process,
+    another user's lease in the host registry (``pid 12 of user bob``: its command only for
+    root), or a process pinned there without a lease (its user named)."""
     if holder.pid is None:
         return (
             f"an unknown process (its record of CPU {format_cpu_list(holder.cores)} is "
             f"unreadable; `python -m pinbackend status` lists the lock files)"
         )
+    shown = f" ({holder.command})" if holder.command else ""
     if holder.source == "lease" and holder.uid not in (None, os.geteuid()):
         # Another user's lease in the host registry: their command only where root reads.
-        shown = f" ({holder.command})" if holder.command else ""
         return f"pid {holder.pid} of user {_platform.user_name(holder.uid)}{shown}"
     if holder.source == "affinity":
         return (
             f"pid {holder.pid} of user {_platform.user_name(holder.uid)} ({holder.command}), "
             f"pinned there by its CPU affinity (no lease here)"
         )
-    return f"pid {holder.pid} ({holder.command})"
+    # No command: another user's lease whose user /proc hides (hidepid).
+    return f"pid {holder.pid}{shown}"
 
 
 def _holder_of(directory: Path, cpu: int, scope: str) -> LeaseInfo | None:
