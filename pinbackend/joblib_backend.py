@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import sys
+import time
 
 import joblib
 from joblib._parallel_backends import FallbackToBackend, LokyBackend, SequentialBackend
@@ -19,7 +20,7 @@ from . import _platform
 from .core.cpuset import format_cpu_list
 from .core.planner import PlanError
 from .host import notices
-from .host.lifecycle import decide_waiting, pool_from, report_decision
+from .host.lifecycle import decide_waiting, grow_room, pool_from, report_decision
 from .host.options import IDLE_WORKER_TIMEOUT, INNER_MAX_NUM_THREADS, PinOptions, reject_unknown
 from .host.patches import Patch
 from .host.policy import Request, decide
@@ -93,6 +94,8 @@ def _start_worker(pool: PoolPlan) -> None:
 #: A message this large waiting in the call queue's pipe is a task (loky's shutdown sentinel
 #: is 8 bytes a worker), whose reading is worth waiting for a slot first.
 _LARGE_MESSAGE = 32 * 1024
+#: How often, at most, a clamped pool looks whether it can grow back (at task boundaries).
+GROW_CHECK_SECONDS = 0.25
 
 
 def _hold_slot_as_tasks_arrive(frame) -> Patch | None:
@@ -177,6 +180,8 @@ class PinnedBackend(LokyBackend):
         )
         self.options = PinOptions(**options)
         self._fits: PinOptions | None = None  # the options an inline call last checked
+        self._pool: PoolPlan | None = None
+        self._next_grow_check = 0.0
 
     @property
     def inner_max_num_threads(self) -> int | None:
@@ -222,7 +227,9 @@ class PinnedBackend(LokyBackend):
         size = self.options.cores_per_worker or 1
         fit = view.topology.count_cores(view.free) // size
         requested = n_jobs
-        if n_jobs < 0:  # counts back from the free cores; none free: as many as free up
+        if n_jobs == -1:  # as many as fit: the free cores, and others' as they free up
+            requested = None
+        elif n_jobs < 0:  # counts back from the free cores; none free: as many as free up
             requested = max(fit + 1 + n_jobs, 1) if fit else None
         return requested, self._reported(self._expected(view, requested))
 
@@ -325,8 +332,29 @@ class PinnedBackend(LokyBackend):
         return self._reported(workers)
 
     def submit(self, func, callback=None):
-        """Schedule ``func`` on a worker; it raises there why the worker has no slot."""
+        """Schedule ``func`` on a worker; it raises there why the worker has no slot.
+
+        A pool clamped by other jobs' cores grows back here, at task boundaries: once a
+        slot it could not have is free (:func:`~pinbackend.host.lifecycle.grow_room`,
+        looked at every :data:`GROW_CHECK_SECONDS` at most), loky's executor gets one more
+        worker, which claims that slot before its first task."""
+        self._grow_back()
         return super().submit(_TaskInSlot(task_in_slot, func), callback=callback)
+
+    def _grow_back(self) -> None:
+        pool, executor = self._pool, getattr(self, "_workers", None)
+        if pool is None or not pool.grow or executor is None:
+            return
+        now = time.monotonic()
+        if now < self._next_grow_check:
+            return
+        self._next_grow_check = now + GROW_CHECK_SECONDS
+        target = pool.n_workers + grow_room(pool)
+        if target > executor._max_workers:
+            # loky's executor starts workers up to _max_workers at its next submit
+            # (_ensure_executor_running); growing needs no wait for running tasks, unlike
+            # its public resize, which waits for every pending one.
+            executor._max_workers = target
 
     def get_nested_backend(self):
         """Nested calls subdivide the worker's own slot (workers import pinbackend)."""

@@ -95,6 +95,23 @@ def test_clamp_runs_the_workers_that_fit_and_says_so():
     assert not decision.shared_with_others
 
 
+def test_a_pool_clamped_by_other_jobs_may_grow_into_their_cores_and_only_theirs():
+    """Grow back: the slots it could not have, up to the workers it asked for; none where
+    its own policy or request leaves nothing to grow (error, share, wait, one worker)."""
+    assert decided("clamp", POOL, PARTLY).grow == (frozenset({0}),)
+    assert decided("clamp", AS_MANY, PARTLY).grow == (frozenset({0}),)
+    two = Request("a pool", workers=2)
+    assert decided("clamp", two, PARTLY).grow == ()  # 2 fit: nothing to grow into
+    held = decided("clamp", POOL, lease({0, 1}), cores_per_worker=2)
+    assert slots(held) == [[2, 3]] and held.grow == (frozenset({0, 1}),)
+    # Its own workers' cores are its own already; other policies keep their meaning.
+    assert decided("clamp", POOL, lease({0}, owner=ME)).grow == ()
+    assert decided("share", POOL, PARTLY).grow == ()
+    assert decided("clamp", ONE, lease({0, 1, 2, 3})).grow == ()
+    # Inside a worker's slot a pool never grows: the slot is all it has.
+    assert decided("clamp", POOL, PARTLY, nested=True).grow == ()
+
+
 def test_wait_waits_for_every_worker_without_a_bound():
     decision = decided("wait", POOL, PARTLY)
     assert_waits(decision, "wait", bounded=False, says="waiting for other jobs to end")
@@ -492,6 +509,12 @@ def check_decision(view, options, request) -> None:
         assert decision.plan.n_workers == 1 and topology.count_cores(used) == size
     elif asked is not None:
         assert decision.plan.n_workers <= asked  # never more workers than asked
+        assert decision.plan.n_workers + len(decision.grow) <= asked  # nor once grown
+    # Grow back: slots on the job's CPUs, never its own slots' CPUs, disjoint.
+    grown = frozenset().union(*decision.grow)
+    assert grown <= view.usable and not grown & used
+    assert sum(map(len, decision.grow)) == len(grown)
+    assert not decision.grow or (policy == "clamp" and decision.held_by_others)
     if decision.held_by_others:
         assert view.usable & view.strangers
 

@@ -25,7 +25,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan
 from . import notices
 from .caps import user_thread_limits
-from .foreign import pinned_first
+from .foreign import pinned_first, pinned_holders
 from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim
 from .options import PinOptions
@@ -38,6 +38,7 @@ from .view import HostView, Members, survey
 __all__ = [
     "claim_exact",
     "decide_waiting",
+    "grow_room",
     "lease_slot",
     "move_once",
     "pool_from",
@@ -140,6 +141,7 @@ def pool_from(
         requested=decision.plan.requested,
         user_limits=tuple(sorted(user_thread_limits(os.environ).items())),
         avoid_pins=options.other_pins == "avoid",
+        grow=decision.grow,
     )
 
 
@@ -205,6 +207,24 @@ def claim_exact(cpus: frozenset[int], options: PinOptions, *, command: str) -> L
             return claim(cpus, scope=view.scope, share=decision.shared_with_others, command=command)
         except LeaseConflict:
             continue
+
+
+def grow_room(pool: PoolPlan) -> int:
+    """How many of ``pool.grow``'s slots the pool may use now: those no lease but its own
+    workers' and no busy pinned process holds (its workers claim them, see
+    :func:`pinbackend.host.worker.join_pool`). A few lock probes and, with ``other_pins``
+    avoided, one look at the host's pinned processes: about 1-15 ms."""
+    if not pool.grow:
+        return 0
+    leases = list_leases(pool.scope)
+    held = frozenset().union(
+        *(info.cores - info.shared for info in leases if info.owner != pool.owner)
+    )
+    if pool.avoid_pins:
+        holders = {info.pid for info in leases if info.pid is not None}
+        job_cpus = frozenset().union(*pool.slots, *pool.grow)
+        held |= frozenset().union(*(info.cores for info in pinned_holders(job_cpus, skip=holders)))
+    return sum(1 for slot in pool.grow if not slot & held)
 
 
 def move_once(

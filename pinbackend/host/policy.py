@@ -110,6 +110,9 @@ class Decision:
     held_by_others: bool = False
     #: The policy that decided (what a claim failure after this decision names).
     policy: str = "clamp"
+    #: Slots a clamped pool may add, each once no other job holds its cores any more
+    #: (grow back: :func:`pinbackend.host.lifecycle.grow_room`).
+    grow: tuple[frozenset[int], ...] = ()
 
 
 class ClaimFailed(LeaseConflict, PlanError):
@@ -146,7 +149,35 @@ def decide(view: HostView, options: PinOptions, request: Request) -> Decision:
     if request.cores is not None:
         return _explicit(view, options, request)
     pool = _Pool(view, options, request)
-    return dataclasses.replace(pool.decide(), policy=pool.policy)
+    decision = dataclasses.replace(pool.decide(), policy=pool.policy)
+    if decision.held_by_others and pool.policy == "clamp" and not request.one_worker:
+        decision = dataclasses.replace(decision, grow=_grow_slots(view, options, request, decision))
+    return decision
+
+
+def _grow_slots(
+    view: HostView, options: PinOptions, request: Request, decision: Decision
+) -> tuple[frozenset[int], ...]:
+    """The slots a pool clamped by other jobs' cores could add as those free up: the plan it
+    would have if no other job held any, less what overlaps its own slots, up to the
+    workers it asked for."""
+    if view.nested or decision.plan is None:
+        return ()
+    alone = dataclasses.replace(
+        view, leases=tuple(info for info in view.leases if info not in view.others), pinned=()
+    )
+    pool = _Pool(alone, options, request)
+    try:
+        full = pool.decide().plan
+    except PlanError:
+        return ()
+    if full is None:
+        return ()
+    plan = decision.plan
+    taken = frozenset().union(*plan.slots)
+    extra = [slot for slot in dict.fromkeys(full.slots) if not slot & taken]
+    missing = len(extra) if pool.asked is None else pool.asked - plan.n_workers
+    return tuple(extra[: max(missing, 0)])
 
 
 class _Pool:
@@ -167,6 +198,7 @@ class _Pool:
         self.free, self.job = view.free, view.reachable
         self.fit_free = self.topology.count_cores(self.free) // self.size
         self.fit_job = self.topology.count_cores(self.job) // self.size
+        self.asked = asked
         self.n = asked if asked is not None else (self.fit_free or self.fit_job)
         self.reserve = self.topology.allowed - view.usable
         self.busy = view.usable - self.free  # other jobs', own pools', beyond the budget

@@ -27,7 +27,9 @@ class PoolPlan:
     workers were asked for (None: as many as fit); ``user_limits`` are the thread-count
     variables the planner's user set (honoured up to the slot size, never above);
     ``avoid_pins``: workers look for other jobs' pinned processes on their slot right after
-    pinning (``other_pins="avoid"``).
+    pinning (``other_pins="avoid"``). ``grow``: slots the pool may add while it runs, once
+    no other job holds their cores (a pool clamped by other jobs' cores grows back); a new
+    worker claims one of them when every slot of ``slots`` is taken.
     """
 
     slots: tuple[frozenset[int], ...]
@@ -39,6 +41,7 @@ class PoolPlan:
     requested: int | None = None
     user_limits: tuple[tuple[str, int], ...] = ()
     avoid_pins: bool = True
+    grow: tuple[frozenset[int], ...] = ()
 
     @property
     def n_workers(self) -> int:

@@ -84,7 +84,7 @@ def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Leas
     """
     if not pool.avoid_pins or pool.shared:
         return lease, applied
-    job_cpus = frozenset().union(*pool.slots)
+    job_cpus = frozenset().union(*pool.slots, *pool.grow)
     holders = {info.pid for info in list_leases(pool.scope) if info.pid is not None}
     earlier = pinned_first(lease.cores, job_cpus, skip=holders)
     deadline = time.monotonic() + pool.claim_timeout
@@ -114,7 +114,8 @@ def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Leas
 def _free_slot(pool: PoolPlan, lease: Lease, job_cpus, holders) -> Lease | None:
     """A slot of ``pool`` other than ``lease``'s that no lease and no busy pin holds, claimed."""
     taken = frozenset().union(*(info.cores for info in pinned_holders(job_cpus, skip=holders)))
-    others = [slot for slot in dict.fromkeys(pool.slots) if not slot & (taken | lease.cores)]
+    slots = dict.fromkeys(pool.slots + pool.grow)
+    others = [slot for slot in slots if not slot & (taken | lease.cores)]
     if not others:
         return None
     try:
@@ -265,7 +266,8 @@ class SlotHold:
 
 
 def _claim_pool_slot(pool: PoolPlan) -> Lease:
-    distinct = list(dict.fromkeys(pool.slots))
+    # The planned slots first; a slot to grow into once they are all taken by siblings.
+    distinct = list(dict.fromkeys(pool.slots + pool.grow))
     if not pool.shared:
         return claim_first_free(
             distinct, scope=pool.scope, timeout=pool.claim_timeout, owner=pool.owner
