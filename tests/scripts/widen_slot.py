@@ -49,6 +49,11 @@ def thread_cpu_ns(tid: int) -> int:
         return 0
 
 
+def _mask(tid: int) -> str:
+    cpus = sorted(os.sched_getaffinity(tid))
+    return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else str(cpus[0])
+
+
 def tids() -> list[int]:
     return [int(t) for t in os.listdir("/proc/self/task")]
 
@@ -158,6 +163,8 @@ def scenario(library: str, variant: str, one: set[int], two: set[int]) -> list[d
                 # A fresh thread's view: OpenBLAS's limit is the process's, OpenMP's per thread.
                 "limit_other_thread": in_pool_thread(lambda: limit_seen(library)),
                 **observe(op),
+                # Every thread's CPUs, idle helpers included (main, pool thread, helpers).
+                "all_masks": sorted(_mask(tid) for tid in tids()),
             }
         )
 
@@ -386,7 +393,8 @@ def format_reports(reports: list[dict]) -> str:
                     f"   {step['step']:<24} affinity {step['affinity']}, limit read back "
                     f"{step['limit_here']} (another thread: {step['limit_other_thread']}): "
                     f"{step['wall_s']:.3f} s ({base / step['wall_s']:.2f}x), "
-                    f"{step['threads']} thread(s) worked: {masks}"
+                    f"{step['threads']} thread(s) worked: {masks}; every thread's CPUs: "
+                    f"{' '.join(step['all_masks'])}"
                 )
         for library, first in report.get("first_call_after_widen", {}).items():
             lines.append(
