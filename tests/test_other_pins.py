@@ -8,6 +8,7 @@ tests/test_shared_machine.py. On 2 CPUs, one busy pinned process leaves the othe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import subprocess
@@ -131,7 +132,7 @@ def test_run_takes_the_free_cpu_and_error_and_status_name_the_pinned_process():
         status = pinbackend_cli("status", "--json", check=True)
         text = pinbackend_cli("status", check=True).stdout
     assert refused.returncode != 0
-    assert busy.pid in {info["pid"] for info in last_json(status.stdout)["pinned"]}
+    assert busy.pid in {info["pid"] for info in json.loads(status.stdout)["pinned"]}
     assert "busy processes pinned without a lease here" in text and str(busy.pid) in text
     assert f"pid {busy.pid} of user " in refused.stderr
     assert "pinned there by its CPU affinity (no lease here)" in refused.stderr
