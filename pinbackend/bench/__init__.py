@@ -10,6 +10,8 @@ The pieces, one module per reason to change:
 * :mod:`.procstat`: the kernel's counters (noise, migrations, preemptions);
 * :mod:`.moving`: workloads where the host changes during a call (a neighbour leaves, a
   call's tail, a job arrives), with their targets;
+* :mod:`.freethreaded`: threads or processes, with and without the GIL (a free-threaded
+  build against a GIL build, side by side);
 * :mod:`.users`: two users running the same job at once (their own registries);
 * :mod:`.suite`: the interleaved rounds; :mod:`.report`, :mod:`.targets`, :mod:`.chart`:
   the table, the JSON, the checks of the targets and the PNG chart.
@@ -18,6 +20,7 @@ Importing this package imports neither scikit-learn nor Dask (joblib itself load
 """
 
 from . import (
+    freethreaded,  # noqa: F401  (registers pycpu, solve-svd, ft-* and the -gil strategies)
     moving,  # noqa: F401  (registers staggered, tail, arrival and their targets)
     users,  # noqa: F401  (registers two-users and the pinned-blind strategy)
 )
