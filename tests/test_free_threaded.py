@@ -137,3 +137,19 @@ def test_many_short_tasks_on_pinned_threads_stay_on_their_share_with_their_caps(
         with STATE.running_lock:
             assert not STATE.running_tasks, call
         assert STATE.blas_cap is None or not STATE.blas_cap._active, call
+
+
+def test_a_cap_controller_registered_by_many_threads_at_once_is_registered_once():
+    """``register`` checks the registry, then appends: without the GIL, threads that
+    register the same kind of controller together each found it missing."""
+    from pinbackend.host import caps
+
+    saved = list(caps.CAPS)
+    try:
+        for round_ in range(200):
+            kind = type(f"Stress{round_}", (caps.CapController,), {"name": f"stress{round_}"})
+            _many_at_once(8, lambda kind=kind: caps.register(kind()))
+            registered = [cap for cap in caps.CAPS if type(cap) is kind]
+            assert len(registered) == 1, (round_, registered)
+    finally:
+        caps.CAPS[:] = saved

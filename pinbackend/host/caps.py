@@ -279,9 +279,11 @@ class _NumexprCap(CapController):
             return {}
         import numexpr
 
-        # set_num_threads returns the previous value: set it back at once to read it.
-        current = numexpr.set_num_threads(1)
-        numexpr.set_num_threads(current)
+        # set_num_threads returns the previous value: set it back at once to read it, under
+        # the lock, or two threads reading together leave numexpr at 1 thread.
+        with _THREADPOOLCTL_LOCK:
+            current = numexpr.set_num_threads(1)
+            numexpr.set_num_threads(current)
         return {"numexpr": current}
 
 
@@ -294,8 +296,12 @@ def register(controller: CapController) -> None:
         raise TypeError(
             f"register() needs a CapController instance; got {type(controller).__name__}"
         )
-    if all(type(existing) is not type(controller) for existing in CAPS):
-        CAPS.append(controller)
+    # A check, then an append: without the GIL, threads registering the same kind together
+    # each found it missing (2 of 8 on 3.13t). Appending replaces nothing that a cap in
+    # another thread iterates (apply_caps and report_caps read a copy).
+    with _THREADPOOLCTL_LOCK:
+        if all(type(existing) is not type(controller) for existing in CAPS):
+            CAPS.append(controller)
 
 
 @dataclass
@@ -322,7 +328,7 @@ def apply_caps(n_threads: int, lower: Mapping[str, int] | None = None) -> Applie
     _check_threads(n_threads)
     applied = AppliedCaps()
     try:
-        for cap in CAPS:
+        for cap in list(CAPS):
             if cap.available():
                 # Controllers registered by users may take the count alone.
                 restore = cap.apply(n_threads, lower) if lower else cap.apply(n_threads)
@@ -353,7 +359,7 @@ def cap_openmp_in_this_thread(n_threads: int) -> None:
 def report_caps() -> dict[str, int]:
     """The size of every capped pool kind loaded in this process (``{"blas": 2, ...}``)."""
     sizes: dict[str, int] = {}
-    for cap in CAPS:
+    for cap in list(CAPS):
         if cap.available():
             sizes.update(cap.report())
     return sizes
