@@ -229,6 +229,7 @@ def host_holders(
     cpus = registry.lock_cpus() if cpus is None else sorted(cpus)
     kernel: dict | None = None
     found: dict[tuple, tuple[set[int], dict | None, int | None]] = {}
+    uids: dict[int, int | None] = {}
     for cpu in cpus:
         try:
             fd = registry.open_lock(cpu)
@@ -245,13 +246,28 @@ def host_holders(
             os.close(fd)
         if kernel is None or holder_pid(kernel, stat_info) is None:
             kernel = flock_holders()  # once, and again for a lock taken since
-        pid = holder_pid(kernel, stat_info)
-        uid = _platform.process_uid(pid) if pid is not None else None
-        record = registry.read_record(uid, cpu) if uid is not None else None
-        data = trusted_record(record, cpu, pid, uid) if pid is not None else None
-        key = (pid, data["lease_id"] if data else None, cpu if pid is None else None)
+        key, data, uid = _identify(registry, cpu, holder_pid(kernel, stat_info), found, uids)
         found.setdefault(key, (set(), data, uid))[0].add(cpu)
     return [_host_lease(key, *value) for key, value in found.items()]
+
+
+def _identify(
+    registry: HostRegistry, cpu: int, pid: int | None, found: dict, uids: dict
+) -> tuple[tuple, dict | None, int | None]:
+    """Whose is the lock of ``cpu`` that ``pid`` holds: the lease's key, its trusted record
+    (None if none) and the holder's uid. A lease already read whose record names this CPU
+    is not read again (one record per lease and process, not per CPU)."""
+    if pid is None:
+        return (None, None, cpu), None, None
+    if pid not in uids:
+        uids[pid] = _platform.process_uid(pid)
+    uid = uids[pid]
+    for key, (_, data, _) in found.items():
+        if key[0] == pid and data is not None and cpu in data["cores"]:
+            return key, data, uid
+    record = registry.read_record(uid, cpu) if uid is not None else None
+    data = trusted_record(record, cpu, pid, uid)
+    return (pid, data["lease_id"] if data else None, None), data, uid
 
 
 def _host_lease(key: tuple, held: set[int], data: dict | None, uid: int | None) -> LeaseInfo:
