@@ -433,6 +433,7 @@ PLANTED = [
     "writable without the sticky bit",
     "a symlink",
     "under a user's folder",
+    "through a user's symlink",
 ]
 
 
@@ -448,10 +449,17 @@ def test_a_planted_registry_is_refused_in_one_line_and_users_fall_back(site, ali
     elif how == "writable without the sticky bit":
         site.host.mkdir()
         site.host.chmod(0o777)
-    elif how == "a symlink":
+    elif how in ("a symlink", "through a user's symlink"):
+        # A registry root made, reached through a link of hers (she may point it elsewhere).
         real = site.root / "real"
         assert site.cli(None, "host", "init", PINBACKEND_HOST_REGISTRY=str(real)).returncode == 0
-        made = site.run(alice, "-c", f"import os; os.symlink({str(real)!r}, {str(site.host)!r})")
+        link, site.host = (
+            (site.host, site.host)
+            if how == "a symlink"
+            else (parent / "link", parent / "link" / "real")
+        )
+        target = real if how == "a symlink" else site.root
+        made = site.run(alice, "-c", f"import os; os.symlink({str(target)!r}, {str(link)!r})")
         assert made.returncode == 0, made.stderr
     else:
         # A registry root made, in a folder any user may rename things in.

@@ -222,11 +222,17 @@ def host_registry_problem(path: Path) -> str | None:
     """Why ``path`` cannot be the host registry, as one line; None if it is safe.
 
     The folder itself and every folder above it must be root's, and writable by others only
-    with the sticky bit: otherwise a user could replace or rename it.
+    with the sticky bit: otherwise a user could replace or rename it. A symbolic link on the
+    way must be root's too (a user could point theirs elsewhere).
     """
     try:
         problem = dir_problem(os.lstat(path))
         where = path
+        for link in [*reversed(path.parents[:-1])] if problem is None else []:
+            info = os.lstat(link)
+            if stat.S_ISLNK(info.st_mode) and info.st_uid != 0:
+                where, problem = link, f"is a symbolic link of uid {info.st_uid}"
+                break
         if problem is None:
             above = path.parent.resolve(strict=True)
             for parent in [*reversed(above.parents), above]:
@@ -242,7 +248,7 @@ def host_registry_problem(path: Path) -> str | None:
     return (
         f"refusing the host registry {path}: {subject} {problem}, so a user could replace "
         f"it or its files (planted?); as root, remove it and run `python -m pinbackend host "
-        f"init`, or set {HOST_REGISTRY_ENV} to the registry root made"
+        f"init`, or point {HOST_REGISTRY_ENV} at the one root made"
     )
 
 
