@@ -397,6 +397,26 @@ def test_no_user_can_remove_rename_rewrite_or_forge_another_users_lease(site, al
     end(victim)
 
 
+def test_a_folder_squatted_under_a_users_name_costs_them_only_the_lease_age(site, alice, bob):
+    site.init()
+    squat = site.run(alice, "-c", f"import os; os.mkdir({str(site.host / f'user-{bob.uid}')!r})")
+    assert squat.returncode == 0, squat.stderr
+    victim = site.hold(bob, 60)
+    held = first_line(victim)
+    rows = {}
+    for viewer in (None, alice, bob):
+        (row,) = [row for row in site.status(viewer)["leases"] if row["pid"] == held["pid"]]
+        assert (row["uid"], row["user"], row["cores"]) == (bob.uid, bob.name, str(held["cpus"][0]))
+        rows[viewer] = row
+    # Her folder holds no record of his; his own view still has his lease's age and command.
+    assert rows[alice]["age"] is None
+    assert rows[bob]["age"] is not None and "hold.py" in rows[bob]["command"]
+    said = site.cli(bob, "host", "status").stderr
+    assert f"your record folder {site.host / f'user-{bob.uid}'} cannot hold your records" in said
+    assert f"it belongs to uid {alice.uid}" in said
+    end(victim)
+
+
 def test_nothing_is_written_through_a_symlink(site, alice, bob):
     site.init()
     # Folders planted under other users' names (root's included) before they ever claimed,

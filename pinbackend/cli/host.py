@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from .. import _platform
 from ..core.cpuset import format_cpu_list
@@ -20,6 +21,7 @@ from ..host.hostreg import (
     DEFAULT_HOST_REGISTRY,
     HOST_REGISTRY_ENV,
     find_host_registry,
+    folder_problem,
     host_registry_path,
     registry_in_use,
 )
@@ -105,6 +107,9 @@ def run_status(args: argparse.Namespace) -> int:
         fail(str(error))
     for problem in problems:
         print(f"pinbackend: error: {problem}", file=sys.stderr)
+    squatted = _squatted(registry)
+    if squatted:
+        print(f"pinbackend: error: {squatted}", file=sys.stderr)
     now = time.time()
     rows = [_row(info, now) for info in leases]
     if args.json:
@@ -128,6 +133,27 @@ def run_status(args: argparse.Namespace) -> int:
             f"{age:>8}  {_printable(command)}"
         )
     return 0
+
+
+def _squatted(registry: dict) -> str:
+    """Why this user's record folder in the host registry is not theirs ("" if it is, or
+    if it is not made yet): someone made it first, so their leases show without their age."""
+    if registry["kind"] != "host":
+        return ""
+    folder = Path(registry["path"]) / f"user-{os.geteuid()}"
+    try:
+        problem = folder_problem(os.lstat(folder), os.geteuid())
+    except FileNotFoundError:
+        return ""
+    except OSError as error:
+        problem = error.strerror
+    if not problem:
+        return ""
+    return (
+        f"your record folder {folder} cannot hold your records: {problem} (made by someone "
+        f"else first?); your leases hold their cores but show without their age; ask root to "
+        f"remove it"
+    )
 
 
 def _row(info: LeaseInfo, now: float) -> dict:

@@ -59,6 +59,7 @@ __all__ = [
     "dir_problem",
     "find_host_registry",
     "flock_holders",
+    "folder_problem",
     "host_registry_path",
     "host_registry_problem",
     "possible_cpus",
