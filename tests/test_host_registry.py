@@ -367,6 +367,24 @@ ATTACK = textwrap.dedent(
 )
 
 
+#: Rewrites the public record of the lease its own process holds (its first argument's
+#: CPU) to name another user's uid and pid as its pool's owner, then stays.
+FORGE = textwrap.dedent(
+    """
+    import json, os, sys, time
+    host, cpu, victim_pid, victim_uid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    path = f"{host}/user-{os.getuid()}/cpu-{cpu}.json"
+    with open(path) as file:
+        record = json.load(file)
+    record.update(owner=victim_pid, uid=victim_uid)
+    with open(path, "w") as file:
+        json.dump(record, file)
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+    time.sleep(60)
+    """
+)
+
+
 @pytest.mark.skipif(len(CPUS) < 2, reason="the attacker's own job needs a second CPU")
 def test_no_user_can_remove_rename_rewrite_or_forge_another_users_lease(site, alice, bob):
     site.init()
@@ -390,6 +408,18 @@ def test_no_user_can_remove_rename_rewrite_or_forge_another_users_lease(site, al
         assert row["lease_id"] != "forged000001"
         assert row["command"] is None or "forged" not in row["command"]
     assert all(row["uid"] != alice.uid for row in site.status(None)["leases"])
+    # Her own lease, its record rewritten to name his uid and his pid as its pool's owner:
+    # still hers, and never counted as a worker of his pools.
+    other = next(c for c in CPUS if c != cpu)
+    forge = [site.python.executable, site.script("forge.py", FORGE), str(site.host), str(other)]
+    forger = site.start(
+        alice, "-m", "pinbackend", "run", "--cores", str(other), "--other-pins", "ignore", "--",
+        *forge, str(held["pid"]), str(bob.uid),
+    )  # fmt: skip
+    forged_pid = first_line(forger)["pid"]
+    (lease,) = [info for info in host_holders(HostRegistry(site.host)) if info.pid == forged_pid]
+    assert (lease.uid, lease.owner, lease.cores) == (alice.uid, None, frozenset({other}))
+    end(forger)
     # Alice's claim on that CPU fails, naming its holder, whatever her record says.
     claim = site.cli(alice, "run", "--cores", str(cpu), "--oversubscribe", "error", "--", "true")
     assert claim.returncode != 0
