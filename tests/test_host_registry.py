@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import json
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -228,6 +230,31 @@ def test_host_init_needs_root_and_makes_a_sticky_root_folder(site, alice):
     again = site.cli(None, "host", "init")
     assert again.returncode == 0 and "replaced" in again.stdout and "cpu-0.lock" in again.stdout
     assert (site.host / "cpu-0.lock").stat().st_uid == 0
+
+
+def test_host_init_with_a_group_lets_only_its_members_in(site, alice, bob):
+    group = f"pbg{secrets.token_hex(3)}"
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    try:
+        subprocess.run(["usermod", "-aG", group, alice.name], check=True, capture_output=True)
+        assert site.cli(None, "host", "init", "--group", group).returncode == 0
+        info = os.lstat(site.host)
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+            0,
+            grp.getgrnam(group).gr_gid,
+            0o1770,
+        )
+        kinds = {}
+        for user in (alice, bob):
+            result = site.cli(user, "info", "--json", "--import", "")
+            assert result.returncode == 0 and result.stderr == "", result.stderr
+            kinds[user.name] = json.loads(result.stdout)["registry"]
+        assert kinds[alice.name]["kind"] == "host"
+        # Not a member: his own registry, quietly (the admin meant it so), and why in info.
+        assert kinds[bob.name]["kind"] == "user"
+        assert "not open to you" in kinds[bob.name]["note"]
+    finally:
+        subprocess.run(["groupdel", group], capture_output=True)
 
 
 def test_info_json_names_the_registry_in_use(site, alice):
