@@ -108,12 +108,14 @@ def _run_job(func, args) -> list:
 
 
 def _end(processes) -> None:
+    """Kill what is still running (a measurement that failed half-way) and close its pipes."""
     for process in processes:
         if process.poll() is None:
             process.kill()
         process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 # -- staggered: a leased neighbour leaves mid-call -----------------------------------------
@@ -209,12 +211,12 @@ def measure_arrival(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], 
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=_plain_env()
     )
+    timer = threading.Timer(params["delay"], _go, (process,))
     try:
         _stamp(process, "ready")
         args = [(params["iterations"],)] * params["tasks"]
         with strategy.joblib_config(-1):
             _run_job(spin_task, [(1000,)] * (2 * n_jobs))  # warm the pool
-            timer = threading.Timer(params["delay"], _go, (process,))
             window.start()
             start = time.monotonic()
             timer.start()
@@ -224,6 +226,7 @@ def measure_arrival(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], 
             new_start, new_end = _stamp(process, "start"), _stamp(process, "end")
             window.stop()
     finally:
+        timer.cancel()
         _end([process])
     return {
         "jobs": {"first": first_end - start, "newcomer": new_end - new_start},
