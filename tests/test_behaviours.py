@@ -158,7 +158,9 @@ def test_share_runs_on_another_jobs_cores_with_one_warning(door):
     assert_pinned(door, result["workers"], 1 if door in RUN else N, shared=shared)
     if door in DASK:
         assert outcomes(result) == {"shared": N}
-        (warning,) = dask_lines(claimant, "WARNING")
+        warnings_ = dask_lines(claimant, "WARNING")
+        assert len(warnings_) == 1, "\n".join(warnings_)
+        (warning,) = warnings_
         assert "the workers beyond them share cores (oversubscribe='share')" in warning
     elif door in RUN:
         sharing = [line for line in claimant.stderr.splitlines() if "sharing CPUs" in line]

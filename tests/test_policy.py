@@ -515,8 +515,8 @@ def check_decision(view, options, request) -> None:
     assert grown <= view.usable and not grown & used
     assert sum(map(len, decision.grow)) == len(grown)
     assert not decision.grow or (policy == "clamp" and decision.held_by_others)
-    if decision.held_by_others:
-        assert view.usable & view.strangers
+    if decision.held_by_others:  # other jobs hold some of its CPUs, or part of their cores
+        assert view.usable & view.whole_cores(view.strangers)
 
 
 @settings(max_examples=300, deadline=None)

@@ -134,9 +134,7 @@ def check_two_users(check) -> None:
             continue
         loky = {r["round"]: r["time"] for r in _ok(check.doc, "loky")}
         ratios = [
-            r["time"] / loky[r["round"]]
-            for r in _ok(check.doc, strategy)
-            if loky.get(r["round"])
+            r["time"] / loky[r["round"]] for r in _ok(check.doc, strategy) if loky.get(r["round"])
         ]
         median = robust_median(ratios)
         if median is None:

@@ -199,7 +199,8 @@ async def _claim_slot(worker, state: WorkerPin, cores: int) -> None:
     )
     strangers = view.other_jobs
     if strangers:
-        shape += f"; other jobs hold CPUs {format_cpu_list(strangers)} ({view.holders(strangers)})"
+        held_by = view.holders(strangers, jobs_only=True)
+        shape += f"; other jobs hold CPUs {format_cpu_list(strangers)} ({held_by})"
     if state.lease is not None:
         state.outcome = "shared"
         state.note = f"{shape}; the workers beyond them share cores (oversubscribe='share')"

@@ -23,6 +23,7 @@ from .hostreg import HostRegistry, find_host_registry, flock_holders, holder_pid
 from .registry import (
     LEASE_ID,
     LOCK_NAME,
+    SHARE_NAME,
     LeaseError,
     RegistryError,
     is_cpu_list,
@@ -334,10 +335,28 @@ def _leases_in(scope: str, problems: list[RegistryError] | None = None) -> list[
         raise registry_failure("list the lease directory", directory, error) from None
     cpus = [int(match[1]) for match in map(LOCK_NAME.fullmatch, entries) if match]
     leases = holders_of(directory, cpus, scope, problems) if cpus else []
+    sharers = [directory / name for name in entries if SHARE_NAME.fullmatch(name)]
+    leases += [info for path in sharers for info in _sharer(path, scope)]
     registry = None if scope else find_host_registry()
     if registry is not None:
         leases = merge_host(leases, host_holders(registry, problems=problems))
     return sorted(leases, key=lambda info: (info.since or 0.0, info.lease_id))
+
+
+def _sharer(path: Path, scope: str) -> list[LeaseInfo]:
+    """The lease a sharer (no CPU's lock: all shared) records in its own file, while alive."""
+    fd = open_existing(path)
+    if fd is None:
+        return []
+    try:
+        if not _platform.probe_lock(fd):
+            with contextlib.suppress(OSError):  # its holder died (locked before it was named)
+                os.unlink(path)
+            return []
+        cores = (read_record(fd) or {}).get("cores")
+        return [_read_lease(fd, cores[0], scope)] if cores and is_cpu_list(cores) else []
+    finally:
+        os.close(fd)
 
 
 def busy_cpus(scope: str = "", *, ignore_owner: int | None = None) -> frozenset[int]:

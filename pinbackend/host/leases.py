@@ -18,6 +18,7 @@ file) is refused at once, by every reader and every claim (:class:`.UnsafeLeaseF
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -99,6 +100,10 @@ def _lock_one(directory: Path, cpu: int) -> int | None:
     return None  # fail closed: count the CPU as busy
 
 
+#: The key of a sharer's own record file among a lease's lock descriptors (no CPU's).
+SHARE_KEY = -1
+
+
 @dataclass(eq=False)
 class Lease:
     """A held set of CPUs. Release it (or use it as a context manager) when done."""
@@ -132,7 +137,11 @@ class Lease:
         with _TABLE_LOCK:
             STATE.leases.pop(self.lease_id, None)
             fds = [*self._fds.values(), *self._host_fds.values()]
+            shared_record = SHARE_KEY in self._fds
             self._fds, self._host_fds = {}, {}
+        if shared_record:
+            with contextlib.suppress(OSError):
+                os.unlink(scope_dir(self.info.scope) / f"share-{self.lease_id}.lock")
         _close_all(fds)
         remove_idle_scope(self.info)
 
@@ -312,7 +321,10 @@ def _hold(
         public = {key: value for key, value in info.to_dict().items() if key != "command"}
         for cpu in fds.host_fds:
             fds.host.write_record(cpu, json.dumps(public).encode())
-    lease = Lease(info, dict(fds), dict(fds.host_fds))
+    held = dict(fds)
+    if not held:
+        held[SHARE_KEY] = _share_record(directory, info.lease_id, record)
+    lease = Lease(info, held, dict(fds.host_fds))
     with _TABLE_LOCK:
         STATE.leases[info.lease_id] = lease
     return lease
@@ -356,6 +368,25 @@ def _try_lock_all(
         _close_all(fds)
         raise
     return fds, frozenset(busy)
+
+
+def _share_record(directory: Path, lease_id: str, record: bytes) -> int:
+    """A lease that shares every CPU holds no CPU's lock: its record goes in a file of its
+    own (``share-ID.lock``), locked while it lives, so that the survey sees it (and does not
+    take its pinned holder for another job's process). Written under another name and
+    renamed when locked: a reader never finds it unlocked while its holder lives."""
+    part, path = directory / f"share-{lease_id}.part", directory / f"share-{lease_id}.lock"
+    fd = open_file(part)
+    if fd is None:
+        raise registry_failure("create a sharer's record in", directory, FileNotFoundError())
+    try:
+        _platform.lock_exclusive(fd)
+        write_record(fd, record)
+        os.rename(part, path)
+    except OSError as error:
+        os.close(fd)
+        raise registry_failure("write a sharer's record into", path, error) from None
+    return fd
 
 
 def _close_all(fds: dict[int, int] | list[int]) -> None:

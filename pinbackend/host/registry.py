@@ -34,6 +34,7 @@ __all__ = [
     "LOCK_NAME",
     "RECORD_LIMIT",
     "REGISTRY_ENV",
+    "SHARE_NAME",
     "LeaseError",
     "RegistryError",
     "UnsafeLeaseFile",
@@ -71,6 +72,8 @@ _PID_LIMIT = (1 << 31) - 1
 #: A lease id, which also names the scope folder of the pools nested in that lease.
 LEASE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 LOCK_NAME = re.compile(r"cpu-(0|[1-9][0-9]{0,4})\.lock")
+#: The record of a lease that holds no CPU's lock (every CPU shared), locked by its holder.
+SHARE_NAME = re.compile(r"share-[0-9A-Za-z_-]{1,64}\.lock")
 #: How often a folder that the scope collector removed under us is made again.
 _RECREATE_ATTEMPTS = 10
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | _platform.SAFE_OPEN_FLAGS

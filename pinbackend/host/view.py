@@ -152,14 +152,16 @@ class HostView:
         """CPUs a new slot could ever have here (other jobs' ones once they end)."""
         return self.within_budget(self.usable - self.whole_cores(self.own))
 
-    def holders(self, cpus: Iterable[int]) -> str:
+    def holders(self, cpus: Iterable[int], *, jobs_only: bool = False) -> str:
         """Who holds ``cpus``, for messages: ``CPUs 0 by pid 12 (python job.py)``, the
-        program's own pools, or ``nothing``."""
+        program's own pools, or ``nothing``; ``jobs_only``: other jobs, not the group nor
+        this process's own lease."""
         cpus = frozenset(cpus)
+        skip = (*self.members, *(i for i in self.others if i.pid == self.me)) if jobs_only else ()
         parts = [
             f"CPUs {format_cpu_list(info.cores & cpus)} by {describe_holder(info)}"
             for info in self.others
-            if info.cores & cpus
+            if info.cores & cpus and info not in skip
         ]
         if self.own & cpus:
             parts.append(f"CPUs {format_cpu_list(self.own & cpus)} by this program's other pools")
