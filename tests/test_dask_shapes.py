@@ -163,9 +163,14 @@ def check_shape(client, nthreads: int, expected: dict[str, int]) -> list:
     assert {o: len(s) for o, s in slots.items() if s} == {
         o: n for o, n in expected.items() if o in slots
     }
-    # Exclusive slots are held by live workers' leases; shared ones hold no lock.
+    # Exclusive slots are held by live workers' leases; a sharer holds no CPU's lock and
+    # records its lease in a file of its own (visible, every CPU shared).
     leases = list_leases(scope=None)
-    assert sorted(sorted(lease.cores) for lease in leases) == sorted(map(sorted, own))
+    exclusive = [lease for lease in leases if not lease.shared]
+    assert sorted(sorted(lease.cores) for lease in exclusive) == sorted(map(sorted, own))
+    sharers = [lease for lease in leases if lease.shared]
+    assert all(lease.shared == lease.cores for lease in sharers)
+    assert sorted(sorted(lease.cores) for lease in sharers) == sorted(map(sorted, slots["shared"]))
     rows = placement(client)
     assert Counter(row.outcome for row in rows) == Counter(expected)
     for row in rows:
