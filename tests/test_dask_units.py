@@ -200,6 +200,7 @@ def test_parsing_preload_options_has_no_side_effect():
         "oversubscribe": "share",
         "fail": "open",
         "claim_timeout": 30.0,
+        "other_pins": "avoid",
     }
     assert report["env_same"] and report["cpus_same"] and report["threads_same"]
     assert report["leases"] == 0

@@ -184,7 +184,7 @@ def test_every_runner_warning_links_to_a_troubleshooting_entry():
     headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
     anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
     categories = PinbackendWarning.__subclasses__()
-    assert len(categories) == 4
+    assert len(categories) == 5  # resized, shared, waiting, host registry refused, the runner's
     for category in categories:
         assert category.anchor in anchors, category
     assert "workers-share-core-sets" in anchors  # re-emitted planner warning
