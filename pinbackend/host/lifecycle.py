@@ -142,6 +142,7 @@ def pool_from(
         user_limits=tuple(sorted(user_thread_limits(os.environ).items())),
         avoid_pins=options.other_pins == "avoid",
         grow=decision.grow,
+        job_cpus=view.topology.allowed,
     )
 
 
@@ -222,8 +223,7 @@ def grow_room(pool: PoolPlan) -> int:
     )
     if pool.avoid_pins:
         holders = {info.pid for info in leases if info.pid is not None}
-        job_cpus = frozenset().union(*pool.slots, *pool.grow)
-        held |= frozenset().union(*(info.cores for info in pinned_holders(job_cpus, skip=holders)))
+        held |= frozenset().union(*(info.cores for info in pinned_holders(pool.cpus, skip=holders)))
     return sum(1 for slot in pool.grow if not slot & held)
 
 

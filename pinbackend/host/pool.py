@@ -29,7 +29,8 @@ class PoolPlan:
     ``avoid_pins``: workers look for other jobs' pinned processes on their slot right after
     pinning (``other_pins="avoid"``). ``grow``: slots the pool may add while it runs, once
     no other job holds their cores (a pool clamped by other jobs' cores grows back); a new
-    worker claims one of them when every slot of ``slots`` is taken.
+    worker claims one of them when every slot of ``slots`` is taken. ``job_cpus``: the CPUs
+    the planner's job may use (what a pinned process must be narrower than to count).
     """
 
     slots: tuple[frozenset[int], ...]
@@ -42,6 +43,12 @@ class PoolPlan:
     user_limits: tuple[tuple[str, int], ...] = ()
     avoid_pins: bool = True
     grow: tuple[frozenset[int], ...] = ()
+    job_cpus: frozenset[int] = frozenset()
+
+    @property
+    def cpus(self) -> frozenset[int]:
+        """The job's CPUs (where not recorded: the slots' and grow slots' CPUs)."""
+        return self.job_cpus or frozenset().union(*self.slots, *self.grow)
 
     @property
     def n_workers(self) -> int:

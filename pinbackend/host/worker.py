@@ -84,7 +84,7 @@ def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Leas
     """
     if not pool.avoid_pins or pool.shared:
         return lease, applied
-    job_cpus = frozenset().union(*pool.slots, *pool.grow)
+    job_cpus = pool.cpus
     holders = {info.pid for info in list_leases(pool.scope) if info.pid is not None}
     earlier = pinned_first(lease.cores, job_cpus, skip=holders)
     deadline = time.monotonic() + pool.claim_timeout
