@@ -98,8 +98,13 @@ class SharedPython:
         executable = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
         prefix = self._expose(base)
         self.executable = str(prefix / executable.relative_to(base))
-        # A shared libpython is found through the build's run path, under the old prefix.
-        self.library_path = str(prefix / "lib")
+        # A shared libpython is found through the build's run path, under the old prefix;
+        # libraries wheels put in the environment's own lib (tbb4py's libtbb) through the
+        # variable, since their run path leads out of the exposed site-packages.
+        libraries = [prefix / "lib"]
+        if sys.prefix != sys.base_prefix and os.path.isdir(Path(sys.prefix) / "lib"):
+            libraries.append(self._expose(Path(sys.prefix) / "lib"))
+        self.library_path = os.pathsep.join(map(str, libraries))
         package_root = Path(pinbackend.__file__).resolve().parent.parent
         paths = [package_root] + [
             Path(entry)

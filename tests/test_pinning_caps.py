@@ -414,3 +414,23 @@ def test_a_forked_child_that_undoes_its_inherited_slot_stays_inside_it():
     assert data["child"] == {"masks": [[0]], "slot_env": "0", "cpu_count": 1, "slot": False}
     assert data["parent"]["masks"] == [sorted(os.sched_getaffinity(0))]
     assert data["parent"]["slot_env"] is None and not data["parent"]["slot"]
+
+
+def test_a_tbb_that_cannot_load_is_not_capped_and_breaks_nothing(tmp_path):
+    """tbb4py installed where its libtbb cannot be found (a venv's lib out of reach): the
+    slot is applied without a TBB cap, as where TBB is absent, instead of failing."""
+    broken = tmp_path / "tbb"
+    broken.mkdir()
+    (broken / "__init__.py").write_text(
+        "raise ImportError('libtbb.so.12: cannot open shared object file: No such file')\n"
+    )
+    code = """
+        import json
+        from pinbackend.host.caps import apply_caps
+        first, second = apply_caps(1), apply_caps(1)
+        print(json.dumps([first.kinds, second.kinds]))
+        first.restore(); second.restore()
+    """
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    kinds = last_json(run_python(code, env=env).stdout)
+    assert all("tbb" not in each for each in kinds)

@@ -207,11 +207,20 @@ class _TbbCap(CapController):
 
     name = "tbb"
     _control = None
+    #: tbb4py is installed but cannot load (its libtbb is missing): nothing of TBB runs here.
+    _unloadable = False
 
     def available(self) -> bool:
         if "tbb" in sys.modules:
             return _ready("tbb", "global_control")
-        return importlib.util.find_spec("tbb") is not None
+        if type(self)._unloadable or importlib.util.find_spec("tbb") is None:
+            return False
+        try:  # what apply() would import anyway, once
+            import tbb  # noqa: F401
+        except ImportError:  # not ModuleNotFoundError only: "libtbb.so.12: cannot open"
+            type(self)._unloadable = True
+            return False
+        return True
 
     def apply(self, n_threads: int, lower: Mapping[str, int] | None = None) -> Restore:
         import tbb
