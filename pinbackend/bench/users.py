@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .moving import spin_task
+from .moving import _end, _stamp, spin_task
 from .report import cell_runs, robust_median
 from .strategies import JoblibStrategy, Strategy, get_strategy, register_strategy
 from .targets import register_targets
@@ -69,15 +69,6 @@ def user_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stamp(process: subprocess.Popen, word: str) -> float:
-    for line in process.stdout:
-        head, _, value = line.strip().partition(" ")
-        if head == word:
-            return float(value)
-    process.wait()
-    raise RuntimeError(f"a user's job exited with {process.returncode} before {word!r}")
-
-
 def measure_two_users(strategy: Strategy, n_jobs: int, params: Mapping[str, Any], window) -> dict:
     """Start both users' programs, tell both to go at once, wait for both."""
     code = "import sys\nfrom pinbackend.bench.users import user_main\nsys.exit(user_main())"
@@ -94,7 +85,7 @@ def measure_two_users(strategy: Strategy, n_jobs: int, params: Mapping[str, Any]
                 text=True,
                 env=env,
             )
-            stack.callback(_end, process)
+            stack.callback(_end, [process])
             users.append(process)
         for process in users:
             _stamp(process, "ready")
@@ -107,13 +98,6 @@ def measure_two_users(strategy: Strategy, n_jobs: int, params: Mapping[str, Any]
     first, second = sorted(end - start for start, end in spans)
     makespan = max(end for _, end in spans) - min(start for start, _ in spans)
     return {"jobs": {"faster": first, "slower": second}, "makespan": makespan}
-
-
-def _end(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait()
-    process.stdout.close()
 
 
 def _describe(params, n_jobs) -> str:
