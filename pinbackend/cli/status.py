@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"pinbackend: error: {problem}", file=sys.stderr)
     owners = {info.lease_id: job_of(info, jobs) for info in leases}
-    holders = {info.pid for info in leases if info.pid is not None}
-    pinned = pinned_holders(read_topology().allowed, skip=holders)
+    pinned = pinned_holders(read_topology().allowed, leases=leases)
     if args.json:
         print_json(
             {

@@ -28,14 +28,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .. import _platform
 from .holders import LeaseInfo
 from .state import STATE
 
-__all__ = ["SAMPLE_SECONDS", "SECOND_LOOK_SECONDS", "pinned_first", "pinned_holders"]
+__all__ = [
+    "SAMPLE_SECONDS",
+    "SECOND_LOOK_SECONDS",
+    "pinned_cpus",
+    "pinned_first",
+    "pinned_holders",
+]
 
 #: How long a thread's CPU-time reading tells whether it ran since (older ones are dropped).
 SAMPLE_SECONDS = 5.0
@@ -50,19 +56,20 @@ class _Pinned:
 
 
 def pinned_holders(
-    allowed: frozenset[int], *, skip: Collection[int] = (), me: int | None = None
+    allowed: frozenset[int], *, leases: Iterable[LeaseInfo] = (), me: int | None = None
 ) -> tuple[LeaseInfo, ...]:
     """The processes that run pinned to part of ``allowed``, as holders
     (``LeaseInfo(source="affinity")``: pid, uid, command, since, their busy threads' CPUs).
 
-    ``skip``: the pids of lease holders (their descendants are skipped too); ``me`` (default:
+    ``leases``: the registry's leases (their holders and descendants are skipped); ``me`` (default:
     this process) and its ancestors are skipped, not its children (a program that starts a
     pinned helper and then a pool must plan around the helper). Empty where the OS cannot
     list processes.
     """
     me = os.getpid() if me is None else me
     ancestors = set(_ancestry(me))
-    skipped = set(skip) | {me}
+    skip = {info.pid for info in leases if info.pid is not None}
+    skipped = skip | {me}
     found = [
         pinned
         for pid in _platform.process_ids()
@@ -70,7 +77,7 @@ def pinned_holders(
         for pinned in [_narrow_tasks(pid, allowed)]
         if pinned is not None
     ]
-    holders = set(skip) - {me}  # this process's own children are like anyone's
+    holders = skip - {me}  # this process's own children are like anyone's
     found = [pinned for pinned in found if not _descends_from(pinned.pid, holders)]
     busy = _busy_cpus(found)
     return tuple(
@@ -78,11 +85,16 @@ def pinned_holders(
     )
 
 
+def pinned_cpus(allowed: frozenset[int], *, leases: Iterable[LeaseInfo] = ()) -> frozenset[int]:
+    """The CPUs of ``allowed`` that busy processes holding none of ``leases`` are pinned to."""
+    return frozenset().union(*(info.cores for info in pinned_holders(allowed, leases=leases)))
+
+
 def pinned_first(
     cores: frozenset[int],
     job_cpus: frozenset[int],
     *,
-    skip: Collection[int] = (),
+    leases: Iterable[LeaseInfo] = (),
     me: int | None = None,
 ) -> tuple[LeaseInfo, ...]:
     """Right after pinning to ``cores``: the busy processes pinned to part of them (narrower
@@ -96,7 +108,7 @@ def pinned_first(
     mine = _started(me)
     return tuple(
         info
-        for info in pinned_holders(job_cpus, skip=skip, me=me)
+        for info in pinned_holders(job_cpus, leases=leases, me=me)
         if info.cores & cores and _started(info.pid) < mine
     )
 

@@ -25,7 +25,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan
 from . import notices
 from .caps import user_thread_limits
-from .foreign import pinned_first, pinned_holders
+from .foreign import pinned_cpus, pinned_first
 from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim
 from .options import PinOptions
@@ -222,8 +222,7 @@ def grow_room(pool: PoolPlan) -> int:
         *(info.cores - info.shared for info in leases if info.owner != pool.owner)
     )
     if pool.avoid_pins:
-        holders = {info.pid for info in leases if info.pid is not None}
-        held |= frozenset().union(*(info.cores for info in pinned_holders(pool.cpus, skip=holders)))
+        held |= pinned_cpus(pool.cpus, leases=leases)
     return sum(1 for slot in pool.grow if not slot & held)
 
 
@@ -237,8 +236,7 @@ def move_once(
     pinning, if a busy process of another job that started first is pinned to part of the
     slot (:func:`~pinbackend.host.foreign.pinned_first`), give the slot back and lease once
     more (``again``: the decision now sees that process), then apply that one."""
-    holders = {info.pid for info in list_leases(lease.info.scope) if info.pid is not None}
-    if not pinned_first(lease.cores, job_cpus, skip=holders):
+    if not pinned_first(lease.cores, job_cpus, leases=list_leases(lease.info.scope)):
         return lease, applied
     release_slot(applied, lease)
     lease = again()

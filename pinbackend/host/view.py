@@ -220,8 +220,7 @@ def survey(
             used = quota_peers(info for info in leases if info.owner != me)
     pinned = ()
     if scope == "" and not nested and options.other_pins == "avoid":
-        holders = {info.pid for info in leases if info.pid is not None}
-        pinned = pinned_holders(topology.allowed, skip=holders, me=me)
+        pinned = pinned_holders(topology.allowed, leases=leases, me=me)
     return host_view(
         topology,
         options,

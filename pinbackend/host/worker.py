@@ -22,7 +22,7 @@ from collections.abc import Callable
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from . import loads, notices
-from .foreign import pinned_first, pinned_holders
+from .foreign import pinned_cpus, pinned_first
 from .groups import least_crowded
 from .holders import describe_holder, list_leases
 from .leases import Lease, LeaseConflict, claim, claim_first_free
@@ -85,11 +85,11 @@ def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Leas
     if not pool.avoid_pins or pool.shared:
         return lease, applied
     job_cpus = pool.cpus
-    holders = {info.pid for info in list_leases(pool.scope) if info.pid is not None}
-    earlier = pinned_first(lease.cores, job_cpus, skip=holders)
+    leases = list_leases(pool.scope)
+    earlier = pinned_first(lease.cores, job_cpus, leases=leases)
     deadline = time.monotonic() + pool.claim_timeout
     while earlier:
-        moved = _free_slot(pool, lease, job_cpus, holders)
+        moved = _free_slot(pool, lease, job_cpus, leases)
         if moved is not None:
             release_slot(applied, lease, keep_pool=True)
             try:
@@ -107,13 +107,13 @@ def _move_once(pool: PoolPlan, lease: Lease, applied: AppliedSlot) -> tuple[Leas
                 )
             break
         time.sleep(_WAIT_POLL_SECONDS)
-        earlier = pinned_first(lease.cores, job_cpus, skip=holders)
+        earlier = pinned_first(lease.cores, job_cpus, leases=leases)
     return lease, applied
 
 
-def _free_slot(pool: PoolPlan, lease: Lease, job_cpus, holders) -> Lease | None:
+def _free_slot(pool: PoolPlan, lease: Lease, job_cpus, leases) -> Lease | None:
     """A slot of ``pool`` other than ``lease``'s that no lease and no busy pin holds, claimed."""
-    taken = frozenset().union(*(info.cores for info in pinned_holders(job_cpus, skip=holders)))
+    taken = pinned_cpus(job_cpus, leases=leases)
     slots = dict.fromkeys(pool.slots + pool.grow)
     others = [slot for slot in slots if not slot & (taken | lease.cores)]
     if not others:
