@@ -174,3 +174,13 @@ def wait_until(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def python_for_users():
+    """This test run's interpreter, runnable by the throw-away users, for one test module."""
+    shared = SharedPython()
+    try:
+        yield shared
+    finally:
+        shared.close()

@@ -164,15 +164,6 @@ def first_line(process: subprocess.Popen, timeout: float = 30) -> dict:
 
 
 @pytest.fixture(scope="module")
-def python_for_users():
-    shared = SharedPython()
-    try:
-        yield shared
-    finally:
-        shared.close()
-
-
-@pytest.fixture(scope="module")
 def alice(python_for_users):
     with unix_user("a") as user:
         yield user

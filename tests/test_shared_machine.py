@@ -102,15 +102,6 @@ class Host:
 
 
 @pytest.fixture(scope="module")
-def python_for_users():
-    shared = SharedPython()
-    try:
-        yield shared
-    finally:
-        shared.close()
-
-
-@pytest.fixture(scope="module")
 def users(python_for_users):
     with unix_user("a") as alice, unix_user("b") as bob:
         yield alice, bob
