@@ -36,9 +36,18 @@ def test_is_clean():
 """
 
 
+def copy_harness(folder: Path) -> None:
+    """Put the suite's conftest.py, and the modules of tests/ it imports, in ``folder``: a
+    session started there finds them as the suite does."""
+    here = Path(__file__).parent
+    conftest = (here / "conftest.py").read_text()
+    local = re.findall(r"^(?:from|import) (_[^_\W]\w*)", conftest, re.M)
+    for name in ("conftest", *local):
+        (folder / f"{name}.py").write_text((here / f"{name}.py").read_text())
+
+
 def test_no_leaks_fails_tests_that_leave_a_child_a_variable_or_a_lease(tmp_path):
-    conftest = Path(__file__).with_name("conftest.py").read_text()
-    (tmp_path / "conftest.py").write_text(conftest)
+    copy_harness(tmp_path)
     (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE", str(tmp_path)],
@@ -119,8 +128,7 @@ SESSION_BOUND = HUNG_LIMIT + GRACE + 20
 def run_hanging(tmp_path, test: str):
     """Run one hanging test, then ``test_after``, in a pytest session of their own: return
     its exit status, output (stdout and stderr) and how long it took."""
-    conftest = Path(__file__).with_name("conftest.py").read_text()
-    (tmp_path / "conftest.py").write_text(conftest)
+    copy_harness(tmp_path)
     (tmp_path / "test_hangs.py").write_text(HANGING_TESTS)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"]
     command += [
