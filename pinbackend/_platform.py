@@ -41,6 +41,7 @@ __all__ = [
     "bytes_waiting",
     "forget_in_forked_child",
     "get_thread_affinity",
+    "host_flocks",
     "list_thread_ids",
     "loaded_libraries",
     "lock_exclusive",
@@ -51,6 +52,7 @@ __all__ = [
     "process_uid",
     "read_task_stat",
     "set_thread_affinity",
+    "share_lock",
     "started_at",
     "thread_affinities",
     "user_name",
@@ -314,6 +316,38 @@ def probe_lock(fd: int) -> bool:
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+def share_lock(fd: int) -> bool:
+    """Take a shared flock on ``fd`` without waiting (it blocks nobody who shares it);
+    return whether it was taken. Closing ``fd`` drops it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def host_flocks() -> list[tuple[tuple[int, int, int], int, str]]:
+    """Every flock of the host, from Linux's ``/proc/locks`` (readable by every user):
+    ``((major, minor, inode), pid, "READ"|"WRITE")``; empty where there is none."""
+    try:
+        with open("/proc/locks", "rb") as file:
+            lines = file.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:567 0 EOF"; a waiter's line has "->" first.
+        if len(parts) < 6 or parts[1] != "FLOCK" or parts[3] not in ("READ", "WRITE"):
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            found.append(((int(major, 16), int(minor, 16), int(inode)), int(parts[4]), parts[3]))
+        except ValueError:
+            continue
+    return found
 
 
 def wait_for_exit(pid: int) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .. import _platform
 from ..core.cpuset import format_cpu_list
-from .hostreg import HostRegistry, find_host_registry, flock_holders, holder_pid, trusted_record
+from .hostreg import HostRegistry, find_host_registry, trusted_record
+from .kernel_locks import LockHolders
 from .registry import (
     LEASE_ID,
     LOCK_NAME,
@@ -228,7 +229,7 @@ def host_holders(
     ones): a record cannot claim more. Commands are read for root only.
     """
     cpus = registry.lock_cpus() if cpus is None else sorted(cpus)
-    kernel: dict | None = None
+    kernel = LockHolders(registry.path)
     found: dict[tuple, tuple[set[int], dict | None, int | None]] = {}
     uids: dict[int, int | None] = {}
     for cpu in cpus:
@@ -240,14 +241,12 @@ def host_holders(
             problems.append(error)
             continue
         try:
-            if not _platform.probe_lock(fd):
-                continue
-            stat_info = os.fstat(fd)
+            held, pid = kernel.holder(fd)
         finally:
             os.close(fd)
-        if kernel is None or holder_pid(kernel, stat_info) is None:
-            kernel = flock_holders()  # once, and again for a lock taken since
-        key, data, uid = _identify(registry, cpu, holder_pid(kernel, stat_info), found, uids)
+        if not held:
+            continue
+        key, data, uid = _identify(registry, cpu, pid, found, uids)
         found.setdefault(key, (set(), data, uid))[0].add(cpu)
     return [_host_lease(key, *value) for key, value in found.items()]
 

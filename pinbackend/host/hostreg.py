@@ -58,7 +58,6 @@ __all__ = [
     "HostRegistryRefused",
     "dir_problem",
     "find_host_registry",
-    "flock_holders",
     "folder_problem",
     "host_registry_path",
     "host_registry_problem",
@@ -303,39 +302,6 @@ def registry_in_use() -> dict:
     if registry is not None:
         return {"kind": "host", "path": str(registry.path), "private": private, "note": ""}
     return {"kind": "user", "path": private, "private": private, "note": why}
-
-
-def flock_holders() -> dict[tuple[int, int, int], int]:
-    """Who holds each exclusive flock on this host: ``{(major, minor, inode): pid}``, from
-    Linux's ``/proc/locks`` (readable by every user; empty where there is none)."""
-    try:
-        with open("/proc/locks", "rb") as file:
-            lines = file.read().decode(errors="replace").splitlines()
-    except OSError:
-        return {}
-    found = {}
-    for line in lines:
-        parts = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:567 0 EOF"; a waiter's line has "->" first.
-        if len(parts) < 6 or parts[1] != "FLOCK" or parts[3] != "WRITE":
-            continue
-        with contextlib.suppress(ValueError):
-            major, minor, inode = parts[5].split(":")
-            found[(int(major, 16), int(minor, 16), int(inode))] = int(parts[4])
-    return found
-
-
-def holder_pid(holders: dict[tuple[int, int, int], int], info: os.stat_result) -> int | None:
-    """The pid that holds the flock of the file ``info`` describes, if the kernel says.
-
-    Some file systems (btrfs, overlayfs) show another device in /proc/locks than stat does:
-    then the inode alone decides, if only one lock has it.
-    """
-    key = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
-    if key in holders:
-        return holders[key]
-    same = [pid for (_, _, inode), pid in holders.items() if inode == info.st_ino]
-    return same[0] if len(same) == 1 else None
 
 
 def trusted_record(data: dict | None, cpu: int, pid: int, uid: int) -> dict | None:
