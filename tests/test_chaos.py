@@ -68,6 +68,29 @@ JOBLIB_JOB = textwrap.dedent(
     pinbackend.shutdown_workers()
     """
 )
+#: BLAS tasks fewer than the workers (a call's tail): the running task borrows the idle
+#: workers' cores, and gives them back to the next task or another job's claim.
+BLAS_JOB = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from joblib import Parallel, delayed
+    import pinbackend
+
+    def products(seconds):
+        a = np.random.default_rng(0).random((300, 300))
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            a @ a
+        return seconds
+
+    for tasks in (1, 3):
+        Parallel(n_jobs=2, backend="pinned", oversubscribe="clamp", claim_timeout=20)(
+            delayed(products)(0.6) for _ in range(tasks)
+        )
+    pinbackend.shutdown_workers()
+    """
+)
 #: A pinned thread pool whose tasks import modules nobody imported before (lazy_imports.py's
 #: task). PATH: ``threads`` or ``sharedmem`` (joblib on the pinned backend), ``threadpool``
 #: (a ThreadPool, run under the runner: ``python -m pinbackend THIS threadpool``).
@@ -146,6 +169,7 @@ class Job:
         self.pid = self.process.pid
         self.started = time.monotonic()
         self.signals: list[str] = []  # what the test sent it: "SIGINT early", "SIGKILL"...
+        self.killable = kind not in THREAD_PATHS  # thread jobs get their signals at start
 
     def send(self, sig: signal.Signals, what: str = "") -> None:
         if self.process.poll() is None:
@@ -164,10 +188,14 @@ class Job:
 
 def _start(rng: random.Random, folder: Path, index: int) -> Job:
     draw = rng.random()
-    if draw < 0.3:
+    if draw < 0.2:
         return Job(
             "joblib", [sys.executable, "-c", JOBLIB_JOB, str(rng.choice([-1, 1, 2]))], folder, index
         )
+    if draw < 0.35:
+        job = Job("blas", [sys.executable, "-c", BLAS_JOB], folder, index)
+        job.killable = rng.random() < 0.5  # half run to their end: a hang would show
+        return job
     if draw < 0.6:
         return Job("run", RUN_JOB, folder, index)
     path = rng.choice(THREAD_PATHS)
@@ -207,19 +235,18 @@ def _overlaps() -> list[str]:
     """Threads of a lease holder on cores it does not hold (holders whose leases are all
     younger than a second are skipped: a worker pins itself right after claiming).
 
-    A process pinned as a whole (a joblib worker, ``run``): every thread on each lease's
-    cores. A process with a pinned thread pool (its leases say "threads: ..."): every
-    pinned thread on the cores of one of its leases; the threads it leaves unpinned by
-    design (the caller, the process-wide BLAS pool's own threads, capped while the pool
-    lives) keep the process's mask.
+    A process pinned as a whole (a joblib worker, ``run``): every thread on the cores of its
+    leases (its slot's, and the loans it borrowed from idle slots: a loan comes and goes
+    within a look, so the leases read before and after the threads count). A process with a
+    pinned thread pool (its leases say "threads: ..."): every pinned thread on the cores of
+    one of its leases; the threads it leaves unpinned by design (the caller, the
+    process-wide BLAS pool's own threads, capped while the pool lives) keep the process's
+    mask.
     """
     found = []
-    held: dict[int, list] = defaultdict(list)
-    for info in list_leases(scope=None):
-        if info.pid is not None and not info.shared:
-            held[info.pid].append(info)
+    before = _held_by_pid()
     now = time.time()
-    for pid, leases in held.items():
+    for pid, leases in before.items():
         if all(now - (info.since or 0) < 1.0 for info in leases):
             continue
         try:
@@ -227,14 +254,25 @@ def _overlaps() -> list[str]:
         except (FileNotFoundError, ProcessLookupError):
             continue
         thread_pool = all(info.command.startswith("threads:") for info in leases)
+        if not thread_pool:
+            leases = leases + _held_by_pid().get(pid, [])
+        held = frozenset().union(*(info.cores for info in leases))
         for tid, cpus in masks.items():
             if thread_pool:
                 fits = cpus == frozenset(ALLOWED) or any(cpus <= info.cores for info in leases)
             else:
-                fits = all(cpus <= info.cores for info in leases)
+                fits = cpus <= held
             if not fits:
                 found.append(f"pid {pid} thread {tid} on {sorted(cpus)}, leases {leases}")
     return found
+
+
+def _held_by_pid() -> dict[int, list]:
+    held: dict[int, list] = defaultdict(list)
+    for info in list_leases(scope=None):
+        if info.pid is not None and not info.shared:
+            held[info.pid].append(info)
+    return held
 
 
 def _descendants_of(jobs: list[Job]) -> list[psutil.Process]:
@@ -275,9 +313,7 @@ def test_random_starts_and_kills_never_overlap_hang_or_leak(lease_registry, tmp_
                     )
                     signaller.start()
                     signallers.append(signaller)
-            elif (killable := [job for job in live if job.kind not in THREAD_PATHS]) and (
-                rng.random() < 0.25
-            ):
+            elif (killable := [job for job in live if job.killable]) and (rng.random() < 0.25):
                 # Kill a job's own process only: its workers must follow by themselves.
                 rng.choice(killable).send(rng.choice([signal.SIGKILL, signal.SIGTERM]))
                 kills += 1
@@ -315,6 +351,10 @@ def test_random_starts_and_kills_never_overlap_hang_or_leak(lease_registry, tmp_
     finished = [job for job in thread_jobs if not job.signals]
     failed = [job.report() for job in finished if job.process.returncode]
     assert len(finished) >= 5 and failed == [], "\n\n".join(failed)
+    # The BLAS jobs left alone finish too: lending and giving back neither fail nor hang.
+    blas = [job for job in jobs if job.kind == "blas" and not job.signals]
+    failed = [job.report() for job in blas if job.process.returncode]
+    assert len(blas) >= 2 and failed == [], "\n\n".join(failed)
     assert overlaps == []
     assert leftover == []
     assert list_leases(scope=None) == []

@@ -232,7 +232,9 @@ def assert_created_within(result, cores):
 def test_nested_inside_a_one_core_worker_creates_no_thread_or_process(inner_backend):
     # Outer: 2 workers of 1 core. An inner Parallel(n_jobs=-1), whatever its backend, sees
     # one core, so it runs inline: not one thread or process is created under the worker.
-    results = Parallel(n_jobs=2, backend="pinned")(
+    # (Fixed slots: a task that outlives its sibling's would borrow the idle core, and its
+    # OpenBLAS would start a helper thread there; tests/test_lending.py covers that.)
+    results = Parallel(n_jobs=2, backend="pinned", fixed_slots=True)(
         delayed(nested)(inner_backend, openmp=True) for _ in range(2)
     )
     for result in results:

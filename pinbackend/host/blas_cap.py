@@ -14,16 +14,26 @@ from .caps import _THREADPOOLCTL_LOCK, unpinned_default
 from .locks import PinLock
 from .state import STATE
 
-__all__ = ["ProcessWideCap", "blas_cap"]
+__all__ = ["ProcessWideCap", "blas_cap", "force_threads", "process_wide_blas"]
 
 
-def _process_wide_blas() -> list:
-    """threadpoolctl controllers of BLAS libraries whose pool is shared by every thread."""
+def process_wide_blas(controller: ThreadpoolController | None = None) -> list:
+    """threadpoolctl controllers of BLAS libraries whose pool is shared by every thread
+    (call under ``_THREADPOOLCTL_LOCK``)."""
+    controller = ThreadpoolController() if controller is None else controller
     return [
         lib
-        for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+        for lib in controller.select(user_api="blas").lib_controllers
         if getattr(lib, "threading_layer", None) == "pthreads"
     ]
+
+
+def force_threads(lib, n_threads: int) -> None:
+    """Set a process-wide BLAS pool's size from whichever thread (under the threadpoolctl
+    lock): threadpoolctl lets only the first thread that set OpenBLAS's pool set it again."""
+    type(lib).clear_controlling_thread(force=True)
+    lib.set_num_threads(n_threads)
+    type(lib).clear_controlling_thread(force=True)
 
 
 def _key(lib) -> tuple[str, type]:
@@ -48,6 +58,11 @@ class ProcessWideCap:
         self._before: set[tuple[str, type]] = set()  # every library loaded before the pools
         self._saved: dict[tuple[str, type], tuple[object, int]] = {}  # BLAS -> size after
 
+    @property
+    def active(self) -> bool:
+        """Whether pinned thread pools live in this process."""
+        return bool(self._active)
+
     def enter(self, n_threads: int) -> None:
         loads.watch_extension_loads()
         loads.add_listener(self.after_load)
@@ -68,7 +83,7 @@ class ProcessWideCap:
                 return
             with _THREADPOOLCTL_LOCK:
                 for lib, size in self._saved.values():
-                    self._force(lib, size)
+                    force_threads(lib, size)
                 if restore_openmp_here:
                     openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
                     for lib in openmp:
@@ -84,20 +99,12 @@ class ProcessWideCap:
 
     def _set(self, n_threads: int) -> None:
         with _THREADPOOLCTL_LOCK:
-            for lib in _process_wide_blas():
+            for lib in process_wide_blas():
                 if _key(lib) not in self._saved:
                     loaded_before = _key(lib) in self._before
                     after = lib.num_threads if loaded_before else unpinned_default("blas")
                     self._saved[_key(lib)] = (lib, after)
-                self._force(lib, n_threads)
-
-    @staticmethod
-    def _force(lib, n_threads: int) -> None:
-        # threadpoolctl lets only the first thread that set OpenBLAS's process-wide pool set
-        # it again; pinbackend is the one setting it here, from whichever thread.
-        type(lib).clear_controlling_thread(force=True)
-        lib.set_num_threads(n_threads)
-        type(lib).clear_controlling_thread(force=True)
+                force_threads(lib, n_threads)
 
 
 def blas_cap() -> ProcessWideCap:

@@ -14,24 +14,21 @@ import contextlib
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from .hostreg import HostRegistry, find_host_registry, trusted_record
 from .kernel_locks import LockHolders
+from .lease_info import LeaseInfo, lease_from_record, unknown_holder
 from .registry import (
-    LEASE_ID,
     LOCK_NAME,
     SHARE_NAME,
     LeaseError,
     RegistryError,
     is_cpu_list,
     is_lock_file,
-    is_pid,
     is_private_dir,
-    is_timestamp,
     lock_path,
     open_existing,
     read_record,
@@ -40,6 +37,7 @@ from .registry import (
     scope_dir,
     scope_names,
 )
+from .wants import remove_dead_wants
 
 __all__ = [
     "LeaseInfo",
@@ -54,84 +52,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class LeaseInfo:
-    """What a lease file says about its holder (``pid`` is None when the record is unreadable).
-
-    ``uid``: the holder's user, where known (a host registry's record, or /proc for a
-    process seen by its affinity). ``source``: ``"lease"`` for a registry's record,
-    ``"affinity"`` for a process holding no lease here whose CPU affinity is narrower than
-    the job's CPUs (another user's job, ``taskset``, ``numactl``, a container's cpuset).
-    """
-
-    lease_id: str
-    pid: int | None
-    cores: frozenset[int]
-    command: str
-    since: float | None = None
-    scope: str = ""
-    shared: frozenset[int] = frozenset()
-    owner: int | None = None
-    uid: int | None = None
-    source: str = "lease"
-
-    def to_dict(self) -> dict:
-        """Plain-data form, written into lock files and shown by ``status --json``."""
-        return {
-            "lease_id": self.lease_id,
-            "pid": self.pid,
-            "cores": sorted(self.cores),
-            "command": self.command,
-            "since": self.since,
-            "scope": self.scope,
-            "shared": sorted(self.shared),
-            "owner": self.owner,
-            "uid": self.uid,
-            "source": self.source,
-        }
-
-
-def _lease_from_record(data: dict, cpu: int, scope: str, uid: int | None) -> LeaseInfo | None:
-    """The lease a record describes, or None if a field is missing, odd or out of range.
-
-    ``uid`` is the owner of the file it was read from: a record's own ``uid`` is not read.
-    """
-    cores, shared = data.get("cores"), data.get("shared", [])
-    owner = data.get("owner")
-    valid = (
-        isinstance(data.get("lease_id"), str)
-        and LEASE_ID.fullmatch(data["lease_id"])
-        and is_pid(data.get("pid"))
-        and is_cpu_list(cores)
-        and cpu in cores  # a record in CPU 2's file that does not claim CPU 2 is not ours
-        and is_cpu_list(shared)
-        and set(shared) <= set(cores)
-        and isinstance(data.get("command"), str)
-        and is_timestamp(data.get("since"))
-        and (owner is None or is_pid(owner))
-    )
-    if not valid:
-        return None
-    return LeaseInfo(
-        lease_id=data["lease_id"],
-        pid=data["pid"],
-        cores=frozenset(cores),
-        command=data["command"],
-        since=float(data["since"]),
-        scope=scope,
-        shared=frozenset(shared),
-        owner=owner,
-        uid=uid,
-    )
-
-
-def _unknown_holder(cpu: int, scope: str) -> LeaseInfo:
-    """The holder of a held lock whose record cannot be trusted: an unknown process."""
-    return LeaseInfo(
-        f"unknown-cpu-{cpu}", None, frozenset({cpu}), "(unreadable record)", None, scope
-    )
-
-
 def _read_lease(fd: int, cpu: int, scope: str) -> LeaseInfo:
     """The lease recorded in a held lock file; an unknown holder if it cannot be trusted."""
     uid = os.fstat(fd).st_uid
@@ -139,10 +59,10 @@ def _read_lease(fd: int, cpu: int, scope: str) -> LeaseInfo:
         if attempt:
             time.sleep(0.01)  # the holder may be writing its record right now
         data = read_record(fd)
-        info = _lease_from_record(data, cpu, scope, uid) if data is not None else None
+        info = lease_from_record(data, cpu, scope, uid) if data is not None else None
         if info is not None:
             return info
-    return _unknown_holder(cpu, scope)
+    return unknown_holder(cpu, scope)
 
 
 def describe_holder(holder: LeaseInfo) -> str:
@@ -184,7 +104,7 @@ def _holder_of(directory: Path, cpu: int, scope: str) -> LeaseInfo | None:
             return None
         return _read_lease(fd, cpu, scope)
     except OSError:
-        return _unknown_holder(cpu, scope)
+        return unknown_holder(cpu, scope)
     finally:
         os.close(fd)
 
@@ -273,7 +193,7 @@ def _identify(
 def _host_lease(key: tuple, held: set[int], data: dict | None, uid: int | None) -> LeaseInfo:
     pid = key[0]
     if pid is None:
-        return _unknown_holder(min(held), "")
+        return unknown_holder(min(held), "")
     command = _platform.process_command(pid) if os.geteuid() == 0 else ""
     if data is None:
         return LeaseInfo(f"host-{pid}", pid, frozenset(held), command, None, uid=uid)
@@ -308,7 +228,8 @@ def list_leases(
 
     ``""`` is the host scope (top-level leases); a lease id is the scope of the pools nested
     inside that lease; ``None`` lists every scope, and removes the scope folders of leases
-    that ended without :meth:`.Lease.release` (killed, or handed to a program by ``exec``).
+    that ended without :meth:`.Lease.release` (killed, or handed to a program by ``exec``)
+    and the wants of processes that ended while they waited (:mod:`.wants`).
 
     A lock file that cannot be trusted (:class:`.UnsafeLeaseFile`) or opened raises, unless
     ``problems`` is given: then each such error is appended to it and the listing goes on
@@ -321,6 +242,7 @@ def list_leases(
     names = scope_names()
     leases = [info for name in ["", *names] for info in _leases_in(name, problems)]
     _remove_stale_scopes(names, leases)
+    remove_dead_wants()
     return leases
 
 

@@ -51,6 +51,7 @@ from .registry import (
     write_record,
 )
 from .state import STATE
+from .wants import ClaimWait
 
 __all__ = [
     "Lease",
@@ -184,6 +185,7 @@ def claim(
     timeout: float = 0.0,
     command: str | None = None,
     owner: int | None = None,
+    loan: bool = False,
 ) -> Lease:
     """Take a lease on exactly ``cores``.
 
@@ -192,22 +194,25 @@ def claim(
     busy CPUs are used without holding them (the lease records them as shared) and the
     caller is expected to warn. ``owner`` is the pid of the process that planned the pool
     this lease belongs to (a pool's own workers do not count as busy when it plans again).
-    All or nothing: a claim that fails holds none of the CPUs.
+    All or nothing: a claim that fails holds none of the CPUs. ``loan``: cores borrowed from
+    an idle slot (:mod:`.lending`), given back as soon as another claim wants them.
     """
     cores = _lease_set(cores)
     directory = scope_dir(scope)
     host = None if scope else find_host_registry()
-    deadline = time.monotonic() + timeout
-    while True:
-        fds, busy = _try_lock_all(directory, cores, host)
-        if not busy or share or time.monotonic() >= deadline:
-            break
-        _close_all(fds)
-        time.sleep(_POLL_SECONDS)
+    with ClaimWait(scope, timeout, _only_loans) as wait:
+        while True:
+            fds, busy = _try_lock_all(directory, cores, host)
+            if not busy or share or not wait.again(directory, busy):
+                break
+            _close_all(fds)
+            time.sleep(_POLL_SECONDS)
     if busy and not share:
         _close_all(fds)
         raise _conflict(directory, busy, scope, host)
-    lease = _hold(cores, fds, directory, scope=scope, shared=busy, command=command, owner=owner)
+    lease = _hold(
+        cores, fds, directory, scope=scope, shared=busy, command=command, owner=owner, loan=loan
+    )
     collect_after_claim(scope)
     return lease
 
@@ -223,11 +228,16 @@ def claim_first_free(
     candidates = [_lease_set(c) for c in candidates]
     if not candidates:
         raise LeaseError("no candidate core sets to claim from; plan at least one slot")
-    deadline = time.monotonic() + timeout
+    with ClaimWait(scope, timeout, _only_loans) as wait:
+        return _first_free(candidates, scope, owner, wait)
+
+
+def _first_free(candidates: list[frozenset[int]], scope: str, owner: int | None, wait) -> Lease:
     while True:
         # Resolved each round: the scope folder is removed when its last lease ends.
         directory = scope_dir(scope)
         host = None if scope else find_host_registry()
+        all_busy: set[int] = set()
         for cores in candidates:
             fds, busy = _try_lock_all(directory, cores, host)
             if not busy:
@@ -237,7 +247,9 @@ def claim_first_free(
                 collect_after_claim(scope)
                 return lease
             _close_all(fds)
-        if time.monotonic() >= deadline:
+            all_busy |= busy
+        if not wait.again(directory, frozenset(all_busy)):
+            timeout = wait.timeout
             # Who holds what is read once, for the message, not on every poll.
             last = _conflict(directory, busy, scope, host, remedy=False)
             raise LeaseConflict(
@@ -248,6 +260,14 @@ def claim_first_free(
                 last.holders,
             )
         time.sleep(_POLL_SECONDS)
+
+
+def _only_loans(directory: Path, busy: frozenset[int], scope: str) -> bool:
+    """Whether loans (:mod:`.lending`) hold every CPU of ``busy``."""
+    lent = frozenset().union(
+        *(info.cores for info in holders_of(directory, sorted(busy), scope) if info.loan)
+    )
+    return bool(busy) and busy <= lent
 
 
 def _lease_set(cores: Iterable[int]) -> frozenset[int]:
@@ -288,6 +308,7 @@ def _hold(
     shared: frozenset[int],
     command: str | None,
     owner: int | None,
+    loan: bool = False,
 ) -> Lease:
     """Record the lease in every lock file it holds and keep it in this process's table.
 
@@ -304,6 +325,7 @@ def _hold(
         shared=shared,
         owner=owner,
         uid=os.geteuid(),
+        loan=loan,
     )
     record = json.dumps(info.to_dict()).encode()
     try:

@@ -131,18 +131,22 @@ def pool_from(
     if left is not None and sum(map(len, slots)) > left:
         share = max(left // len(slots), 1)
         threads = share if threads is None else min(threads, share)
+    shared = decision.plan.shared or decision.shared_with_others
+    user_limits = tuple(sorted(user_thread_limits(os.environ).items()))
     return PoolPlan(
         slots=decision.plan.slots,
         scope=view.scope,
         owner=os.getpid(),
-        shared=decision.plan.shared or decision.shared_with_others,
+        shared=shared,
         threads=threads,
         claim_timeout=options.claim_timeout,
         requested=decision.plan.requested,
-        user_limits=tuple(sorted(user_thread_limits(os.environ).items())),
+        user_limits=user_limits,
         avoid_pins=options.other_pins == "avoid",
         grow=decision.grow,
         job_cpus=view.topology.allowed,
+        # Lending would break a promise in a pool that shares or whose caps the user set.
+        lend=not (options.fixed_slots or shared or threads is not None or user_limits),
     )
 
 
@@ -212,14 +216,14 @@ def claim_exact(cpus: frozenset[int], options: PinOptions, *, command: str) -> L
 
 def grow_room(pool: PoolPlan) -> int:
     """How many of ``pool.grow``'s slots the pool may use now: those no lease but its own
-    workers' and no busy pinned process holds (its workers claim them, see
-    :func:`pinbackend.host.worker.join_pool`). A few lock probes and, with ``other_pins``
-    avoided, one look at the host's pinned processes: about 1-15 ms."""
+    workers' or a loan (given back on demand) and no busy pinned process holds (its workers
+    claim them, see :func:`pinbackend.host.worker.join_pool`). A few lock probes and, with
+    ``other_pins`` avoided, one look at the host's pinned processes: about 1-15 ms."""
     if not pool.grow:
         return 0
     leases = list_leases(pool.scope)
     held = frozenset().union(
-        *(info.cores - info.shared for info in leases if info.owner != pool.owner)
+        *(info.cores - info.shared for info in leases if info.owner != pool.owner and not info.loan)
     )
     if pool.avoid_pins:
         held |= pinned_cpus(pool.cpus, leases=leases)

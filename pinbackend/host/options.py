@@ -318,6 +318,16 @@ class PinOptions:
         where=_EVERYWHERE,
         nested=False,
     )
+    fixed_slots: bool = declare(
+        SWITCH,
+        False,
+        "every worker keeps to its own slot: a running task's OpenBLAS pool does not borrow "
+        "the cores of the pool's idle workers (lent by default, given back as soon as a task "
+        "or another job wants them)",
+        flag="--fixed-slots",
+        where=("joblib",),
+        nested=False,
+    )
     fail: str = declare(
         choice(FAIL_POLICIES),
         "closed",

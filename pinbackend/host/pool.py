@@ -31,6 +31,7 @@ class PoolPlan:
     no other job holds their cores (a pool clamped by other jobs' cores grows back); a new
     worker claims one of them when every slot of ``slots`` is taken. ``job_cpus``: the CPUs
     the planner's job may use (what a pinned process must be narrower than to count).
+    ``lend``: a running task borrows the idle workers' slots (:mod:`.lending`).
     """
 
     slots: tuple[frozenset[int], ...]
@@ -44,6 +45,7 @@ class PoolPlan:
     avoid_pins: bool = True
     grow: tuple[frozenset[int], ...] = ()
     job_cpus: frozenset[int] = frozenset()
+    lend: bool = False
 
     @property
     def cpus(self) -> frozenset[int]:

@@ -70,11 +70,11 @@ class HostView:
     @property
     def others(self) -> tuple[LeaseInfo, ...]:
         """Leases of other processes' pools and jobs, the group's members included, and the
-        processes pinned to the job's CPUs without a lease here."""
+        processes pinned to the job's CPUs without a lease here. Loans are not among them:
+        their borrowers give them back as soon as a claim wants them (:mod:`.lending`)."""
         mine = self.me is not None
-        return tuple(info for info in self.leases if not mine or info.owner != self.me) + (
-            self.pinned
-        )
+        leases = (i for i in self.leases if (not mine or i.owner != self.me) and not i.loan)
+        return tuple(leases) + self.pinned
 
     @property
     def members(self) -> tuple[LeaseInfo, ...]:
@@ -103,7 +103,9 @@ class HostView:
     def stray(self) -> frozenset[int]:
         """CPUs leased by this process's workers that belong to none of its running pools
         (joblib's idle workers, workers still exiting)."""
-        mine = frozenset().union(*(i.cores for i in self.leases if i not in self.others))
+        if self.me is None:
+            return frozenset()
+        mine = frozenset().union(*(i.cores for i in self.leases if i.owner == self.me))
         return (mine - self.own) & self.topology.allowed
 
     # What is left.

@@ -26,6 +26,7 @@ from .foreign import pinned_cpus, pinned_first
 from .groups import least_crowded
 from .holders import describe_holder, list_leases
 from .leases import Lease, LeaseConflict, claim, claim_first_free
+from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS, RECALL_POLL_SECONDS, Loans, pool_lends
 from .lifecycle import IDLE_RELEASE_SECONDS, release_slot
 from .pool import PoolPlan
 from .slot import AppliedSlot, apply_slot
@@ -168,8 +169,11 @@ class _SlotKeeper:
         #: The slot applied last: undone while released, its cores claimed first again.
         self.applied = applied
         self.running = 0
-        self.last_task = time.monotonic()
+        self.last_task = self.task_started = self.last_borrow = time.monotonic()
         self.lock = threading.Lock()
+        #: Idle slots' cores this worker borrows while its task runs (:mod:`.lending`).
+        self.loans = Loans(pool) if pool_lends(pool) else None
+        self.idle_release = LEND_AFTER_SECONDS if self.loans else IDLE_RELEASE_SECONDS
         #: True: a task arrived and holds the lease (counted in ``running``) until it runs.
         #: An exception: holding failed, and the task raises it.
         self.held: bool | Exception = False
@@ -212,24 +216,54 @@ class _SlotKeeper:
                 if self.lease is None:
                     self.lease = self._reclaim()
                 self.running += 1
+            self.task_started = time.monotonic()
         try:
             yield
         finally:
             with self.lock:
                 self.running -= 1
                 self.last_task = time.monotonic()
+                if self.loans is not None:
+                    self._give_back()
 
     def _watch(self) -> None:
+        tick = RECALL_POLL_SECONDS if self.loans is not None else IDLE_RELEASE_SECONDS / 5
         while STATE.keeper is self:
-            time.sleep(IDLE_RELEASE_SECONDS / 5)
+            time.sleep(tick)
             with self.lock:
-                idle = time.monotonic() - self.last_task >= IDLE_RELEASE_SECONDS
+                if self.loans is not None and self.running and self.lease is not None:
+                    self._lend()
+                idle = time.monotonic() - self.last_task >= self.idle_release
                 if self.running == 0 and idle and self.lease is not None:
                     lease, self.lease = self.lease, None
                     try:
                         release_slot(self.applied, lease, keep_pool=True)
                     except Exception:
                         pass  # a thread kept the slot's CPUs (one went offline): re-pinned soon
+
+    def _lend(self) -> None:
+        """While a task runs: give the loans back if a claim wants them, else borrow the
+        pool's free slots once the task has run :data:`.LEND_AFTER_SECONDS`."""
+        now = time.monotonic()
+        try:
+            if self.loans.recalled():
+                self.loans.give_back(self.applied)
+            elif (
+                now - self.task_started >= LEND_AFTER_SECONDS
+                and now - self.last_borrow >= BORROW_POLL_SECONDS
+            ):
+                self.last_borrow, busy = now, self.loans.computing()
+                if busy:
+                    self.loans.borrow(self.applied)
+        except Exception:
+            self._give_back()
+            self.loans = None  # lending failed here (a CPU went offline?): stop lending
+
+    def _give_back(self) -> None:
+        try:
+            self.loans.give_back(self.applied)
+        except Exception:
+            pass  # the loans are released; only a home CPU gone offline fails a narrowing
 
     def _reclaim(self, *, wait: bool = True) -> Lease:
         try:
