@@ -104,9 +104,14 @@ class Loans:
             self.leases += new
             self._set(home.cores, home.cores | self.cores, len(home.cores | self.cores))
 
+    def task_started(self) -> None:
+        """A task starts: :meth:`computing` measures from here."""
+        self._last_look = (time.monotonic(), time.process_time())
+
     def computing(self) -> bool:
-        """Whether this process used at least half a CPU since the last call (a task that
-        sleeps or waits gains nothing from a loan, which others would have to recall)."""
+        """Whether this process used at least half a CPU since the task started or the last
+        call (a task that sleeps or waits gains nothing from a loan, which others would have
+        to recall)."""
         wall, cpu = time.monotonic(), time.process_time()
         last, self._last_look = self._last_look, (wall, cpu)
         return last is not None and cpu - last[1] >= (wall - last[0]) / 2

@@ -217,6 +217,8 @@ class _SlotKeeper:
                     self.lease = self._reclaim()
                 self.running += 1
             self.task_started = time.monotonic()
+            if self.loans is not None:
+                self.loans.task_started()
         try:
             yield
         finally:
