@@ -69,16 +69,19 @@ def decide_waiting(
     ``announce`` warns once (:class:`~pinbackend.host.notices.WaitingForCoresWarning`) when
     a wait begins.
 
-    A pool clamped because other jobs hold cores first gives them :data:`CLAMP_GRACE_SECONDS`
-    to free up: idle pinned pools give their cores back that fast, and a job started just
-    after another one's call returned should get every core, not the first one freed.
+    A pool clamped because other jobs' pool workers hold cores first gives them
+    :data:`CLAMP_GRACE_SECONDS` to free up: idle pinned pools give their cores back that
+    fast, and a job started just after another one's call returned should get every core,
+    not the first one freed. Cores that only other kinds of holders keep (``run``, a Dask
+    worker, a pinned process) are not waited for: the pool starts clamped and grows into
+    them when they free up.
     """
     view = read_view()
     deadline = grace = None
     announced = not announce
     while True:
         decision = decide(view, options, request)
-        if decision.plan is not None and decision.held_by_others:
+        if decision.plan is not None and decision.held_by_others and _pools_hold(view):
             grace = grace or time.monotonic() + min(CLAMP_GRACE_SECONDS, options.claim_timeout)
             if time.monotonic() < grace:
                 time.sleep(_WAIT_POLL_SECONDS)
@@ -101,6 +104,13 @@ def decide_waiting(
             announced = True
         time.sleep(_WAIT_POLL_SECONDS)
         view = read_view()
+
+
+def _pools_hold(view: HostView) -> bool:
+    """Whether workers of another process's pools (which release when idle) hold cores."""
+    return any(
+        info.source == "lease" and info.owner not in (None, info.pid) for info in view.others
+    )
 
 
 def report_decision(decision: Decision, what: str) -> None:
