@@ -20,6 +20,7 @@ from . import _platform
 from .core.cpuset import format_cpu_list
 from .core.planner import PlanError
 from .host import notices
+from .host.fair import ShareRequest
 from .host.lifecycle import decide_waiting, grow_room, pool_from, report_decision
 from .host.options import IDLE_WORKER_TIMEOUT, INNER_MAX_NUM_THREADS, PinOptions, reject_unknown
 from .host.patches import Patch
@@ -182,6 +183,7 @@ class PinnedBackend(LokyBackend):
         self._fits: PinOptions | None = None  # the options an inline call last checked
         self._pool: PoolPlan | None = None
         self._next_grow_check = 0.0
+        self._share = ShareRequest()  # the running call's, while it waited for cores
 
     @property
     def inner_max_num_threads(self) -> int | None:
@@ -313,7 +315,10 @@ class PinnedBackend(LokyBackend):
             idle = idle_worker_timeout
         IDLE_WORKER_TIMEOUT.validate(idle)
         what = f"Parallel(n_jobs={n_jobs})"
-        decision, view = decide_waiting(self._view, self.options, Request(what, workers=requested))
+        self._share.end()
+        decision, view = decide_waiting(
+            self._view, self.options, Request(what, workers=requested), on_wait=self._share.ask
+        )
         report_decision(decision, what)
         workers = decision.plan.n_workers
         if workers == 1 and in_slot():
@@ -330,6 +335,16 @@ class PinnedBackend(LokyBackend):
         )
         self.parallel = parallel
         return self._reported(workers)
+
+    def stop_call(self):
+        """The call ended: its fair-share request ends with it."""
+        self._share.end()
+        super().stop_call()
+
+    def terminate(self):
+        """The call ended (or was aborted): its fair-share request ends with it."""
+        self._share.end()
+        super().terminate()
 
     def submit(self, func, callback=None):
         """Schedule ``func`` on a worker; it raises there why the worker has no slot.

@@ -25,6 +25,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan
 from . import notices
 from .caps import user_thread_limits
+from .fair import fair_share, jobs_among
 from .foreign import pinned_cpus, pinned_first
 from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim
@@ -62,17 +63,20 @@ def decide_waiting(
     request: Request,
     *,
     announce: bool = True,
+    on_wait: Callable[[HostView], None] | None = None,
 ) -> tuple[Decision, HostView]:
     """Ask the policy (:func:`pinbackend.host.policy.decide`) and wait while it says so,
     polling ``read_view``: a bounded wait raises :class:`ClaimFailed` after
     ``options.claim_timeout``, naming who holds the cores; a refusal raises at once.
     ``announce`` warns once (:class:`~pinbackend.host.notices.WaitingForCoresWarning`) when
-    a wait begins.
+    a wait begins. ``on_wait`` is called with the view before each wait (a pool asks for
+    its fair share there: :mod:`.fair`).
 
     A pool clamped because other jobs' pool workers hold cores first gives them
-    :data:`CLAMP_GRACE_SECONDS` to free up: idle pinned pools give their cores back that
-    fast, and a job started just after another one's call returned should get every core,
-    not the first one freed. Cores that only other kinds of holders keep (``run``, a Dask
+    :data:`CLAMP_GRACE_SECONDS` to free up (:data:`IDLE_RELEASE_SECONDS` once it has its
+    fair share, :mod:`.fair`): idle pinned pools give their cores back that fast, and a job
+    started just after another one's call returned should get every core, not the first
+    one freed. Cores that only other kinds of holders keep (``run``, a Dask
     worker, a pinned process) are not waited for: the pool starts clamped and grows into
     them when they free up.
     """
@@ -82,8 +86,12 @@ def decide_waiting(
     while True:
         decision = decide(view, options, request)
         if decision.plan is not None and decision.held_by_others and _pools_hold(view):
-            grace = grace or time.monotonic() + min(CLAMP_GRACE_SECONDS, options.claim_timeout)
-            if time.monotonic() < grace:
+            grace = grace or time.monotonic()
+            # A plan with the job's fair share waits only as long as idle pools take to let go.
+            limit = CLAMP_GRACE_SECONDS if _below_share(decision, view) else IDLE_RELEASE_SECONDS
+            if time.monotonic() < grace + min(limit, options.claim_timeout):
+                if on_wait is not None:
+                    on_wait(view)
                 time.sleep(_WAIT_POLL_SECONDS)
                 view = read_view()
                 continue
@@ -102,8 +110,18 @@ def decide_waiting(
         if not announced:
             notices.warn(notices.WaitingForCoresWarning, decision.waiting)
             announced = True
+        if on_wait is not None:
+            on_wait(view)
         time.sleep(_WAIT_POLL_SECONDS)
         view = read_view()
+
+
+def _below_share(decision: Decision, view: HostView) -> bool:
+    """Whether a plan has fewer CPUs than the job's fair share (:mod:`.fair`): a plan with
+    its share starts now rather than wait for more."""
+    planned = len(frozenset().union(*decision.plan.slots))
+    jobs = 1 + len(jobs_among(view.others, view.me))
+    return planned < fair_share(len(view.usable), jobs)
 
 
 def _pools_hold(view: HostView) -> bool:

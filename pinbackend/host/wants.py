@@ -42,10 +42,13 @@ RECALL_SECONDS = 1.0
 OnlyLoans = Callable[[Path, frozenset[int], str], bool]
 
 
-def post_want(scope: str, cpus: frozenset[int]) -> Path | None:
+def post_want(scope: str, cpus: frozenset[int], *, share: bool = False) -> Path | None:
     """Say that this process waits for ``cpus`` of lease scope ``scope``; return the want's
-    path (None where it cannot be written: the claim still waits, borrowers do not hear)."""
-    body = json.dumps({"pid": os.getpid(), "scope": scope, "cpus": sorted(cpus)}).encode()
+    path (None where it cannot be written: the claim still waits, borrowers do not hear).
+    ``share``: this process's job asks for its fair share of the cores other jobs' pools
+    hold (:mod:`.fair`), for as long as the want lives."""
+    want = {"pid": os.getpid(), "scope": scope, "cpus": sorted(cpus), "share": share}
+    body = json.dumps(want).encode()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _platform.SAFE_OPEN_FLAGS
     for _ in range(_ATTEMPTS):  # the last want's withdrawal may remove the folder meanwhile
         try:
@@ -98,6 +101,12 @@ class Wants:
         self._stamp: int | None = None
         self._pending = False
         self._cpus: frozenset[int] = frozenset()
+        self._sharers: frozenset[int] = frozenset()
+
+    def sharers(self) -> frozenset[int]:
+        """The pids of other live processes whose jobs ask for a fair share in this scope."""
+        self.cpus()
+        return self._sharers
 
     def cpus(self) -> frozenset[int]:
         """The CPUs other live processes wait for in this scope."""
@@ -107,37 +116,41 @@ class Wants:
             stamp = os.stat(self._folder).st_mtime_ns
         except FileNotFoundError:
             self._stamp, self._cpus, self._pending = None, frozenset(), False
+            self._sharers = frozenset()
             return self._cpus
         except (OSError, LeaseError):
             return frozenset()
         # Re-read while wants are there: one whose process died is dropped at the next look.
         if stamp != self._stamp or self._pending:
             self._stamp = stamp
-            self._cpus, self._pending = self._read(self._folder)
+            self._pending = self._read(self._folder)
         return self._cpus
 
-    def _read(self, folder: Path) -> tuple[frozenset[int], bool]:
+    def _read(self, folder: Path) -> bool:
+        """Read every want; return whether there are any (this process's own included)."""
         wanted: set[int] = set()
-        pending = False
+        sharers: set[int] = set()
         try:
             names = os.listdir(folder)
         except OSError:
-            return frozenset(), False
+            names = []
         for name in names:
             want = _read_want(folder / name)
             if want is None:
                 continue
-            pid, scope, cpus = want
+            pid, scope, cpus, share = want
             if not psutil.pid_exists(pid):
                 withdraw_want(folder / name)
                 continue
-            pending = True
             if pid != os.getpid() and scope == self._scope:
                 wanted |= cpus
-        return frozenset(wanted), pending
+                if share:
+                    sharers.add(pid)
+        self._cpus, self._sharers = frozenset(wanted), frozenset(sharers)
+        return bool(names)
 
 
-def _read_want(path: Path) -> tuple[int, str, frozenset[int]] | None:
+def _read_want(path: Path) -> tuple[int, str, frozenset[int], bool] | None:
     try:
         fd = os.open(path, os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
     except OSError:
@@ -156,7 +169,7 @@ def _read_want(path: Path) -> tuple[int, str, frozenset[int]] | None:
         return None
     if not isinstance(data.get("scope"), str) or not is_cpu_list(data.get("cpus")):
         return None
-    return data["pid"], data["scope"], frozenset(data["cpus"])
+    return data["pid"], data["scope"], frozenset(data["cpus"]), data.get("share") is True
 
 
 class ClaimWait:

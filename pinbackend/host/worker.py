@@ -22,6 +22,7 @@ from collections.abc import Callable
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from . import loads, notices
+from .fair import PoolShare
 from .foreign import pinned_cpus, pinned_first
 from .groups import least_crowded
 from .holders import describe_holder, list_leases
@@ -174,6 +175,9 @@ class _SlotKeeper:
         #: Idle slots' cores this worker borrows while its task runs (:mod:`.lending`).
         self.loans = Loans(pool) if pool_lends(pool) else None
         self.idle_release = LEND_AFTER_SECONDS if self.loans else IDLE_RELEASE_SECONDS
+        #: Fair share (:mod:`.fair`): the slot goes to a job that asks, at a task's end.
+        self.share = PoolShare(pool) if not pool.shared else None
+        self.yielded = False
         #: True: a task arrived and holds the lease (counted in ``running``) until it runs.
         #: An exception: holding failed, and the task raises it.
         self.held: bool | Exception = False
@@ -227,6 +231,8 @@ class _SlotKeeper:
                 self.last_task = time.monotonic()
                 if self.loans is not None:
                     self._give_back()
+                if self.share is not None and self.lease is not None:
+                    self._yield_if_asked()
 
     def _watch(self) -> None:
         tick = RECALL_POLL_SECONDS if self.loans is not None else IDLE_RELEASE_SECONDS / 5
@@ -267,10 +273,43 @@ class _SlotKeeper:
         except Exception:
             pass  # the loans are released; only a home CPU gone offline fails a narrowing
 
+    def _yield_if_asked(self) -> None:
+        """At a task's end: give the slot to another job that asks for its fair share."""
+        try:
+            if not self.share.should_yield(self.applied.cores):
+                return
+        except Exception:
+            return  # the registry cannot be read now: keep the slot, look again next time
+        lease, self.lease = self.lease, None
+        self.yielded = True
+        with contextlib.suppress(Exception):
+            release_slot(self.applied, lease, keep_pool=True)
+
+    def _take_back(self, *, wait: bool) -> Lease:
+        """For a worker that yielded: wait, with no time limit (see :mod:`.fair`), until its
+        pool may take a slot again; then claim a free one, its own first, waiting up to the
+        claim timeout as any worker does for a slot another job took."""
+        slots = list(dict.fromkeys((self.applied.cores, *self.pool.slots, *self.pool.grow)))
+        while not self.share.may_take():
+            if not wait:
+                raise LeaseConflict("this worker gave its slot to a fair share", frozenset(), ())
+            time.sleep(_WAIT_POLL_SECONDS)
+        timeout = self.pool.claim_timeout if wait else 0.0
+        lease = claim_first_free(
+            slots, scope=self.pool.scope, timeout=timeout, owner=self.pool.owner
+        )
+        self.yielded = False
+        return lease
+
     def _reclaim(self, *, wait: bool = True) -> Lease:
         try:
-            lease = claim(self.applied.cores, scope=self.pool.scope, owner=self.pool.owner)
+            if self.yielded:
+                lease = self._take_back(wait=wait)
+            else:
+                lease = claim(self.applied.cores, scope=self.pool.scope, owner=self.pool.owner)
         except LeaseConflict:
+            if self.yielded:
+                raise
             # Another job took them: any free slot of the pool (waiting, unless told not to).
             pool = self.pool if wait else dataclasses.replace(self.pool, claim_timeout=0.0)
             lease = _claim_pool_slot(pool)

@@ -1,0 +1,111 @@
+"""Fair share: a job that arrives on a host held by other jobs' pinned pools gets its share at
+their next task boundary, instead of waiting for their whole call.
+
+**Fair** means equal CPUs per job: a job is a pool's planning process (its workers' leases
+name it as their ``owner``), or the process itself for a lease of its own (``run``, a Dask
+worker) or a pinned process seen in ``/proc``. With ``J`` jobs holding or asking for the
+job's CPUs, each job's share is ``max(1, CPUS // J)``: nobody is ever left with nothing
+(more jobs than CPUs leave the newcomer waiting, as before).
+
+- **Asking.** A joblib pool whose plan waits for, or is clamped by, other jobs' pool
+  workers posts a *share want* (:func:`.wants.post_want` with ``share=True``) and keeps it
+  until its call ends.
+- **Shrinking.** At the end of each task, a pool worker of another job looks for share
+  wants; while its pool holds more than its share plus this worker's slot, the worker whose
+  slot comes last among its pool's gives it back (one at a time: the order is read from
+  the registry, so two workers never both yield for one share). Its next task waits, with
+  no time limit, until its pool holds less than its share (or nobody asks any more), and
+  then claims a free slot of its pool (up to the claim timeout): its own again once the
+  newcomer's call ended. Without a limit because that wait always ends: a pool keeps at
+  least one worker, whose slot frees when the pool runs out of other tasks.
+- **Growing back.** Once the share want is withdrawn (the newcomer's call ended), the
+  yielded workers claim their slots as soon as the newcomer's idle workers release them.
+
+Policies keep their meaning: ``oversubscribe="error"`` refuses at once and ``"share"``
+shares at once (neither waits, so neither asks); ``clamp`` and ``wait`` ask while they
+wait. Wants live in the user's own registry: between users, a newcomer still waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .holders import list_leases
+from .lease_info import LeaseInfo
+from .pool import PoolPlan
+from .view import HostView
+from .wants import Wants, post_want, withdraw_want
+
+__all__ = ["PoolShare", "ShareRequest", "fair_share", "job_of"]
+
+
+def job_of(info: LeaseInfo) -> int | None:
+    """The job a holder belongs to: its pool's planning process, else itself."""
+    return info.owner if info.owner is not None else info.pid
+
+
+def fair_share(cpus: int, jobs: int) -> int:
+    """Each job's CPUs when ``jobs`` jobs share ``cpus`` CPUs: equal, at least one."""
+    return max(1, cpus // max(jobs, 1))
+
+
+def jobs_among(holders: Iterable[LeaseInfo], me: int) -> set[int]:
+    """The jobs other than ``me`` that ``holders`` belong to."""
+    return {job for job in map(job_of, holders) if job is not None and job != me}
+
+
+class PoolShare:
+    """One pool worker's side of fair share (see the module docstring)."""
+
+    def __init__(self, pool: PoolPlan) -> None:
+        self.pool = pool
+        self.wants = Wants(pool.scope)
+
+    def should_yield(self, home: frozenset[int]) -> bool:
+        """At a task's end: whether this worker gives its slot ``home`` to a job that asks."""
+        state = self._state()
+        if state is None:
+            return False
+        held, share, mine = state
+        last = max(mine, key=lambda info: sorted(info.cores))
+        return last.cores == home and held - len(home) >= share
+
+    def may_take(self) -> bool:
+        """For a worker that yielded: whether its pool may take a slot again."""
+        state = self._state()
+        return state is None or state[0] < state[1]
+
+    def _state(self) -> tuple[int, int, list[LeaseInfo]] | None:
+        """(CPUs the pool holds, its share, its workers' leases), or None where no other job
+        asks for a share."""
+        owner = self.pool.owner
+        askers = self.wants.sharers() - {owner}
+        if not askers:
+            return None
+        cpus = self.pool.cpus
+        leases = [i for i in list_leases(self.pool.scope) if not i.loan and i.cores & cpus]
+        mine = [info for info in leases if info.owner == owner]
+        if not mine:
+            return None
+        jobs = 1 + len(jobs_among(leases, owner) | askers)
+        held = len(frozenset().union(*(info.cores - info.shared for info in mine)))
+        return held, fair_share(len(cpus), jobs), mine
+
+
+class ShareRequest:
+    """A job's request for its fair share: asked while its plan waits for other jobs' cores
+    (:func:`.lifecycle.decide_waiting`'s ``on_wait``), kept until :meth:`end` (the end of
+    the call)."""
+
+    def __init__(self) -> None:
+        self._want = None
+
+    def ask(self, view: HostView) -> None:
+        """Ask for a share of the CPUs other jobs hold (once; later calls do nothing)."""
+        if self._want is None:
+            self._want = post_want(view.scope, view.other_jobs, share=True)
+
+    def end(self) -> None:
+        """Withdraw the request, if any."""
+        want, self._want = self._want, None
+        withdraw_want(want)

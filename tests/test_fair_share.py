@@ -1,0 +1,113 @@
+"""Fair share: a job that arrives while another job's pinned pool holds every core gets its
+share at that pool's next task boundary, never on a core the pool still runs on, and the
+pool grows back once the newcomer's call ended (read back from inside the tasks).
+
+The first job is a real ``Parallel(n_jobs=2)`` call of many short tasks; the newcomer is
+another program's ``Parallel(n_jobs=-1)``, started once the first job's tasks run. Both plan
+with the registry's leases only (``other_pins="ignore"``): other test runs on this machine
+cannot change what they see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from _helpers import last_json, run_python
+
+from pinbackend.host.fair import fair_share, job_of, jobs_among
+from pinbackend.host.lease_info import LeaseInfo
+
+CPUS = sorted(os.sched_getaffinity(0))
+pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="two jobs need 2 CPUs")
+
+JOBS = """
+import json, os, subprocess, sys, time
+from pathlib import Path
+from joblib import Parallel, delayed
+import pinbackend
+
+def spin(seconds, flag=None):
+    start = time.monotonic()
+    if flag:
+        Path(flag).touch()
+    while time.monotonic() - start < seconds:
+        pass
+    return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.monotonic()]
+
+folder = Path(sys.argv[1])
+if sys.argv[2] == "newcomer":
+    try:
+        tasks = Parallel(n_jobs=-1, backend="pinned", other_pins="ignore",
+                         oversubscribe=sys.argv[3])(delayed(spin)(0.3) for _ in range(4))
+        print(json.dumps({"tasks": tasks}))
+    except Exception as error:
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+    sys.exit()
+
+newcomer = None
+def tasks():
+    global newcomer
+    started = folder / "started"
+    yield delayed(spin)(0.4, str(started))
+    for _ in range(19):
+        if newcomer is None and started.exists():
+            newcomer = subprocess.Popen(
+                [sys.executable, "-c", CODE, str(folder), "newcomer",
+                 sys.argv[3]], stdout=subprocess.PIPE, text=True)
+        yield delayed(spin)(0.4)
+
+first = Parallel(n_jobs=2, backend="pinned", other_pins="ignore", pre_dispatch="n_jobs")(tasks())
+print(json.dumps({"first": first, "newcomer": json.loads(newcomer.communicate()[0])}))
+"""
+
+
+def run_jobs(tmp_path, policy: str) -> dict:
+    code = f"CODE = {JOBS!r}\nimport sys; sys.argv[1:] = {[str(tmp_path), 'first', policy]!r}\n"
+    return last_json(run_python(code + JOBS, timeout=120).stdout)
+
+
+def test_a_newcomer_gets_its_share_at_a_task_boundary_and_the_pool_grows_back(tmp_path):
+    report = run_jobs(tmp_path, "clamp")
+    first, newcomer = report["first"], report["newcomer"]["tasks"]
+    dump = json.dumps(report)
+    # The newcomer did not wait for the first job's whole call...
+    assert min(start for *_, start, _ in newcomer) < max(end for *_, end in first), dump
+    # ...and never ran on a core while a task of the first job ran there.
+    for _, cpus, start, end in newcomer:
+        assert len(cpus) == 1, dump
+        for _, other, other_start, other_end in first:
+            overlap = min(end, other_end) - max(start, other_start)
+            assert cpus != other or overlap <= 0, dump
+    # Once the newcomer's call ended, the first job ran on its core again.
+    lent = newcomer[0][1]
+    left = max(end for *_, end in newcomer)
+    assert any(cpus == lent and start >= left for _, cpus, start, _ in first), dump
+
+
+def test_a_newcomer_that_refuses_to_wait_asks_for_no_share(tmp_path):
+    # oversubscribe="error" keeps its meaning: it refuses at once, and the first job keeps
+    # both cores for its whole call.
+    report = run_jobs(tmp_path, "error")
+    assert "free" in report["newcomer"]["error"], report["newcomer"]
+    used = {tuple(cpus) for _, cpus, _, _ in report["first"]}
+    assert used == {(cpu,) for cpu in CPUS}
+    assert len({pid for pid, *_ in report["first"]}) == 2
+
+
+@pytest.mark.parametrize(
+    ("cpus", "jobs", "share"),
+    [(2, 1, 2), (2, 2, 1), (16, 3, 5), (256, 4, 64), (2, 5, 1), (8, 0, 8)],
+)
+def test_a_share_is_equal_cpus_per_job_and_never_nothing(cpus, jobs, share):
+    assert fair_share(cpus, jobs) == share
+
+
+def test_a_job_is_a_pools_planner_or_the_holder_itself():
+    worker = LeaseInfo("a", pid=11, cores=frozenset({0}), command="", owner=10)
+    sibling = LeaseInfo("b", pid=12, cores=frozenset({1}), command="", owner=10)
+    run = LeaseInfo("c", pid=20, cores=frozenset({2}), command="")
+    pinned = LeaseInfo("d", pid=30, cores=frozenset({3}), command="", source="affinity")
+    assert [job_of(info) for info in (worker, sibling, run, pinned)] == [10, 10, 20, 30]
+    assert jobs_among([worker, sibling, run, pinned], me=20) == {10, 30}
