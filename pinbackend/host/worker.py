@@ -3,7 +3,10 @@ while idle and take it again, and end with the pool's owner.
 
 Each new pool worker (loky's, the runner's ``multiprocessing`` and ``concurrent.futures``
 workers) claims the first free planned slot of its :class:`~pinbackend.host.pool.PoolPlan`
-and applies it (:func:`join_pool`); its tasks run through :func:`task_in_slot`. Right after
+and applies it (:func:`join_pool`); its tasks run through :func:`task_in_slot`. A joblib
+worker's keeper also lends its idle slot to a sibling's running task and borrows idle
+siblings' slots (:mod:`.lending`), and gives its slot to another job that asks for a fair
+share (:mod:`.fair`). Right after
 pinning, it looks once more at the host (:func:`_move_once`): another user's job that pinned
 itself to the same CPUs at the same instant cannot be seen in any registry this worker reads
 (see :mod:`~pinbackend.host.foreign`).
