@@ -55,11 +55,12 @@ def jobs_among(holders: Iterable[LeaseInfo], me: int) -> set[int]:
 
 
 class PoolShare:
-    """One pool worker's side of fair share (see the module docstring)."""
+    """One pool worker's side of fair share (see the module docstring); ``wants`` is its
+    keeper's look at its scope's wants."""
 
-    def __init__(self, pool: PoolPlan) -> None:
+    def __init__(self, pool: PoolPlan, wants: Wants) -> None:
         self.pool = pool
-        self.wants = Wants(pool.scope)
+        self.wants = wants
 
     def should_yield(self, home: frozenset[int]) -> bool:
         """At a task's end: whether this worker gives its slot ``home`` to a job that asks."""

@@ -46,7 +46,7 @@ from .slot import AppliedSlot
 from .state import STATE
 from .wants import Wants
 
-__all__ = ["LEND_AFTER_SECONDS", "RECALL_POLL_SECONDS", "Loans", "pool_lends"]
+__all__ = ["LEND_AFTER_SECONDS", "RECALL_POLL_SECONDS", "Loans"]
 
 #: An idle worker of a lending pool gives its lease back after this long without a task, and
 #: a task borrows once it has run this long (shorter tasks never borrow).
@@ -57,22 +57,18 @@ RECALL_POLL_SECONDS = 0.02
 BORROW_POLL_SECONDS = 0.1
 
 
-def pool_lends(pool: PoolPlan) -> bool:
-    """Whether ``pool``'s workers lend their idle cores to each other (``pool.lend``, which
-    the plan sets unless told ``fixed_slots``, and where nothing forbids it: see above)."""
-    return pool.lend and not pool.shared and pool.threads is None and not pool.user_limits
-
-
 class Loans:
     """The slots this worker borrowed for its running task (see the module docstring).
 
     Called by the worker's keeper, under its lock, from its watch thread or the task's.
+    Lends where the plan says so (``PoolPlan.lend``: not told ``fixed_slots``, not shared,
+    no cap the user set); ``wants`` is the keeper's look at its scope's wants.
     """
 
-    def __init__(self, pool: PoolPlan) -> None:
+    def __init__(self, pool: PoolPlan, wants: Wants) -> None:
         self.pool = pool
         self.leases: list[Lease] = []
-        self.wants = Wants(pool.scope)
+        self.wants = wants
         self._blas_generation: int | None = None
         self._blas: list = []  # the process-wide BLAS pools, found again after a load
         self._last_look: tuple[float, float] | None = None  # (wall, CPU) time of the last look

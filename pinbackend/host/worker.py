@@ -30,11 +30,12 @@ from .foreign import pinned_cpus, pinned_first
 from .groups import least_crowded
 from .holders import describe_holder, list_leases
 from .leases import Lease, LeaseConflict, claim, claim_first_free
-from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS, RECALL_POLL_SECONDS, Loans, pool_lends
+from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS, RECALL_POLL_SECONDS, Loans
 from .lifecycle import IDLE_RELEASE_SECONDS, release_slot
 from .pool import PoolPlan
 from .slot import AppliedSlot, apply_slot
 from .state import STATE
+from .wants import Wants
 
 __all__ = ["SlotHold", "hold_slot", "join_pool", "task_in_slot"]
 
@@ -176,10 +177,11 @@ class _SlotKeeper:
         self.last_task = self.task_started = self.last_borrow = time.monotonic()
         self.lock = threading.Lock()
         #: Idle slots' cores this worker borrows while its task runs (:mod:`.lending`).
-        self.loans = Loans(pool) if pool_lends(pool) else None
+        wants = Wants(pool.scope)
+        self.loans = Loans(pool, wants) if pool.lend else None
         self.idle_release = LEND_AFTER_SECONDS if self.loans else IDLE_RELEASE_SECONDS
         #: Fair share (:mod:`.fair`): the slot goes to a job that asks, at a task's end.
-        self.share = PoolShare(pool) if not pool.shared else None
+        self.share = PoolShare(pool, wants) if not pool.shared else None
         self.yielded = False
         #: True: a task arrived and holds the lease (counted in ``running``) until it runs.
         #: An exception: holding failed, and the task raises it.
