@@ -27,13 +27,11 @@ from pathlib import Path
 import psutil
 
 from .. import _platform
-from .registry import LeaseError, is_cpu_list, is_pid, private_dir, registry_dir
+from .registry import LeaseError, is_cpu_list, is_pid, private_dir, read_record, registry_dir
 
 __all__ = ["ClaimWait", "Wants", "post_want", "remove_dead_wants", "withdraw_want"]
 
 WANTS_FOLDER = "wants"
-#: A want file is a few dozen bytes; a bigger one is not ours and is ignored.
-_WANT_LIMIT = 65536
 _ATTEMPTS = 3
 #: How long a claim waits at least for CPUs only loans hold: their borrowers look for wants
 #: every few hundredths of a second (:data:`.lending.RECALL_POLL_SECONDS`).
@@ -156,16 +154,12 @@ def _read_want(path: Path) -> tuple[int, str, frozenset[int], bool] | None:
     except OSError:
         return None
     try:
-        raw = os.read(fd, _WANT_LIMIT + 1)
+        data = read_record(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    try:
-        data = json.loads(raw) if len(raw) <= _WANT_LIMIT else None
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not is_pid(data.get("pid")):
+    if data is None or not is_pid(data.get("pid")):
         return None
     if not isinstance(data.get("scope"), str) or not is_cpu_list(data.get("cpus")):
         return None
