@@ -16,7 +16,7 @@ import os
 import pytest
 from _helpers import last_json, run_python
 
-from pinbackend.host.fair import fair_share, job_of, jobs_among
+from pinbackend.host.fair import asker_of, fair_share, job_of, jobs_among
 from pinbackend.host.lease_info import LeaseInfo
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -111,3 +111,14 @@ def test_a_job_is_a_pools_planner_or_the_holder_itself():
     pinned = LeaseInfo("d", pid=30, cores=frozenset({3}), command="", source="affinity")
     assert [job_of(info) for info in (worker, sibling, run, pinned)] == [10, 10, 20, 30]
     assert jobs_among([worker, sibling, run, pinned], me=20) == {10, 30}
+
+
+def test_an_asker_that_takes_nothing_is_known_by_its_user_or_its_process():
+    me = os.geteuid()
+    other = me + 1
+    # Another user (host registry) as a whole: new processes of theirs are not heard anew.
+    assert asker_of(f"share-{other}-123-0badc0de.json") == f"share-{other}-"
+    # A process of this user, in the host registry or in the user's own registry, alone.
+    assert asker_of(f"share-{me}-123-0badc0de.json") == f"share-{me}-123-"
+    assert asker_of("123-0badc0de.json") == "123-"
+    assert not f"share-{me}-1234-0badc0de.json".startswith(asker_of(f"share-{me}-123-a.json"))

@@ -26,11 +26,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _users import SharedPython, User, private_folder, unix_user, world_folder
+from _host_site import HOLD, Site, first_line
+from _users import private_folder, unix_user, world_folder
 
 from pinbackend.host.holders import host_holders, list_leases
 from pinbackend.host.hostinit import init_host_registry, possible_cpus
@@ -41,17 +41,6 @@ from pinbackend.host.leases import LeaseConflict, claim
 pytestmark = pytest.mark.timeout(180)
 
 CPUS = sorted(os.sched_getaffinity(0))
-
-#: A command that says where it runs, then stays (the lease lives as long as it does).
-HOLD = textwrap.dedent(
-    """
-    import json, os, sys, time
-    print(json.dumps({"pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)),
-                      "at": time.time()}), flush=True)
-    time.sleep(float(sys.argv[1]))
-    print(json.dumps({"cpus": sorted(os.sched_getaffinity(0)), "at": time.time()}), flush=True)
-    """
-)
 
 #: Waits for an agreed instant, then becomes ``python ARGS...`` (same pid): two users start
 #: their jobs at once.
@@ -83,84 +72,6 @@ JOBLIB = textwrap.dedent(
     print(json.dumps(out), flush=True)
     """
 )
-
-
-@dataclass
-class Site:
-    """One test's host: the folder, its host registry path and each user's own registry."""
-
-    root: Path
-    python: SharedPython
-    host: Path
-    homes: dict[str | None, Path] = field(default_factory=dict)
-    started: list[subprocess.Popen] = field(default_factory=list)
-
-    def env(self, user: User | None, **extra: str) -> dict[str, str]:
-        home = self.homes[user.name if user else None]
-        return self.python.env(
-            home,
-            {
-                "PINBACKEND_RUNTIME_DIR": str(home / "leases"),
-                "PINBACKEND_HOST_REGISTRY": str(self.host),
-                **extra,
-            },
-        )
-
-    def script(self, name: str, text: str) -> str:
-        path = self.root / name
-        path.write_text(text)
-        path.chmod(0o644)
-        return str(path)
-
-    def run(self, user: User | None, *args: str, timeout: float = 60, **env: str):
-        line = self.python.command(user, list(args), self.env(user, **env))
-        return subprocess.run(line, capture_output=True, text=True, timeout=timeout)
-
-    def cli(self, user: User | None, *args: str, **env: str):
-        return self.run(user, "-m", "pinbackend", *args, **env)
-
-    def start(self, user: User | None, *args: str, **env: str) -> subprocess.Popen:
-        line = self.python.command(user, list(args), self.env(user, **env))
-        # A session of its own: the teardown ends runuser and what runs under it at once.
-        process = subprocess.Popen(
-            line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        self.started.append(process)
-        return process
-
-    def hold(self, user: User | None, seconds: float = 60) -> subprocess.Popen:
-        """``user`` runs ``run -n 1 -- python HOLD seconds`` and holds one core. Processes
-        pinned by others on this shared machine are ignored: the registry decides here."""
-        hold = self.script("hold.py", HOLD)
-        python = self.python.executable
-        run_args = ("--other-pins", "ignore")
-        return self.start(
-            user, "-m", "pinbackend", "run", "-n", "1", *run_args, "--", python, hold, str(seconds)
-        )
-
-    def init(self) -> None:
-        result = self.cli(None, "host", "init")
-        assert result.returncode == 0, result.stderr
-
-    def status(self, user: User | None) -> dict:
-        result = self.cli(user, "host", "status", "--json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-
-def first_line(process: subprocess.Popen, timeout: float = 30) -> dict:
-    """The JSON line a HOLD command prints first (its pid and CPUs)."""
-    import select
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([process.stdout], [], [], 0.1)[0]:
-            line = process.stdout.readline()
-            if line:
-                return json.loads(line)
-            break
-    process.kill()
-    raise AssertionError(f"no report from {process.args}: {process.communicate()[1]}")
 
 
 @pytest.fixture(scope="module")
@@ -213,14 +124,23 @@ def test_host_init_needs_root_and_makes_a_sticky_root_folder(site, alice):
     assert {int(p.name[4:-5]) for p in locks} == set(possible_cpus()) >= set(CPUS)
     for lock in locks:
         assert (lock.stat().st_uid, stat.S_IMODE(lock.stat().st_mode)) == (0, 0o444)
+    # Every user's share wants: root's, sticky like the registry.
+    wants = os.lstat(site.host / "wants")
+    assert (wants.st_uid, stat.S_IMODE(wants.st_mode)) == (0, 0o1777)
 
     # A lock file a user planted (after root lost one) is replaced by the next init.
     os.unlink(site.host / "cpu-0.lock")
     plant = site.run(alice, "-c", f"open({str(site.host / 'cpu-0.lock')!r}, 'w')")
     assert plant.returncode == 0, plant.stderr
+    # So is a wants folder a user made (after root lost it): she could remove others' wants.
+    os.rmdir(site.host / "wants")
+    plant = site.run(alice, "-c", f"import os; os.mkdir({str(site.host / 'wants')!r}, 0o777)")
+    assert plant.returncode == 0, plant.stderr
     again = site.cli(None, "host", "init")
     assert again.returncode == 0 and "replaced" in again.stdout and "cpu-0.lock" in again.stdout
+    assert "wants" in again.stdout
     assert (site.host / "cpu-0.lock").stat().st_uid == 0
+    assert (site.host / "wants").stat().st_uid == 0
 
 
 def test_host_init_with_a_group_lets_only_its_members_in(site, alice, bob):

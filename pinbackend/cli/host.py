@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from ..host.holders import LeaseInfo, list_leases
+from ..host.host_wants import HOST_WANTS_FOLDER
 from ..host.hostinit import init_host_registry
 from ..host.hostreg import (
     DEFAULT_HOST_REGISTRY,
@@ -75,10 +76,12 @@ def run_init(args: argparse.Namespace) -> int:
     who = f"members of group {args.group}" if args.group else "every user"
     print(
         f"host registry ready: {result.path} (root:{group}, mode {result.mode:04o}, sticky), "
-        f"lock files for CPUs {format_cpu_list(result.cpus)}"
+        f"lock files for CPUs {format_cpu_list(result.cpus)}, a folder for every user's "
+        f"fair-share requests"
     )
     for name in result.replaced:
-        print(f"  replaced {result.path / name}: it was not root's lock file (planted?)")
+        what = "folder" if name == HOST_WANTS_FOLDER else "lock file"
+        print(f"  replaced {result.path / name}: it was not root's {what} (planted?)")
     print(f"from now on the pinbackend jobs of {who} claim their cores through it")
     if str(result.path) != str(DEFAULT_HOST_REGISTRY):
         print(f"every user's jobs must see {HOST_REGISTRY_ENV}={result.path} to find it")

@@ -23,20 +23,31 @@ job's CPUs, each job's share is ``max(1, CPUS // J)``: nobody is ever left with 
 
 Policies keep their meaning: ``oversubscribe="error"`` refuses at once and ``"share"``
 shares at once (neither waits, so neither asks); ``clamp`` and ``wait`` ask while they
-wait. Wants live in the user's own registry: between users, a newcomer still waits.
+wait.
+
+Between users: a top-level request goes in the host registry where an admin set one up
+(:mod:`.host_wants`), and every user's workers hear it; without one, wants live in the
+user's private registry, and a newcomer of another user waits (or clamps) as before. A
+worker that yielded and finds its slot unclaimed :data:`UNCLAIMED_SECONDS` later takes it
+back and stops hearing whoever asked (:func:`asker_of`): asking without taking cannot
+keep other jobs small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from .holders import list_leases
+from .host_wants import host_wants
+from .host_wants import withdraw as withdraw_host_want
 from .lease_info import LeaseInfo
 from .pool import PoolPlan
 from .view import HostView
 from .wants import Wants, post_want, withdraw_want
 
-__all__ = ["PoolShare", "ShareRequest", "fair_share", "job_of"]
+__all__ = ["UNCLAIMED_SECONDS", "PoolShare", "ShareRequest", "asker_of", "fair_share", "job_of"]
 
 
 def job_of(info: LeaseInfo) -> int | None:
@@ -54,6 +65,25 @@ def jobs_among(holders: Iterable[LeaseInfo], me: int) -> set[int]:
     return {job for job in map(job_of, holders) if job is not None and job != me}
 
 
+#: How long a slot given to a job that asks may stay unclaimed before the worker takes it
+#: back and stops yielding to that request: an asker that takes nothing (a job that ended
+#: badly, another user's abuse) costs each worker of a pool one wait, not its whole call.
+UNCLAIMED_SECONDS = 2.0
+
+
+def asker_of(want: str) -> str:
+    """Who asks, as the start of a request's name: another user (a host registry request,
+    ``share-UID-PID-TOKEN.json``) as a whole, so new processes of theirs are not heard
+    anew; a process of this user (``share-UID-PID-``, or ``PID-`` in the user's own
+    registry) alone."""
+    parts = want.split("-")
+    if parts[0] != "share":
+        return f"{parts[0]}-"
+    if parts[1] != str(os.geteuid()):
+        return f"share-{parts[1]}-"
+    return f"share-{parts[1]}-{parts[2]}-"
+
+
 class PoolShare:
     """One pool worker's side of fair share (see the module docstring); ``wants`` is its
     keeper's look at its scope's wants."""
@@ -61,6 +91,10 @@ class PoolShare:
     def __init__(self, pool: PoolPlan, wants: Wants) -> None:
         self.pool = pool
         self.wants = wants
+        #: Who asked and left the slot this worker yielded unclaimed (:func:`asker_of`):
+        #: not heard again.
+        self.ignored: set[str] = set()
+        self._yielded_to: set[str] = set()
 
     def should_yield(self, home: frozenset[int]) -> bool:
         """At a task's end: whether this worker gives its slot ``home`` to a job that asks."""
@@ -69,18 +103,34 @@ class PoolShare:
             return False
         held, share, mine = state
         last = max(mine, key=lambda info: sorted(info.cores))
-        return last.cores == home and held - len(home) >= share
+        if last.cores == home and held - len(home) >= share:
+            self._yielded_to = set(self._askers())
+            return True
+        return False
 
     def may_take(self) -> bool:
         """For a worker that yielded: whether its pool may take a slot again."""
         state = self._state()
         return state is None or state[0] < state[1]
 
+    def unclaimed(self) -> None:
+        """The slot this worker yielded stayed free for :data:`UNCLAIMED_SECONDS`: stop
+        yielding to whoever asked (:func:`asker_of`)."""
+        self.ignored |= {asker_of(name) for name in self._yielded_to}
+
+    def _askers(self) -> dict[str, int]:
+        askers = self.wants.askers()
+        return {
+            name: pid
+            for name, pid in askers.items()
+            if not any(name.startswith(who) for who in self.ignored)
+        }
+
     def _state(self) -> tuple[int, int, list[LeaseInfo]] | None:
         """(CPUs the pool holds, its share, its workers' leases), or None where no other job
         asks for a share."""
         owner = self.pool.owner
-        askers = self.wants.sharers() - {owner}
+        askers = set(self._askers().values()) - {owner}
         if not askers:
             return None
         cpus = self.pool.cpus
@@ -96,17 +146,25 @@ class PoolShare:
 class ShareRequest:
     """A job's request for its fair share: asked while its plan waits for other jobs' cores
     (:func:`.lifecycle.decide_waiting`'s ``on_wait``), kept until :meth:`end` (the end of
-    the call)."""
+    the call). A top-level request goes where every user's workers hear it, the host
+    registry, where one is in use (:mod:`.host_wants`)."""
 
     def __init__(self) -> None:
-        self._want = None
+        self._want: Path | None = None
+        self._withdraw: Callable[[Path | None], None] = withdraw_want
 
     def ask(self, view: HostView) -> None:
         """Ask for a share of the CPUs other jobs hold (once; later calls do nothing)."""
+        if self._want is not None:
+            return
+        host = host_wants() if not view.scope else None
+        if host is not None:
+            self._want, self._withdraw = host.post(view.other_jobs), withdraw_host_want
         if self._want is None:
             self._want = post_want(view.scope, view.other_jobs, share=True)
+            self._withdraw = withdraw_want
 
     def end(self) -> None:
         """Withdraw the request, if any."""
         want, self._want = self._want, None
-        withdraw_want(want)
+        self._withdraw(want)

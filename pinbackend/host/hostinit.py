@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _platform
+from .host_wants import HOST_WANTS_FOLDER
 from .hostreg import dir_problem, host_registry_problem, possible_cpus
 from .registry import RegistryError, lock_path
 
@@ -69,7 +70,8 @@ def init_host_registry(path: Path, gid: int | None = None) -> InitResult:
         raise RegistryError(problem)
     cpus = possible_cpus()
     replaced = tuple(name for cpu in sorted(cpus) if (name := _make_lock(path, cpu, group)))
-    return InitResult(path, group, mode, cpus, replaced)
+    wants = _make_wants_folder(path, group, mode)
+    return InitResult(path, group, mode, cpus, replaced + ((wants,) if wants else ()))
 
 
 def _check_parents(path: Path) -> None:
@@ -109,6 +111,37 @@ def _make_lock(path: Path, cpu: int, gid: int) -> str | None:
     try:
         os.fchown(fd, 0, gid)
         os.fchmod(fd, _LOCK_MODE)
+    finally:
+        os.close(fd)
+    return replaced
+
+
+def _make_wants_folder(path: Path, gid: int, mode: int) -> str | None:
+    """Make the folder of every user's share wants (:mod:`.host_wants`) root's, with the
+    registry's own mode (sticky); return its name if something a user planted was there."""
+    folder = path / HOST_WANTS_FOLDER
+    replaced = None
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(folder)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != 0:
+            replaced = folder.name
+            if stat.S_ISDIR(info.st_mode) and not stat.S_ISLNK(info.st_mode):
+                _remove_tree(folder)
+            else:
+                os.unlink(folder)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    # Opened without following a link and checked on the open folder: a user who made one
+    # there between the check above and mkdir gets nothing of root's.
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _platform.SAFE_OPEN_FLAGS)
+    try:
+        if os.fstat(fd).st_uid != 0:
+            raise RegistryError(
+                f"{folder} was made by uid {os.fstat(fd).st_uid} while host init ran; run "
+                f"host init again (it replaces it)"
+            )
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
     return replaced

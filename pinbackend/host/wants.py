@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from .. import _platform
+from .host_wants import HostWants
 from .registry import LeaseError, is_cpu_list, is_pid, private_dir, read_record, registry_dir
 
 __all__ = ["ClaimWait", "Wants", "post_want", "remove_dead_wants", "withdraw_want"]
@@ -93,18 +94,23 @@ class Wants:
     """The CPUs that other live processes' wants ask for in one lease scope, read again only
     when the folder changed or holds wants (one ``stat`` per look otherwise)."""
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: str, host: HostWants | None = None) -> None:
         self._scope = scope
+        #: Other users' share wants too (the host registry's; top-level scope only).
+        self._host = host if not scope else None
         self._folder: Path | None = None
         self._stamp: int | None = None
         self._pending = False
         self._cpus: frozenset[int] = frozenset()
-        self._sharers: frozenset[int] = frozenset()
+        self._sharers: dict[str, int] = {}
 
-    def sharers(self) -> frozenset[int]:
-        """The pids of other live processes whose jobs ask for a fair share in this scope."""
+    def askers(self) -> dict[str, int]:
+        """Other live processes' requests for a fair share in this scope, want name ->
+        asking pid: this user's, and every user's where the host registry carries them."""
         self.cpus()
-        return self._sharers
+        if self._host is None:
+            return self._sharers
+        return {**self._sharers, **self._host.askers()}
 
     def cpus(self) -> frozenset[int]:
         """The CPUs other live processes wait for in this scope."""
@@ -114,7 +120,7 @@ class Wants:
             stamp = os.stat(self._folder).st_mtime_ns
         except FileNotFoundError:
             self._stamp, self._cpus, self._pending = None, frozenset(), False
-            self._sharers = frozenset()
+            self._sharers = {}
             return self._cpus
         except (OSError, LeaseError):
             return frozenset()
@@ -127,7 +133,7 @@ class Wants:
     def _read(self, folder: Path) -> bool:
         """Read every want; return whether there are any (this process's own included)."""
         wanted: set[int] = set()
-        sharers: set[int] = set()
+        sharers: dict[str, int] = {}
         try:
             names = os.listdir(folder)
         except OSError:
@@ -143,8 +149,8 @@ class Wants:
             if pid != os.getpid() and scope == self._scope:
                 wanted |= cpus
                 if share:
-                    sharers.add(pid)
-        self._cpus, self._sharers = frozenset(wanted), frozenset(sharers)
+                    sharers[name] = pid
+        self._cpus, self._sharers = frozenset(wanted), sharers
         return bool(names)
 
 

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from . import loads, notices
-from .fair import PoolShare
+from .fair import UNCLAIMED_SECONDS, PoolShare
 from .foreign import pinned_cpus, pinned_first
 from .groups import least_crowded
 from .holders import describe_holder, list_leases
+from .host_wants import host_wants
 from .leases import Lease, LeaseConflict, claim, claim_first_free
 from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS, RECALL_POLL_SECONDS, Loans
 from .lifecycle import IDLE_RELEASE_SECONDS, release_slot
@@ -177,12 +178,12 @@ class _SlotKeeper:
         self.last_task = self.task_started = self.last_borrow = time.monotonic()
         self.lock = threading.Lock()
         #: Idle slots' cores this worker borrows while its task runs (:mod:`.lending`).
-        wants = Wants(pool.scope)
+        wants = Wants(pool.scope, host_wants() if not pool.scope else None)
         self.loans = Loans(pool, wants) if pool.lend else None
         self.idle_release = LEND_AFTER_SECONDS if self.loans else IDLE_RELEASE_SECONDS
         #: Fair share (:mod:`.fair`): the slot goes to a job that asks, at a task's end.
         self.share = PoolShare(pool, wants) if not pool.shared else None
-        self.yielded = False
+        self.yielded, self.yielded_at = False, 0.0
         #: True: a task arrived and holds the lease (counted in ``running``) until it runs.
         #: An exception: holding failed, and the task raises it.
         self.held: bool | Exception = False
@@ -286,7 +287,7 @@ class _SlotKeeper:
         except Exception:
             return  # the registry cannot be read now: keep the slot, look again next time
         lease, self.lease = self.lease, None
-        self.yielded = True
+        self.yielded, self.yielded_at = True, time.monotonic()
         with contextlib.suppress(Exception):
             release_slot(self.applied, lease, keep_pool=True)
 
@@ -298,6 +299,13 @@ class _SlotKeeper:
         while not self.share.may_take():
             if not wait:
                 raise LeaseConflict("this worker gave its slot to a fair share", frozenset(), ())
+            if time.monotonic() - self.yielded_at >= UNCLAIMED_SECONDS:
+                with contextlib.suppress(LeaseConflict):
+                    lease = claim(self.applied.cores, scope=self.pool.scope, owner=self.pool.owner)
+                    self.share.unclaimed()  # nobody took it: the asker takes nothing
+                    self.yielded = False
+                    return lease
+                self.yielded_at = float("inf")  # taken: wait for the share, as before
             time.sleep(_WAIT_POLL_SECONDS)
         timeout = self.pool.claim_timeout if wait else 0.0
         lease = claim_first_free(
