@@ -620,3 +620,40 @@ def test_moving_targets_are_not_applicable_without_their_reference():
     assert targets["staggered-job"].status == "n/a"
     assert "'loky' was not measured on 'staggered'" in targets["staggered-job"].detail
     assert "workload 'tail' was not run" in targets["tail-one"].detail
+
+
+def test_two_users_targets_pair_the_makespan_with_and_without_a_host_registry():
+    doc = _jobs_doc(
+        {
+            ("two-users", "loky"): [{"faster": 2.0, "slower": 3.0}] * 3,
+            ("two-users", "pinned"): [{"faster": 2.0, "slower": 3.3}] * 3,  # 1.10x: fails
+            ("two-users", "pinned-host"): [{"faster": 2.5, "slower": 3.0}] * 3,  # 1.00x: passes
+            ("two-users", "pinned-blind"): [{"faster": 3.0, "slower": 3.6}] * 3,
+        }
+    )
+    targets = _targets(doc)
+    assert targets["two-users"].status == "fail"
+    assert targets["two-users-host"].status == "pass"
+    assert "pinned-host/loky = 1.00" in targets["two-users-host"].detail
+    assert targets["two-users-blind"].status == "info"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="host init needs root")
+def test_two_users_under_a_host_registry_run_at_once_and_leave_nothing(tmp_path):
+    import glob
+
+    from pinbackend.bench.strategies import get_strategy
+    from pinbackend.bench.users import measure_two_users
+
+    class Window:
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+    before = set(glob.glob("/tmp/pb-host-*"))
+    params = {"tasks": 4, "iterations": 100_000}
+    result = measure_two_users(get_strategy("pinned-host"), 2, params, Window())
+    assert 0 < result["jobs"]["faster"] <= result["jobs"]["slower"] <= result["makespan"]
+    assert set(glob.glob("/tmp/pb-host-*")) == before  # the run's host registry is gone
