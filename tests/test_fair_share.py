@@ -72,8 +72,10 @@ def test_a_newcomer_gets_its_share_at_a_task_boundary_and_the_pool_grows_back(tm
     report = run_jobs(tmp_path, "clamp")
     first, newcomer = report["first"], report["newcomer"]["tasks"]
     dump = json.dumps(report)
-    # The newcomer did not wait for the first job's whole call...
-    assert min(start for *_, start, _ in newcomer) < max(end for *_, end in first), dump
+    # The newcomer did not wait for the first job's call, nor for its tail (where its
+    # workers run out of tasks and let go anyway): it started before half of its tasks...
+    halfway = sorted(start for *_, start, _ in first)[len(first) // 2]
+    assert min(start for *_, start, _ in newcomer) < halfway, dump
     # ...and never ran on a core while a task of the first job ran there.
     for _, cpus, start, end in newcomer:
         assert len(cpus) == 1, dump
@@ -122,3 +124,60 @@ def test_an_asker_that_takes_nothing_is_known_by_its_user_or_its_process():
     assert asker_of(f"share-{me}-123-0badc0de.json") == f"share-{me}-123-"
     assert asker_of("123-0badc0de.json") == "123-"
     assert not f"share-{me}-1234-0badc0de.json".startswith(asker_of(f"share-{me}-123-a.json"))
+
+
+RUN_NEWCOMER = """
+import json, os, subprocess, sys, threading, time
+from pathlib import Path
+from joblib import Parallel, delayed
+import pinbackend
+
+def spin(seconds, flag=None):
+    start = time.time()
+    if flag:
+        Path(flag).touch()
+    while time.time() - start < seconds:
+        pass
+    return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]
+
+PAYLOAD = (
+    "import json, os, time; start = time.time()\\n"
+    "while time.time() - start < 1.0: pass\\n"
+    "print(json.dumps([os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]))"
+)
+flag = Path(sys.argv[1]) / "started"
+newcomer = []
+
+def start_newcomer():
+    # From a thread of its own, not from the task generator: a dispatch delayed by a
+    # process start would leave a worker idle long enough to let its core go.
+    while not flag.exists():
+        time.sleep(0.01)
+    newcomer.append(subprocess.Popen(
+        [sys.executable, "-m", "pinbackend", "run", "-n", "1", "--other-pins", "ignore",
+         "--claim-timeout", "30", "--", sys.executable, "-c", PAYLOAD],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+threading.Thread(target=start_newcomer).start()
+tasks = [delayed(spin)(0.4, str(flag))] + [delayed(spin)(0.4) for _ in range(19)]
+first = Parallel(n_jobs=2, backend="pinned", other_pins="ignore")(tasks)
+out, err = newcomer[0].communicate()
+print(json.dumps({"first": first, "run": json.loads(out) if out else err}))
+"""
+
+
+def test_a_run_newcomer_gets_its_share_too(tmp_path):
+    """`run -n 1` told to wait, arriving on a host a pool holds: it asks while it waits,
+    like a pool (it used to wait for the pool's whole call)."""
+    code = f"import sys; sys.argv[1:] = [{str(tmp_path)!r}]\n" + RUN_NEWCOMER
+    report = last_json(run_python(code, timeout=120).stdout)
+    first, run = report["first"], report["run"]
+    dump = json.dumps(report)
+    assert isinstance(run, list), dump  # it ran (its error otherwise)
+    _, cpus, start, end = run
+    # Within the first job's call, not in its tail (where its workers run out of tasks
+    # and let go of their cores anyway): before half of its tasks started.
+    halfway = sorted(task[2] for task in first)[len(first) // 2]
+    assert len(cpus) == 1 and start < halfway, dump
+    for _, other, other_start, other_end in first:
+        assert cpus != other or min(end, other_end) <= max(start, other_start), dump

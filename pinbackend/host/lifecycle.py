@@ -26,7 +26,7 @@ from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan
 from . import notices
 from .caps import user_thread_limits
-from .fair import fair_share, jobs_among
+from .fair import ShareRequest, fair_share, jobs_among
 from .foreign import pinned_cpus, pinned_first
 from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim
@@ -215,26 +215,34 @@ def lease_slot(
     fails at once. ``members`` tells the leases of the caller's own group apart (a Dask
     cluster's workers on this host): waiting for them cannot help, so when they hold every
     slot of this size the policy applies at once (:class:`ClaimFailed`). ``spelling`` names
-    the remedies in the caller's words.
+    the remedies in the caller's words. While it waits for other jobs' pool workers, it
+    asks for its fair share (:mod:`.fair`): they give it a slot at their next task end.
     """
     sized = options.updated(cores_per_worker=cores)
     request = Request(command, workers=1, one_worker=True, spelling=spelling)
-    while True:
-        decision, view = decide_waiting(
-            lambda: survey(sized, scope=scope, nested=False, group=members),
-            sized,
-            request,
-            announce=False,
-        )
-        try:
-            return claim(
-                decision.plan.slots[0],
-                scope=view.scope,
-                share=decision.shared_with_others,
-                command=command,
+    # Asked while it waits, withdrawn once the slot is leased: a lease is not given back
+    # when idle, so the pools that shrank for it cannot take its cores back meanwhile.
+    share = ShareRequest()
+    try:
+        while True:
+            decision, view = decide_waiting(
+                lambda: survey(sized, scope=scope, nested=False, group=members),
+                sized,
+                request,
+                announce=False,
+                on_wait=share.ask,
             )
-        except LeaseConflict:
-            continue  # another job took these cores between deciding and claiming
+            try:
+                return claim(
+                    decision.plan.slots[0],
+                    scope=view.scope,
+                    share=decision.shared_with_others,
+                    command=command,
+                )
+            except LeaseConflict:
+                continue  # another job took these cores between deciding and claiming
+    finally:
+        share.end()
 
 
 def claim_exact(cpus: frozenset[int], options: PinOptions, *, command: str) -> Lease:
