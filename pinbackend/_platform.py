@@ -39,6 +39,7 @@ __all__ = [
     "TaskStat",
     "allowed_cpus",
     "bytes_waiting",
+    "cpu_busy_seconds",
     "forget_in_forked_child",
     "get_thread_affinity",
     "host_flocks",
@@ -251,6 +252,28 @@ def process_command(pid: int, limit: int = 200) -> str:
         except OSError:
             text = "[?]"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cpu_busy_seconds(cpus: frozenset[int]) -> float | None:
+    """Seconds ``cpus`` spent on anything but idling since boot, summed (``/proc/stat``:
+    user, nice, system, irq, softirq, and steal, time the hypervisor gave elsewhere), in
+    clock ticks (10 ms); None where unknown."""
+    if not IS_LINUX:
+        return None
+    try:
+        with open("/proc/stat", "rb") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, _, rest = line.partition(b" ")
+        if name[:3] != b"cpu" or not name[3:].isdigit() or int(name[3:]) not in cpus:
+            continue
+        values = [int(value) for value in rest.split()]
+        user, nice, system, _idle, _iowait, irq, softirq = values[:7]
+        ticks += user + nice + system + irq + softirq + (values[7] if len(values) > 7 else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def started_at(ticks: int) -> float | None:

@@ -298,7 +298,10 @@ class PinnedBackend(LokyBackend):
         if require == "sharedmem" or prefer == "threads":
             raise FallbackToBackend(
                 PinnedThreadingBackend(
-                    nesting_level=self.nesting_level, options=self.options, sizing=self._sizing
+                    nesting_level=self.nesting_level,
+                    options=self.options,
+                    sizing=self._sizing,
+                    user_cap=self.inner_max_num_threads,
                 )
             )
         requested, reported = self._sizing(n_jobs)

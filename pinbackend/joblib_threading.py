@@ -10,8 +10,11 @@ the cores per thread, with the same ``n_jobs`` conventions and policies as proce
 
 from __future__ import annotations
 
+import os
+
 from joblib._parallel_backends import FallbackToBackend, SequentialBackend, ThreadingBackend
 
+from .host.caps import user_thread_limits
 from .host.options import PinOptions
 from .host.slot import in_slot
 from .host.threads import PinnedThreadPool, plan_thread_shares, run_capped
@@ -36,10 +39,23 @@ class RunThrough:
 class PinnedThreadingBackend(ThreadingBackend):
     """joblib's threading backend on pinned, capped threads (see the module docstring)."""
 
-    def __init__(self, nesting_level=None, *, options: PinOptions, sizing, **backend_kwargs):
+    def __init__(
+        self,
+        nesting_level=None,
+        *,
+        options: PinOptions,
+        sizing,
+        user_cap: int | None = None,
+        **backend_kwargs,
+    ):
         super().__init__(nesting_level=nesting_level, **backend_kwargs)
         self.options = options
         self._size = sizing  # the process backend's n_jobs rules, shared
+        # Lending widens BLAS pools past a share: not where the user fixed slots or set a
+        # thread cap (inner_max_num_threads, a thread variable), as for process pools.
+        self._lend = not (
+            options.fixed_slots or user_cap is not None or user_thread_limits(os.environ)
+        )
 
     def effective_n_jobs(self, n_jobs):
         """Threads for ``n_jobs``, by the same rules as the pinned process pools."""
@@ -65,7 +81,7 @@ class PinnedThreadingBackend(ThreadingBackend):
 
     def _get_pool(self):
         if self._pool is None:
-            self._pool = PinnedThreadPool(self._shares)
+            self._pool = PinnedThreadPool(self._shares, lend=self._lend)
         return self._pool
 
     def terminate(self):

@@ -2,7 +2,10 @@
 
 A BLAS library built with pthreads (OpenBLAS) has one pool for the whole process: a thread
 cannot cap it for itself alone. While pinned thread pools live, it is capped to the
-smallest share any of them has, and given back its size when the last one ends.
+smallest share any of them has, and given back its size when the last one ends. While one
+pool alone lives, it may lend its idle threads' shares to its one running task
+(:mod:`.thread_lending`): under this cap's lock, which every change of the cap takes back
+first.
 """
 
 from __future__ import annotations
@@ -57,16 +60,26 @@ class ProcessWideCap:
         self._active: list[int] = []
         self._before: set[tuple[str, type]] = set()  # every library loaded before the pools
         self._saved: dict[tuple[str, type], tuple[object, int]] = {}  # BLAS -> size after
+        #: Pools that may lend (host.thread_lending.ThreadLoans): recalled before any change.
+        self._lenders: list = []
 
     @property
     def active(self) -> bool:
         """Whether pinned thread pools live in this process."""
         return bool(self._active)
 
+    @property
+    def lock(self) -> PinLock:
+        """This cap's lock; lending (:mod:`.thread_lending`) widens and narrows under it."""
+        return self._lock
+
     def enter(self, n_threads: int) -> None:
+        """A pinned thread pool starts: cap to the smallest share of the live pools (a loan
+        is taken back first: a second pool means nothing may be lent)."""
         loads.watch_extension_loads()
         loads.add_listener(self.after_load)
         with self._lock:
+            self._recall_loans()
             if not self._active:
                 with _THREADPOOLCTL_LOCK:
                     self._before = {_key(lib) for lib in ThreadpoolController().lib_controllers}
@@ -77,6 +90,7 @@ class ProcessWideCap:
         """One pool ends; the last one restores the caps (and, with ``restore_openmp_here``,
         the OpenMP runtimes loaded meanwhile, in the calling thread: not a pinned one)."""
         with self._lock:
+            self._recall_loans()
             self._active.remove(n_threads)
             if self._active:
                 self._set(min(self._active))
@@ -95,7 +109,34 @@ class ProcessWideCap:
         """An import loaded libraries: while pools live, cap new process-wide BLAS too."""
         with self._lock:
             if self._active:
+                self._recall_loans()
                 self._set(min(self._active))
+
+    # -- for lending (host.thread_lending), each under ``lock`` --------------------------
+
+    def add_lender(self, lender) -> None:
+        """Register a pool that may lend: ``lender.recall_locked()`` is called, under the
+        lock, before every change of the cap."""
+        self._lenders.append(lender)
+
+    def remove_lender(self, lender) -> None:
+        """The pool ended (its loan taken back)."""
+        self._lenders.remove(lender)
+
+    def may_lend(self) -> bool:
+        """Whether exactly one pinned thread pool lives (a lender's own) and a process-wide
+        BLAS pool is capped: nothing else shares the pool's cores or its BLAS pools."""
+        return len(self._active) == 1 and bool(self._saved)
+
+    def resize(self, n_threads: int | None = None) -> None:
+        """Every capped process-wide BLAS pool to ``n_threads`` (None: back to the cap)."""
+        with _THREADPOOLCTL_LOCK:
+            for lib, _ in self._saved.values():
+                force_threads(lib, min(self._active) if n_threads is None else n_threads)
+
+    def _recall_loans(self) -> None:
+        for lender in list(self._lenders):
+            lender.recall_locked()
 
     def _set(self, n_threads: int) -> None:
         with _THREADPOOLCTL_LOCK:

@@ -13,7 +13,9 @@ OpenMP pool sized to the whole machine, oversubscribe it as badly as processes d
 - a BLAS with one process-wide pool (OpenBLAS built with pthreads) is capped process-wide
   to the smallest share while the pool lives, and restored after, under the lock that
   serializes every threadpoolctl call (threadpoolctl is not thread-safe);
-- the caller's own mask and caps are untouched: only the pool's threads were pinned.
+- the caller's own mask and caps are untouched: only the pool's threads were pinned;
+- while one task alone runs, its process-wide BLAS pool may widen onto the idle threads'
+  shares, and is narrowed again before another task starts (:mod:`.thread_lending`).
 
 Every piece of shared state is guarded by a lock or is a thread-safe queue, so the pool is
 correct without the GIL too (free-threaded CPython).
@@ -46,6 +48,7 @@ from .patches import Patch, Patches
 from .policy import KEYWORDS, Request, Spelling, decide
 from .slot import current_slot
 from .state import STATE
+from .thread_lending import ThreadLoans, may_lend_shares
 from .view import HostView, host_view, survey
 
 __all__ = [
@@ -66,6 +69,8 @@ class ThreadShares:
 
     shares: tuple[frozenset[int], ...]
     leases: list[Lease] = dataclasses.field(default_factory=list)
+    #: Whether the policy let threads share cores (``oversubscribe="share"``, or with others).
+    shared: bool = False
     _lock: threading.Lock = dataclasses.field(
         default_factory=threading.Lock, repr=False, compare=False
     )
@@ -106,7 +111,8 @@ def plan_thread_shares(
     request = Request(what, workers=n_threads, spelling=spelling)
     if current_slot() is not None:
         inside = host_view(read_topology(), options, nested=True, me=os.getpid())
-        return ThreadShares(decide(inside, options, request).plan.slots)
+        plan = decide(inside, options, request).plan
+        return ThreadShares(plan.slots, shared=plan.shared)
     read = view or (lambda: survey(options))
 
     def read_all_held() -> HostView:
@@ -116,8 +122,9 @@ def plan_thread_shares(
         decision, job = decide_waiting(read_all_held, options, request)
         if report:
             report_decision(decision, what)
-        shares = ThreadShares(decision.plan.slots)
-        if decision.plan.shared or decision.shared_with_others:
+        shared = decision.plan.shared or decision.shared_with_others
+        shares = ThreadShares(decision.plan.slots, shared=shared)
+        if shared:
             return shares  # sharing holds no lease, as for process pools
         try:
             for share in dict.fromkeys(shares.shares):
@@ -260,10 +267,17 @@ def in_pinned_thread() -> bool:
     return getattr(_THIS_THREAD, "cap", None) is not None
 
 
-def enter_share(pending: queue.SimpleQueue, initializer: Callable | None, initargs) -> None:
+def enter_share(
+    pending: queue.SimpleQueue,
+    initializer: Callable | None,
+    initargs,
+    loans: ThreadLoans | None = None,
+) -> None:
     """Pool-thread initializer: take an assignment, pin this thread to its cores, cap its
-    pools to its thread cap, then run the user's own initializer."""
+    pools to its thread cap, then run the user's own initializer. ``loans``: the pool's
+    lending (:mod:`.thread_lending`), told by :func:`run_capped` of each task."""
     share, cap = pending.get_nowait()
+    _THIS_THREAD.share, _THIS_THREAD.loans = share, loans
     # Put it back: a pool that replaces a thread (maxtasksperchild) hands it on in turn.
     pending.put((share, cap))
     try:
@@ -299,8 +313,16 @@ def run_capped(func: Callable[[], object]) -> object:
     me = threading.get_ident()
     with STATE.running_lock:
         STATE.running_tasks.add(me)
+    loans = getattr(_THIS_THREAD, "loans", None)
     try:
-        return func()
+        if loans is not None:
+            # Before the task runs: a loan of this thread's share is taken back first.
+            loans.task_starts(_THIS_THREAD.share)
+        try:
+            return func()
+        finally:
+            if loans is not None:
+                loans.task_ends()
     finally:
         with STATE.running_lock:
             STATE.running_tasks.discard(me)
@@ -319,10 +341,12 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
 
     ``shares`` come from :func:`plan_thread_shares`; the pool releases their leases and
     restores process-wide BLAS caps when it is terminated (``terminate()``, ``with``, or
-    ``close()`` + ``join()``).
+    ``close()`` + ``join()``). With ``lend``, a task that runs alone may widen its
+    process-wide BLAS pool onto the idle threads' shares (:mod:`.thread_lending`; tasks
+    must run through :func:`run_capped`).
     """
 
-    def __init__(self, shares: ThreadShares, initializer=None, initargs=()):
+    def __init__(self, shares: ThreadShares, initializer=None, initargs=(), *, lend=False):
         self._thread_shares = shares
         assignments = assign_threads(shares, None)
         self._cap = min(cap for _, cap in assignments)
@@ -330,11 +354,14 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
         self._blas_cap.enter(self._cap)
         self._ended = False
         self._end_lock = threading.Lock()
+        self._loans = None
         try:
+            if lend and not shares.shared and may_lend_shares(shares.shares):
+                self._loans = ThreadLoans(shares.shares, self._blas_cap)
             super().__init__(
                 len(assignments),
                 enter_share,
-                (assignments_queue(assignments), initializer, initargs),
+                (assignments_queue(assignments), initializer, initargs, self._loans),
             )
         except BaseException:
             self._end()
@@ -345,8 +372,12 @@ class PinnedThreadPool(multiprocessing.pool.ThreadPool):
             if self._ended:
                 return
             self._ended = True
-        self._blas_cap.leave(self._cap, restore_openmp_here=not in_pinned_thread())
-        self._thread_shares.release()
+        try:
+            if self._loans is not None:
+                self._loans.close()
+        finally:
+            self._blas_cap.leave(self._cap, restore_openmp_here=not in_pinned_thread())
+            self._thread_shares.release()
 
     def terminate(self) -> None:
         """Stop the threads, then give the cores and the process-wide caps back.
