@@ -3,14 +3,19 @@ user's own registry, and the commands run as them (see ``_users.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
 import subprocess
 import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _users import SharedPython, User
+import pytest
+from _users import SharedPython, User, private_folder, unix_user, world_folder
 
 #: A command that says where it runs, then stays (the lease lives as long as it does).
 HOLD = textwrap.dedent(
@@ -100,3 +105,32 @@ def first_line(process: subprocess.Popen, timeout: float = 30) -> dict:
             break
     process.kill()
     raise AssertionError(f"no report from {process.args}: {process.communicate()[1]}")
+
+
+@pytest.fixture(scope="module")
+def alice(python_for_users):
+    with unix_user("a") as user:
+        yield user
+
+
+@pytest.fixture(scope="module")
+def bob(python_for_users):
+    with unix_user("b") as user:
+        yield user
+
+
+@pytest.fixture
+def site(python_for_users, alice, bob):
+    root = world_folder()
+    homes = {user.name: private_folder(root, user) for user in (alice, bob)}
+    homes[None] = root / "root-home"
+    homes[None].mkdir(mode=0o700)
+    built = Site(root, python_for_users, root / "host", homes)
+    try:
+        yield built
+    finally:
+        for process in built.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+        shutil.rmtree(root, ignore_errors=True)

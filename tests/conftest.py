@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import pytest_timeout
+from _host_site import alice, bob, site  # noqa: F401  (the two-user tests' users and host)
 from _users import python_for_users  # noqa: F401  (the two-user tests' shared interpreter)
 
 from pinbackend.host.caps import THREAD_ENV_VARS as CAP_VARS

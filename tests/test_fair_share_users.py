@@ -10,18 +10,16 @@ what they see. Needs root (CI is); skipped otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import textwrap
 import time
 
 import pytest
-from _host_site import Site, first_line
-from _users import private_folder, unix_user, wait_until, world_folder
+from _host_site import first_line
+from _users import wait_until
 
 from pinbackend.host.host_wants import HostWants
 from pinbackend.host.hostreg import HostRegistry
@@ -78,37 +76,14 @@ ASK = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def alice(python_for_users):
-    with unix_user("a") as user:
-        yield user
-
-
-@pytest.fixture(scope="module")
-def bob(python_for_users):
-    with unix_user("b") as user:
-        yield user
-
-
 @pytest.fixture
-def site(python_for_users, alice, bob):
-    root = world_folder()
-    homes = {user.name: private_folder(root, user) for user in (alice, bob)}
-    homes[None] = root / "root-home"
-    homes[None].mkdir(mode=0o700)
-    built = Site(root, python_for_users, root / "host", homes)
-    flags = root / "flags"
+def site(site):
+    """The two users' host, with its registry made and a folder both may leave flags in."""
+    flags = site.root / "flags"
     flags.mkdir()
     flags.chmod(0o1777)
-    try:
-        built.init()
-        yield built
-    finally:
-        for process in built.started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-        shutil.rmtree(root, ignore_errors=True)
+    site.init()
+    return site
 
 
 def overlap(a: list, b: list) -> float:

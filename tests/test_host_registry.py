@@ -13,7 +13,6 @@ Needs root (CI is); skipped otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import grp
 import json
@@ -29,8 +28,8 @@ import time
 from pathlib import Path
 
 import pytest
-from _host_site import HOLD, Site, first_line
-from _users import private_folder, unix_user, world_folder
+from _host_site import HOLD, first_line
+from _users import world_folder
 
 from pinbackend.host.holders import host_holders, list_leases
 from pinbackend.host.hostinit import init_host_registry, possible_cpus
@@ -72,35 +71,6 @@ JOBLIB = textwrap.dedent(
     print(json.dumps(out), flush=True)
     """
 )
-
-
-@pytest.fixture(scope="module")
-def alice(python_for_users):
-    with unix_user("a") as user:
-        yield user
-
-
-@pytest.fixture(scope="module")
-def bob(python_for_users):
-    with unix_user("b") as user:
-        yield user
-
-
-@pytest.fixture
-def site(python_for_users, alice, bob):
-    root = world_folder()
-    homes = {user.name: private_folder(root, user) for user in (alice, bob)}
-    homes[None] = root / "root-home"
-    homes[None].mkdir(mode=0o700)
-    built = Site(root, python_for_users, root / "host", homes)
-    try:
-        yield built
-    finally:
-        for process in built.started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def end(process: subprocess.Popen) -> None:

@@ -29,19 +29,30 @@ import os
 import re
 import secrets
 import stat
+import time
 from pathlib import Path
 
 from .. import _platform
 from .hostreg import HostRegistry, dir_problem, find_host_registry
 from .registry import is_cpu_list, read_record
 
-__all__ = ["HOST_WANTS_FOLDER", "MAX_WANTS", "HostWants", "host_wants"]
+__all__ = ["HOST_WANTS_FOLDER", "MAX_WANTS", "HostWants", "changed_lately", "host_wants"]
 
 HOST_WANTS_FOLDER = "wants"
 #: The most entries read from the folder per look (any user may fill it with files).
 MAX_WANTS = 256
 _WANT_MODE = 0o644
 _NAME = re.compile(r"share-(\d{1,10})-(\d{1,10})-[0-9a-f]{8}\.json")
+
+
+#: A folder changed this recently may change again within its file system's timestamp
+#: granularity (a clock tick, 4 ms on ext4) without its time changing: read it again.
+_COARSE_NS = 50_000_000
+
+
+def changed_lately(mtime_ns: int) -> bool:
+    """Whether a folder's modification time is too recent to tell a later change by it."""
+    return time.time_ns() - mtime_ns < _COARSE_NS
 
 
 def host_wants() -> HostWants | None:
@@ -106,7 +117,7 @@ class HostWants:
             self._askers = {}
             return self._askers
         # Read again while live wants are there: a process may end without withdrawing.
-        if info.st_mtime_ns != self._stamp or self._live:
+        if info.st_mtime_ns != self._stamp or self._live or changed_lately(info.st_mtime_ns):
             self._stamp = info.st_mtime_ns
             self._askers = self._read()
             self._live = bool(self._askers)

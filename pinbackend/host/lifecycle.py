@@ -70,8 +70,8 @@ def decide_waiting(
     polling ``read_view``: a bounded wait raises :class:`ClaimFailed` after
     ``options.claim_timeout``, naming who holds the cores; a refusal raises at once.
     ``announce`` warns once (:class:`~pinbackend.host.notices.WaitingForCoresWarning`) when
-    a wait begins. ``on_wait`` is called with the view before each wait (a pool asks for
-    its fair share there: :mod:`.fair`).
+    a wait begins. ``on_wait`` is called with the view before each wait, and with a pool's
+    plan that other jobs' cores clamped (a pool asks for its fair share there: :mod:`.fair`).
 
     A pool clamped because other jobs' pool workers hold cores first gives them
     :data:`CLAMP_GRACE_SECONDS` to free up (:data:`IDLE_RELEASE_SECONDS` once it has its
@@ -97,6 +97,10 @@ def decide_waiting(
                 view = read_view()
                 continue
         if decision.plan is not None:
+            if decision.held_by_others and on_wait is not None and not request.one_worker:
+                # A pool clamped by other jobs asks all the same: a planned slot can be
+                # taken before its worker claims it, which then waits for it unheard.
+                on_wait(view)
             return decision, view
         if decision.bounded:
             deadline = deadline or time.monotonic() + options.claim_timeout

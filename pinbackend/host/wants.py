@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from .. import _platform
-from .host_wants import HostWants
+from .host_wants import HostWants, changed_lately
 from .registry import LeaseError, is_cpu_list, is_pid, private_dir, read_record, registry_dir
 
 __all__ = ["ClaimWait", "Wants", "post_want", "remove_dead_wants", "withdraw_want"]
@@ -125,7 +125,7 @@ class Wants:
         except (OSError, LeaseError):
             return frozenset()
         # Re-read while wants are there: one whose process died is dropped at the next look.
-        if stamp != self._stamp or self._pending:
+        if stamp != self._stamp or self._pending or changed_lately(stamp):
             self._stamp = stamp
             self._pending = self._read(self._folder)
         return self._cpus
