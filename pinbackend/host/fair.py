@@ -68,7 +68,9 @@ def jobs_among(holders: Iterable[LeaseInfo], me: int) -> set[int]:
 #: How long a slot given to a job that asks may stay unclaimed before the worker takes it
 #: back and stops yielding to that request: an asker that takes nothing (a job that ended
 #: badly, another user's abuse) costs each worker of a pool one wait, not its whole call.
-UNCLAIMED_SECONDS = 2.0
+#: Long enough for a legitimate asker on a loaded machine: it decides after a grace of up
+#: to a second, then starts a worker process (0.1-0.3 s quiet, seconds under load).
+UNCLAIMED_SECONDS = 5.0
 
 
 def asker_of(want: str) -> str:
