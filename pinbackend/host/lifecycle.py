@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Callable
 
-from .. import _platform
 from ..core.cpuset import format_cpu_list
 from ..core.planner import OversubscriptionWarning, Plan
 from . import notices
@@ -78,8 +77,8 @@ def decide_waiting(
     fair share, :mod:`.fair`): idle pinned pools give their cores back that fast, and a job
     started just after another one's call returned should get every core, not the first
     one freed. Cores that only other kinds of holders keep (``run``, a Dask
-    worker, a pinned process), or pool workers the scheduler shows running a task, are not
-    waited for: the pool starts clamped and grows into them when they free up.
+    worker, a pinned process) are not waited for: the pool starts clamped and grows into
+    them when they free up.
     """
     view = read_view()
     deadline = grace = None
@@ -130,16 +129,10 @@ def _below_share(decision: Decision, view: HostView) -> bool:
 
 
 def _pools_hold(view: HostView) -> bool:
-    """Whether workers of another process's pools that may be idle (they release then) hold
-    cores. A worker the scheduler shows running (state ``R``) runs a task: it lets go at
-    the task's end at the earliest (to a fair share), so waiting for it would only delay
-    the start."""
-    for info in view.others:
-        if info.source == "lease" and info.owner not in (None, info.pid):
-            task = _platform.read_task_stat(info.pid)
-            if task is not None and task.state != "R":
-                return True
-    return False
+    """Whether workers of another process's pools (which release when idle) hold cores."""
+    return any(
+        info.source == "lease" and info.owner not in (None, info.pid) for info in view.others
+    )
 
 
 def report_decision(decision: Decision, what: str) -> None:
