@@ -206,3 +206,93 @@ print(json.dumps(Parallel(n_jobs=2, backend="pinned", fixed_slots=True)([delayed
 def test_fixed_slots_keep_a_lone_task_on_its_own_slot():
     # The same lone BLAS task as above borrows within a few tenths of a second; here, never.
     assert last_json(run_python(FIXED, timeout=120).stdout) == [[[1, 1]]]
+
+
+NESTED_THREADS = """
+import json, os, time
+import numpy as np
+from joblib import Parallel, delayed
+import pinbackend
+from pinbackend.host.holders import list_leases
+from pinbackend.host.threads import PinnedThreadPool, ThreadShares
+
+def loans_of(pid):
+    return [sorted(info.cores) for info in list_leases() if info.loan and info.pid == pid]
+
+def inner(_):
+    return loans_of(os.getpid())
+
+def outer():
+    a = np.random.default_rng(0).random((300, 300))
+    start = time.monotonic()
+    while not loans_of(os.getpid()) and time.monotonic() - start < 20:
+        a @ a
+    before = loans_of(os.getpid())
+    # A pinned thread pool on the worker's slot (what the runner makes of a ThreadPool a
+    # task starts; joblib's prefer="threads" runs inline in a one-core slot).
+    pool = PinnedThreadPool(ThreadShares((frozenset(os.sched_getaffinity(0)),)))
+    try:
+        during = pool.map(inner, range(2))
+    finally:
+        pool.close()
+        pool.join()
+    return {"before": before, "during": during}
+
+out = Parallel(n_jobs=2, backend="pinned", other_pins="ignore")([delayed(outer)()])
+print(json.dumps(out[0]))
+"""
+
+
+@needs_two
+def test_a_pinned_thread_pool_started_in_a_borrowing_task_gets_the_loans_back_first():
+    """The process-wide BLAS cap of a pinned thread pool is the pool's: a pool worker's loan
+    is given back before the cap is set (else the widened size is saved as the size to
+    restore, and giving the loan back later overrides the cap)."""
+    report = last_json(run_python(NESTED_THREADS, timeout=120).stdout)
+    assert report["before"], report  # it borrowed the idle sibling's core
+    assert report["during"] == [[], []], report  # and held no loan while the pool lived
+
+
+GUARDED = """
+import json, os, subprocess, sys, time
+import numpy as np
+from joblib import Parallel, delayed
+from threadpoolctl import threadpool_info
+import pinbackend
+from pinbackend.host import foreign_load
+
+SPIN = "import os, sys\\nos.sched_setaffinity(0, {int(sys.argv[1])})\\nwhile True: pass"
+
+def widest(seconds):
+    a = np.random.default_rng(0).random((300, 300))
+    most, start = 1, time.monotonic()
+    while time.monotonic() - start < seconds:
+        a @ a
+        most = max(most, *(x["num_threads"] for x in threadpool_info() if x["user_api"] == "blas"))
+        if most > 1 and seconds > 5:
+            break
+    return most
+
+def task():
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN, str(cpu)]) for cpu in (0, 1)]
+    try:
+        while_busy = widest(1.5)  # 15 looks of the keeper
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    # The guard lifted, the same task widens: the guard was what kept it narrow (not the
+    # spinners' end alone: another test run may keep this machine busy for seconds).
+    foreign_load.FOREIGN_BUSY_LIMIT = float("inf")
+    return {"while_busy": while_busy, "after": widest(20)}
+
+print(json.dumps(Parallel(n_jobs=2, backend="pinned", other_pins="ignore")([delayed(task)()])[0]))
+"""
+
+
+@pytest.mark.skipif(CPUS[:2] != [0, 1], reason="the spinners take CPUs 0 and 1")
+def test_no_loan_while_another_program_keeps_the_idle_slots_cpu_busy():
+    """A program that holds no lease (and is not looked for: other_pins="ignore") keeps the
+    idle sibling's CPU busy: a BLAS call widened there would wait for its slower half."""
+    report = last_json(run_python(GUARDED, timeout=120).stdout)
+    assert report == {"while_busy": 1, "after": 2}

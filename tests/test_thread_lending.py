@@ -28,12 +28,12 @@ import json, os, threading, time
 import numpy as np
 from threadpoolctl import threadpool_info
 from pinbackend import _platform
-from pinbackend.host import thread_lending
+from pinbackend.host import foreign_load
 
 if os.environ.get("GUARD") != "on":
     # Lend even while other programs (another test run) keep the lent CPU busy: these tests
     # are about what widens and when it narrows; the guard has a test of its own.
-    thread_lending.FOREIGN_BUSY_LIMIT = float("inf")
+    foreign_load.FOREIGN_BUSY_LIMIT = float("inf")
 
 def helpers():
     # Native threads that are not Python's: OpenBLAS's helpers.
@@ -187,7 +187,7 @@ try:
         spinner.wait()
     # The same pool, the guard lifted, widens: the guard was what kept it narrow. (Not the
     # spinners' end alone: another test run may keep this machine busy for seconds.)
-    thread_lending.FOREIGN_BUSY_LIMIT = float("inf")
+    foreign_load.FOREIGN_BUSY_LIMIT = float("inf")
     after = seen.wait(20)
     stop.set()
     first.get(60)

@@ -62,6 +62,7 @@ class ProcessWideCap:
         self._saved: dict[tuple[str, type], tuple[object, int]] = {}  # BLAS -> size after
         #: Pools that may lend (host.thread_lending.ThreadLoans): recalled before any change.
         self._lenders: list = []
+        self._entering = 0
 
     @property
     def active(self) -> bool:
@@ -73,18 +74,36 @@ class ProcessWideCap:
         """This cap's lock; lending (:mod:`.thread_lending`) widens and narrows under it."""
         return self._lock
 
+    @property
+    def entering(self) -> bool:
+        """Whether a pinned thread pool is starting now (a pool worker borrows nothing)."""
+        return self._entering > 0
+
     def enter(self, n_threads: int) -> None:
         """A pinned thread pool starts: cap to the smallest share of the live pools (a loan
-        is taken back first: a second pool means nothing may be lent)."""
+        is taken back first: a second pool means nothing may be lent; so is a pool
+        worker's, :mod:`.lending`, whose widened size would otherwise be saved as the size
+        to restore)."""
         loads.watch_extension_loads()
         loads.add_listener(self.after_load)
         with self._lock:
-            self._recall_loans()
-            if not self._active:
-                with _THREADPOOLCTL_LOCK:
-                    self._before = {_key(lib) for lib in ThreadpoolController().lib_controllers}
-            self._active.append(n_threads)
-            self._set(min(self._active))
+            self._entering += 1
+        try:
+            # Before this cap's lock: the keeper's lock comes first (docs, "Lock order").
+            recall = getattr(STATE.keeper, "recall_loans", None)
+            if recall is not None:
+                recall()
+            with self._lock:
+                self._recall_loans()
+                if not self._active:
+                    with _THREADPOOLCTL_LOCK:
+                        controllers = ThreadpoolController().lib_controllers
+                        self._before = {_key(lib) for lib in controllers}
+                self._active.append(n_threads)
+                self._set(min(self._active))
+        finally:
+            with self._lock:
+                self._entering -= 1
 
     def leave(self, n_threads: int, *, restore_openmp_here: bool = True) -> None:
         """One pool ends; the last one restores the caps (and, with ``restore_openmp_here``,

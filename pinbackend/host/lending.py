@@ -39,6 +39,7 @@ from . import loads
 from .blas_cap import force_threads, process_wide_blas
 from .caps import _THREADPOOLCTL_LOCK
 from .foreign import pinned_cpus
+from .foreign_load import ForeignLoad
 from .holders import list_leases
 from .leases import Lease, LeaseConflict, claim
 from .pool import PoolPlan
@@ -72,6 +73,7 @@ class Loans:
         self._blas_generation: int | None = None
         self._blas: list = []  # the process-wide BLAS pools, found again after a load
         self._last_look: tuple[float, float] | None = None  # (wall, CPU) time of the last look
+        self._load = ForeignLoad()  # other programs on the CPUs it would borrow
 
     @property
     def cores(self) -> frozenset[int]:
@@ -80,11 +82,21 @@ class Loans:
 
     def borrow(self, home: AppliedSlot) -> None:
         """Borrow every slot of the pool that no lease, no want and no busy pinned process
-        holds, and widen onto them (nothing where no process-wide BLAS pool could use them)."""
+        holds, and widen onto them (nothing where no process-wide BLAS pool could use them);
+        give every loan back instead while other programs keep those CPUs busy."""
         if not self._find_blas() or _pinned_threads_live():
             return
         taken = home.cores | self.cores | self.wants.cpus()
         slots = [s for s in dict.fromkeys(self.pool.slots + self.pool.grow) if not s & taken]
+        lent = self.cores.union(*slots)
+        busy = self._load.busy(home.cores | lent, lent)
+        if busy:
+            # Another program (no lease, pinned nowhere) keeps them busy: a BLAS call
+            # widened there waits for its slower half (:mod:`.foreign_load`).
+            self.give_back(home)
+            return
+        if busy is None and not self.leases:
+            return  # nothing known yet: borrow at the next look
         new = []
         for slot in slots:
             try:
@@ -168,4 +180,4 @@ def _native_threads() -> list[int]:
 
 def _pinned_threads_live() -> bool:
     cap = STATE.blas_cap
-    return cap is not None and cap.active
+    return cap is not None and (cap.active or cap.entering)

@@ -42,16 +42,10 @@ import time
 
 from .. import _platform
 from .blas_cap import ProcessWideCap
+from .foreign_load import ForeignLoad
 from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS
 
-__all__ = ["FOREIGN_BUSY_LIMIT", "ThreadLoans", "may_lend_shares"]
-
-#: Lend, and keep a loan, only while other programs kept the lent CPUs less busy than this
-#: (a share of their time since the last look). OpenBLAS splits a product evenly and waits
-#: for its slower half: widened onto a core another program kept busy, each product took
-#: 45-57 ms against 35 ms capped (docs/how-it-works.md, "Lending idle cores").
-FOREIGN_BUSY_LIMIT = 0.5
-
+__all__ = ["ThreadLoans", "may_lend_shares"]
 
 def may_lend_shares(shares: tuple[frozenset[int], ...]) -> bool:
     """Whether a pool with these shares (one thread each) could lend: two or more disjoint
@@ -75,7 +69,7 @@ class ThreadLoans:
         self._moved: dict[int, frozenset[int]] = {}  # native tid -> its mask before lending
         self._home = _platform.get_thread_affinity(threading.get_native_id())
         self._closed = self._failed = False
-        self._sample: tuple[float, float | None, float] | None = None  # see _others_busy
+        self._load = ForeignLoad()  # other programs on the pool's CPUs
         self._stop = threading.Event()
         with cap.lock:
             cap.add_lender(self)
@@ -143,13 +137,14 @@ class ThreadLoans:
             if self._closed or self._failed:
                 return
             if self._loan is not None:
-                if self._others_busy(self._all - self._loan):
+                if self._load.busy(self._all, self._all - self._loan) is not False:
                     self._recall_or_stop()  # another program works there: no gain
                 return
             if not self._cap.may_lend() or len(self._running) != 1:
-                self._sample = None
+                self._load.forget()
                 return
-            if self._others_busy(self._all - next(iter(self._running.values()))):
+            lent = self._all - next(iter(self._running.values()))
+            if self._load.busy(self._all, lent) is not False:  # busy, or not known yet
                 return
             if time.monotonic() - self._quiet_since < LEND_AFTER_SECONDS:
                 return
@@ -163,19 +158,6 @@ class ThreadLoans:
                 # either would be wrong. Lend nothing.
                 return
             self._widen(share, helpers)
-
-    def _others_busy(self, lent: frozenset[int]) -> bool:
-        """Whether other programs kept the pool's CPUs busy, since the last look, for more
-        than :data:`FOREIGN_BUSY_LIMIT` of the ``lent`` CPUs' time (their busy time less
-        this process's CPU time; True at a first look: nothing known yet)."""
-        now = (time.monotonic(), _platform.cpu_busy_seconds(self._all), time.process_time())
-        last, self._sample = self._sample, now
-        if last is None:
-            return True
-        if now[1] is None or last[1] is None:
-            return False  # unknown here (not Linux?): lend as if idle
-        others = (now[1] - last[1]) - (now[2] - last[2])
-        return others > FOREIGN_BUSY_LIMIT * len(lent) * (now[0] - last[0])
 
     @property
     def _all(self) -> frozenset[int]:

@@ -273,6 +273,13 @@ class _SlotKeeper:
             self._give_back()
             self.loans = None  # lending failed here (a CPU went offline?): stop lending
 
+    def recall_loans(self) -> None:
+        """Give the loans back now: a pinned thread pool starts in the running task, and the
+        process-wide BLAS pools become its cap's (:class:`~.blas_cap.ProcessWideCap`)."""
+        with self.lock:
+            if self.loans is not None:
+                self._give_back()
+
     def _give_back(self) -> None:
         try:
             self.loans.give_back(self.applied)
