@@ -47,6 +47,7 @@ from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS
 
 __all__ = ["ThreadLoans", "may_lend_shares"]
 
+
 def may_lend_shares(shares: tuple[frozenset[int], ...]) -> bool:
     """Whether a pool with these shares (one thread each) could lend: two or more disjoint
     shares (threads that share cores have nothing idle to lend), on Linux (helpers are
