@@ -181,3 +181,55 @@ def test_a_run_newcomer_gets_its_share_too(tmp_path):
     assert len(cpus) == 1 and start < halfway, dump
     for _, other, other_start, other_end in first:
         assert cpus != other or min(end, other_end) <= max(start, other_start), dump
+
+
+AT_ONCE = """
+import json, os, subprocess, sys, time
+from pathlib import Path
+from joblib import Parallel, delayed
+import pinbackend
+
+def spin(seconds):
+    start = time.time()
+    while time.time() - start < seconds:
+        pass
+    return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]
+
+flag = Path(sys.argv[1]) / "planned"
+if sys.argv[2] == "second":
+    def tasks():
+        # Planned by now (joblib configures the pool before it takes the first task): the
+        # first job takes every core before this pool's workers exist to claim theirs.
+        flag.touch()
+        time.sleep(0.5)
+        for _ in range(4):
+            yield delayed(spin)(0.3)
+    out = Parallel(n_jobs=2, backend="pinned", other_pins="ignore")(tasks())
+    print(json.dumps(out))
+    sys.exit()
+
+with Parallel(n_jobs=2, backend="pinned", other_pins="ignore") as parallel:
+    parallel(delayed(spin)(0.05) for _ in range(2))  # warm workers: they claim at once
+    time.sleep(0.5)  # idle: their cores go back, and the second job plans on them
+    second = subprocess.Popen([sys.executable, "-c", CODE, sys.argv[1], "second"],
+                              stdout=subprocess.PIPE, text=True)
+    while not flag.exists():
+        time.sleep(0.005)
+    first = parallel(delayed(spin)(0.3) for _ in range(20))
+print(json.dumps({"first": first, "second": json.loads(second.communicate()[0])}))
+"""
+
+
+def test_a_pool_whose_planned_cores_were_taken_before_its_workers_claimed_asks_too(tmp_path):
+    """Two jobs that plan at the same instant both find every core free; the one whose
+    workers claim first takes them. The other's workers wait for a slot: they ask for
+    their job's share (they waited unheard for the first job's whole call before)."""
+    code = f"CODE = {AT_ONCE!r}\nimport sys; sys.argv[1:] = [{str(tmp_path)!r}, 'first']\n"
+    report = last_json(run_python(code + AT_ONCE, timeout=120).stdout)
+    first, second = report["first"], report["second"]
+    dump = json.dumps(report)
+    halfway = sorted(task[2] for task in first)[len(first) // 2]
+    assert min(task[2] for task in second) < halfway, dump
+    for _, cpus, start, end in second:
+        for _, other, other_start, other_end in first:
+            assert cpus != other or min(end, other_end) <= max(start, other_start), dump

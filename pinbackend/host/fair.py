@@ -154,19 +154,27 @@ class ShareRequest:
     def __init__(self) -> None:
         self._want: Path | None = None
         self._withdraw: Callable[[Path | None], None] = withdraw_want
+        self._pid = os.getpid()  # a forked child's copy never withdraws the parent's
 
     def ask(self, view: HostView) -> None:
         """Ask for a share of the CPUs other jobs hold (once; later calls do nothing)."""
+        self.ask_for(view.scope, view.other_jobs)
+
+    def ask_for(self, scope: str, cpus: frozenset[int], job: int | None = None) -> None:
+        """Ask for a share of ``cpus`` in lease scope ``scope``, for ``job`` (a pool
+        worker asks for its planner's job; default this process's own)."""
         if self._want is not None:
             return
-        host = host_wants() if not view.scope else None
+        self._pid = os.getpid()
+        host = host_wants() if not scope else None
         if host is not None:
-            self._want, self._withdraw = host.post(view.other_jobs), withdraw_host_want
+            self._want, self._withdraw = host.post(cpus, job), withdraw_host_want
         if self._want is None:
-            self._want = post_want(view.scope, view.other_jobs, share=True)
+            self._want = post_want(scope, cpus, share=True, job=job)
             self._withdraw = withdraw_want
 
     def end(self) -> None:
-        """Withdraw the request, if any."""
+        """Withdraw the request, if any (only in the process that made it)."""
         want, self._want = self._want, None
-        self._withdraw(want)
+        if os.getpid() == self._pid:
+            self._withdraw(want)

@@ -9,7 +9,8 @@ not waiting for anything). With one, a top-level share want is a file in ``DIR/w
                           so nobody removes or renames another user's want; made by
                           ``host init`` (a registry made before it has none: users' shares
                           then stay within each user, as without a host registry)
-    DIR/wants/share-UID-PID-TOKEN.json   mode 0644, the asker's: {"pid", "started", "cpus"}
+    DIR/wants/share-UID-PID-TOKEN.json   mode 0644, the asker's: {"pid", "started", "cpus",
+                          "job"} (job: the pool's planner, for a pool worker's request)
 
 Nothing in a want is taken on trust: it counts only while the file is a regular file of
 one name, owned by the uid its name says and writable by nobody else, and the process it
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from .. import _platform
 from .hostreg import HostRegistry, dir_problem, find_host_registry
-from .registry import is_cpu_list, read_record
+from .registry import is_cpu_list, is_pid, read_record
 
 __all__ = ["HOST_WANTS_FOLDER", "MAX_WANTS", "HostWants", "changed_lately", "host_wants"]
 
@@ -82,14 +83,16 @@ class HostWants:
         except OSError:
             return False
 
-    def post(self, cpus: frozenset[int]) -> Path | None:
-        """Ask for a fair share of ``cpus``; the want's path (None where it cannot be
-        written: the job still waits, others' pools do not hear)."""
+    def post(self, cpus: frozenset[int], job: int | None = None) -> Path | None:
+        """Ask for a fair share of ``cpus`` for ``job`` (a pool worker's planner; default
+        this process); the want's path (None where it cannot be written: the job still
+        waits, others' pools do not hear)."""
         me = os.getpid()
         task = _platform.read_task_stat(me)
         if task is None or not self.usable():
             return None
-        body = json.dumps({"pid": me, "started": task.started, "cpus": sorted(cpus)})
+        want = {"pid": me, "started": task.started, "cpus": sorted(cpus), "job": job or me}
+        body = json.dumps(want)
         path = self.folder / f"share-{os.geteuid()}-{me}-{secrets.token_hex(4)}.json"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _platform.SAFE_OPEN_FLAGS
         try:
@@ -137,9 +140,9 @@ class HostWants:
             uid, pid = int(match[1]), int(match[2])
             if pid == os.getpid():
                 continue
-            state = _check_want(self.folder / name, uid, pid)
+            state, job = _check_want(self.folder / name, uid, pid)
             if state == "live":
-                askers[name] = pid
+                askers[name] = job
             elif state == "dead" and uid == os.geteuid():
                 withdraw(self.folder / name)
         return askers
@@ -152,30 +155,36 @@ def withdraw(path: Path | None) -> None:
             os.unlink(path)
 
 
-def _check_want(path: Path, uid: int, pid: int) -> str:
-    """ "live" (a want to count), "dead" (its process ended or the pid was reused) or
-    "bad" (not a want its user made: skipped)."""
+def _check_want(path: Path, uid: int, pid: int) -> tuple[str, int]:
+    """("live", job) for a want to count (the job it asks for: its pid's, or that pool
+    worker's planner, a process of the same user); ("dead", pid) where its process ended or
+    the pid was reused; ("bad", pid) for anything its user did not make: skipped."""
     try:
         fd = os.open(path, os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
     except OSError:
-        return "bad"
+        return "bad", pid
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != uid or info.st_nlink != 1:
-            return "bad"
+            return "bad", pid
         if info.st_mode & 0o022:
-            return "bad"
+            return "bad", pid
         data = read_record(fd)
     except OSError:
-        return "bad"
+        return "bad", pid
     finally:
         os.close(fd)
     if data is None or data.get("pid") != pid or not is_cpu_list(data.get("cpus")):
-        return "bad"
-    started = data.get("started")
-    if type(started) is not int or started < 0:
-        return "bad"
+        return "bad", pid
+    started, job = data.get("started"), data.get("job", pid)
+    if type(started) is not int or started < 0 or not is_pid(job):
+        return "bad", pid
     task = _platform.read_task_stat(pid)
-    if task is None or task.started != started or _platform.process_uid(pid) != uid:
-        return "dead"
-    return "live"
+    if task is None or task.state == "Z" or task.started != started:
+        return "dead", pid
+    if _platform.process_uid(pid) != uid:
+        return "dead", pid
+    # Another user's process named as the job would make its pools count themselves.
+    if job != pid and _platform.process_uid(job) != uid:
+        return "bad", pid
+    return "live", job

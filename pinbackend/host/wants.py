@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-
 from .. import _platform
 from .host_wants import HostWants, changed_lately
 from .registry import LeaseError, is_cpu_list, is_pid, private_dir, read_record, registry_dir
@@ -41,12 +39,17 @@ RECALL_SECONDS = 1.0
 OnlyLoans = Callable[[Path, frozenset[int], str], bool]
 
 
-def post_want(scope: str, cpus: frozenset[int], *, share: bool = False) -> Path | None:
+def post_want(
+    scope: str, cpus: frozenset[int], *, share: bool = False, job: int | None = None
+) -> Path | None:
     """Say that this process waits for ``cpus`` of lease scope ``scope``; return the want's
     path (None where it cannot be written: the claim still waits, borrowers do not hear).
-    ``share``: this process's job asks for its fair share of the cores other jobs' pools
-    hold (:mod:`.fair`), for as long as the want lives."""
+    ``share``: this process's job (``job``: its pool's planner; default itself) asks for
+    its fair share of the cores other jobs' pools hold (:mod:`.fair`), for as long as the
+    want lives."""
     want = {"pid": os.getpid(), "scope": scope, "cpus": sorted(cpus), "share": share}
+    if job is not None:
+        want["job"] = job
     body = json.dumps(want).encode()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _platform.SAFE_OPEN_FLAGS
     for _ in range(_ATTEMPTS):  # the last want's withdrawal may remove the folder meanwhile
@@ -106,7 +109,8 @@ class Wants:
 
     def askers(self) -> dict[str, int]:
         """Other live processes' requests for a fair share in this scope, want name ->
-        asking pid: this user's, and every user's where the host registry carries them."""
+        the job that asks (:func:`.fair.job_of`): this user's, and every user's where the
+        host registry carries them."""
         self.cpus()
         if self._host is None:
             return self._sharers
@@ -142,19 +146,26 @@ class Wants:
             want = _read_want(folder / name)
             if want is None:
                 continue
-            pid, scope, cpus, share = want
-            if not psutil.pid_exists(pid):
+            pid, scope, cpus, share, job = want
+            if not _alive(pid):
                 withdraw_want(folder / name)
                 continue
             if pid != os.getpid() and scope == self._scope:
                 wanted |= cpus
                 if share:
-                    sharers[name] = pid
+                    sharers[name] = job
         self._cpus, self._sharers = frozenset(wanted), sharers
         return bool(names)
 
 
-def _read_want(path: Path) -> tuple[int, str, frozenset[int], bool] | None:
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not: its parent has not reaped it yet)."""
+    task = _platform.read_task_stat(pid)
+    return task is not None and task.state != "Z"
+
+
+def _read_want(path: Path) -> tuple[int, str, frozenset[int], bool, int] | None:
+    """(pid, scope, CPUs, share, job) of a want file; None if it is not one."""
     try:
         fd = os.open(path, os.O_RDONLY | _platform.SAFE_OPEN_FLAGS)
     except OSError:
@@ -169,7 +180,10 @@ def _read_want(path: Path) -> tuple[int, str, frozenset[int], bool] | None:
         return None
     if not isinstance(data.get("scope"), str) or not is_cpu_list(data.get("cpus")):
         return None
-    return data["pid"], data["scope"], frozenset(data["cpus"]), data.get("share") is True
+    job = data.get("job", data["pid"])
+    if not is_pid(job):
+        return None
+    return data["pid"], data["scope"], frozenset(data["cpus"]), data.get("share") is True, job
 
 
 class ClaimWait:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from .. import _platform
 from ..core.cpuset import format_cpu_list
 from . import loads, notices
-from .fair import UNCLAIMED_SECONDS, PoolShare
+from .fair import UNCLAIMED_SECONDS, PoolShare, ShareRequest
 from .foreign import pinned_cpus, pinned_first
 from .groups import least_crowded
 from .holders import describe_holder, list_leases
@@ -56,8 +56,9 @@ def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
     """
     _exit_with_owner(pool.owner)
     STATE.pool = pool
+    asking = ShareRequest() if yield_when_idle else None
     try:
-        lease = _claim_pool_slot(pool)
+        lease = _claim_pool_slot(pool, asking)
         try:
             applied = _apply_pool_slot(pool, lease)
         except BaseException:
@@ -65,11 +66,13 @@ def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
             raise
         lease, applied = _move_once(pool, lease, applied)
     except Exception as error:
+        if asking is not None:
+            asking.end()
         STATE.claim_error = error
         raise
     STATE.claim_error = None
     if yield_when_idle:
-        STATE.keeper = _SlotKeeper(pool, lease, applied)
+        STATE.keeper = _SlotKeeper(pool, lease, applied, asking)
         STATE.keeper.start()
     return applied
 
@@ -169,8 +172,13 @@ class _SlotKeeper:
     arguments, it waits for one if it has none yet.
     """
 
-    def __init__(self, pool: PoolPlan, lease: Lease, applied: AppliedSlot):
+    def __init__(
+        self, pool: PoolPlan, lease: Lease, applied: AppliedSlot, asking: ShareRequest | None
+    ):
         self.pool = pool
+        #: Its job's request for a fair share, made while it waited for a slot other jobs
+        #: held; withdrawn when the slot goes back (:meth:`_let_go`).
+        self.asking = asking or ShareRequest()
         self.lease: Lease | None = lease
         #: The slot applied last: undone while released, its cores claimed first again.
         self.applied = applied
@@ -250,6 +258,7 @@ class _SlotKeeper:
                 idle = time.monotonic() - self.last_task >= self.idle_release
                 if self.running == 0 and idle and self.lease is not None:
                     lease, self.lease = self.lease, None
+                    self.asking.end()  # its job got its share: the slot goes back now
                     try:
                         release_slot(self.applied, lease, keep_pool=True)
                     except Exception:
@@ -295,6 +304,7 @@ class _SlotKeeper:
             return  # the registry cannot be read now: keep the slot, look again next time
         lease, self.lease = self.lease, None
         self.yielded, self.yielded_at = True, time.monotonic()
+        self.asking.end()
         with contextlib.suppress(Exception):
             release_slot(self.applied, lease, keep_pool=True)
 
@@ -332,7 +342,7 @@ class _SlotKeeper:
                 raise
             # Another job took them: any free slot of the pool (waiting, unless told not to).
             pool = self.pool if wait else dataclasses.replace(self.pool, claim_timeout=0.0)
-            lease = _claim_pool_slot(pool)
+            lease = _claim_pool_slot(pool, self.asking)
         try:
             self.applied = _apply_pool_slot(self.pool, lease)
         except BaseException:
@@ -360,10 +370,20 @@ class SlotHold:
         return (hold_slot, ())
 
 
-def _claim_pool_slot(pool: PoolPlan) -> Lease:
+def _claim_pool_slot(pool: PoolPlan, asking: ShareRequest | None = None) -> Lease:
+    """Claim a free slot of ``pool``, waiting up to its claim timeout. With ``asking``
+    (a joblib worker's), a wait asks for the job's fair share (:mod:`.fair`) and the
+    request stays until the caller ends it: once the worker gives its slot back."""
     # The planned slots first; a slot to grow into once they are all taken by siblings.
     distinct = list(dict.fromkeys(pool.slots + pool.grow))
     if not pool.shared:
+        if asking is not None and pool.claim_timeout:
+            try:
+                return claim_first_free(distinct, scope=pool.scope, owner=pool.owner)
+            except LeaseConflict as conflict:
+                # Another job took them since the plan (two jobs that planned at the same
+                # instant): unheard, this worker would wait for that job's whole call.
+                asking.ask_for(pool.scope, frozenset(conflict.busy), job=pool.owner)
         return claim_first_free(
             distinct, scope=pool.scope, timeout=pool.claim_timeout, owner=pool.owner
         )
