@@ -156,7 +156,7 @@ def test_a_request_nobody_takes_up_costs_one_wait_not_the_call(site, alice, bob)
 
 ATTACK = textwrap.dedent(
     """
-    import errno, json, os, sys
+    import errno, json, os, sys, time
     folder, want = sys.argv[1], sys.argv[2]
     victim_uid, victim_pid = int(sys.argv[3]), int(sys.argv[4])
     out = {}
@@ -183,7 +183,14 @@ ATTACK = textwrap.dedent(
     plant(f"share-{me}-{victim_pid}-00000002.json", victim_pid)  # her uid, his process
     plant(f"share-{me}-1-00000003.json", 1)  # her uid, root's init
     os.symlink(want, os.path.join(folder, f"share-{victim_uid}-{victim_pid}-00000004.json"))
+    # A live request of her own that names his process as the job it asks for (a pool
+    # worker names its planner so): his pools would count him twice, hers as his.
+    from pathlib import Path
+    from pinbackend.host.host_wants import HostWants
+    from pinbackend.host.hostreg import HostRegistry
+    HostWants(HostRegistry(Path(folder).parent)).post(frozenset({0, 1}), job=victim_pid)
     print(json.dumps(out), flush=True)
+    time.sleep(60)
     """
 )
 
@@ -194,10 +201,10 @@ def test_no_user_can_remove_rewrite_or_forge_another_users_request(site, alice, 
     want = asked["want"]
     folder = site.host / "wants"
     attack = site.script("attack.py", ATTACK)
-    result = site.run(alice, attack, str(folder), want, str(bob.uid), str(asked["pid"]))
-    assert result.returncode == 0, result.stderr
-    outcomes = json.loads(result.stdout)
+    attacker = site.start(alice, attack, str(folder), want, str(bob.uid), str(asked["pid"]))
+    outcomes = first_line(attacker)
     assert "done" not in outcomes.values(), outcomes
+    assert any(name.startswith(f"share-{alice.uid}-") for name in os.listdir(folder))
     # Only Bob's own request counts, read by anyone (root here).
     wants = HostWants(HostRegistry(site.host))
     assert list(wants.askers().values()) == [asked["pid"]]
