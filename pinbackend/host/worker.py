@@ -71,7 +71,7 @@ def join_pool(pool: PoolPlan, *, yield_when_idle: bool = False) -> AppliedSlot:
         STATE.claim_error = error
         raise
     STATE.claim_error = None
-    if yield_when_idle:
+    if asking is not None:
         STATE.keeper = _SlotKeeper(pool, lease, applied, asking)
         STATE.keeper.start()
     return applied
@@ -172,13 +172,11 @@ class _SlotKeeper:
     arguments, it waits for one if it has none yet.
     """
 
-    def __init__(
-        self, pool: PoolPlan, lease: Lease, applied: AppliedSlot, asking: ShareRequest | None
-    ):
+    def __init__(self, pool: PoolPlan, lease: Lease, applied: AppliedSlot, asking: ShareRequest):
         self.pool = pool
         #: Its job's request for a fair share, made while it waited for a slot other jobs
-        #: held; withdrawn when the slot goes back (:meth:`_let_go`).
-        self.asking = asking or ShareRequest()
+        #: held; withdrawn when the slot goes back (released while idle, or yielded).
+        self.asking = asking
         self.lease: Lease | None = lease
         #: The slot applied last: undone while released, its cores claimed first again.
         self.applied = applied
