@@ -47,7 +47,7 @@ from .slot import AppliedSlot
 from .state import STATE
 from .wants import Wants
 
-__all__ = ["LEND_AFTER_SECONDS", "RECALL_POLL_SECONDS", "Loans"]
+__all__ = ["LEND_AFTER_SECONDS", "RECALL_POLL_SECONDS", "Loans", "native_threads"]
 
 #: An idle worker of a lending pool gives its lease back after this long without a task, and
 #: a task borrows once it has run this long (shorter tasks never borrow).
@@ -157,7 +157,7 @@ class Loans:
         finally:
             if widening:
                 _platform.set_thread_affinity(me, home)
-        for tid in _native_threads():
+        for tid in native_threads():
             with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                 _platform.set_thread_affinity(tid, cores)
 
@@ -170,7 +170,7 @@ class Loans:
         return self._blas
 
 
-def _native_threads() -> list[int]:
+def native_threads() -> list[int]:
     """This process's threads that are not Python's: the BLAS pools' helpers (and OpenMP
     teams), whose number pinbackend sets. Python threads, the task's own among them, keep
     the slot's CPUs: code that sizes itself by its affinity mid-task never sees a loan."""

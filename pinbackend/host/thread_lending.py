@@ -43,7 +43,7 @@ import time
 from .. import _platform
 from .blas_cap import ProcessWideCap
 from .foreign_load import ForeignLoad
-from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS
+from .lending import BORROW_POLL_SECONDS, LEND_AFTER_SECONDS, native_threads
 
 __all__ = ["ThreadLoans", "may_lend_shares"]
 
@@ -182,11 +182,8 @@ class ThreadLoans:
     def _helpers(self) -> dict[int, frozenset[int]]:
         """This process's threads that are not Python's, with their masks: the BLAS pools'
         helpers, OpenMP teams, other libraries' native threads (which cannot be told apart)."""
-        python = {thread.native_id for thread in threading.enumerate()}
         found = {}
-        for tid in _platform.list_thread_ids():
-            if tid in python:
-                continue
+        for tid in native_threads():
             try:
                 found[tid] = _platform.get_thread_affinity(tid)
             except (ProcessLookupError, FileNotFoundError):
