@@ -124,6 +124,23 @@ needs_seccomp = pytest.mark.skipif(
 )
 
 
+#: The task of the fair-share tests' child scripts: keep a CPU busy for ``seconds``
+#: (touching the file ``flag`` first, if given) and report ``[pid, CPUs, start, end]``, in
+#: Unix time: comparable between processes. Prepend it to a script that calls ``spin``.
+SPIN_TASK = """
+import os, time
+from pathlib import Path
+
+def spin(seconds, flag=None):
+    start = time.time()
+    if flag:
+        Path(flag).touch()
+    while time.time() - start < seconds:
+        pass
+    return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]
+"""
+
+
 def run_python(code: str, *, env: dict | None = None, timeout: float = 60, check: bool = True):
     """Run ``code`` in a fresh interpreter; return the CompletedProcess (text mode).
 

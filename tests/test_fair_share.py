@@ -14,7 +14,7 @@ import json
 import os
 
 import pytest
-from _helpers import last_json, run_python
+from _helpers import SPIN_TASK, last_json, run_python
 
 from pinbackend.host.fair import asker_of, fair_share, job_of, jobs_among
 from pinbackend.host.lease_info import LeaseInfo
@@ -22,19 +22,13 @@ from pinbackend.host.lease_info import LeaseInfo
 CPUS = sorted(os.sched_getaffinity(0))
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="two jobs need 2 CPUs")
 
-JOBS = """
+JOBS = (
+    SPIN_TASK
+    + """
 import json, os, subprocess, sys, time
 from pathlib import Path
 from joblib import Parallel, delayed
 import pinbackend
-
-def spin(seconds, flag=None):
-    start = time.monotonic()
-    if flag:
-        Path(flag).touch()
-    while time.monotonic() - start < seconds:
-        pass
-    return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.monotonic()]
 
 folder = Path(sys.argv[1])
 if sys.argv[2] == "newcomer":
@@ -61,6 +55,7 @@ def tasks():
 first = Parallel(n_jobs=2, backend="pinned", other_pins="ignore", pre_dispatch="n_jobs")(tasks())
 print(json.dumps({"first": first, "newcomer": json.loads(newcomer.communicate()[0])}))
 """
+)
 
 
 def run_jobs(tmp_path, policy: str) -> dict:
@@ -126,19 +121,13 @@ def test_an_asker_that_takes_nothing_is_known_by_its_user_or_its_process():
     assert not f"share-{me}-1234-0badc0de.json".startswith(asker_of(f"share-{me}-123-a.json"))
 
 
-RUN_NEWCOMER = """
+RUN_NEWCOMER = (
+    SPIN_TASK
+    + """
 import json, os, subprocess, sys, threading, time
 from pathlib import Path
 from joblib import Parallel, delayed
 import pinbackend
-
-def spin(seconds, flag=None):
-    start = time.time()
-    if flag:
-        Path(flag).touch()
-    while time.time() - start < seconds:
-        pass
-    return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]
 
 PAYLOAD = (
     "import json, os, time; start = time.time()\\n"
@@ -164,6 +153,7 @@ first = Parallel(n_jobs=2, backend="pinned", other_pins="ignore")(tasks)
 out, err = newcomer[0].communicate()
 print(json.dumps({"first": first, "run": json.loads(out) if out else err}))
 """
+)
 
 
 def test_a_run_newcomer_gets_its_share_too(tmp_path):
@@ -183,17 +173,13 @@ def test_a_run_newcomer_gets_its_share_too(tmp_path):
         assert cpus != other or min(end, other_end) <= max(start, other_start), dump
 
 
-AT_ONCE = """
+AT_ONCE = (
+    SPIN_TASK
+    + """
 import json, os, subprocess, sys, time
 from pathlib import Path
 from joblib import Parallel, delayed
 import pinbackend
-
-def spin(seconds):
-    start = time.time()
-    while time.time() - start < seconds:
-        pass
-    return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]
 
 flag = Path(sys.argv[1]) / "planned"
 if sys.argv[2] == "second":
@@ -218,6 +204,7 @@ with Parallel(n_jobs=2, backend="pinned", other_pins="ignore") as parallel:
     first = parallel(delayed(spin)(0.3) for _ in range(20))
 print(json.dumps({"first": first, "second": json.loads(second.communicate()[0])}))
 """
+)
 
 
 def test_a_pool_whose_planned_cores_were_taken_before_its_workers_claimed_asks_too(tmp_path):

@@ -18,6 +18,7 @@ import textwrap
 import time
 
 import pytest
+from _helpers import SPIN_TASK
 from _host_site import first_line
 from _users import wait_until
 
@@ -33,20 +34,12 @@ pytestmark = [
 
 #: A joblib job: ``JOB FLAGS ROLE``; the first job touches FLAGS/started as its first task
 #: starts, the newcomer waits for it. Each task reports its pid, CPUs and times.
-JOB = textwrap.dedent(
+JOB = SPIN_TASK + textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
     from joblib import Parallel, delayed
     import pinbackend
-
-    def spin(seconds, flag=None):
-        start = time.time()
-        if flag:
-            Path(flag).touch()
-        while time.time() - start < seconds:
-            pass
-        return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]
 
     flags, role = Path(sys.argv[1]), sys.argv[2]
     pinned = dict(backend="pinned", other_pins="ignore")
@@ -123,16 +116,11 @@ def test_a_request_nobody_takes_up_costs_one_wait_not_the_call(site, alice, bob)
     asker = site.start(alice, site.script("ask.py", ASK), str(site.host))
     asked = first_line(asker)
     assert asked["want"] != "None", asked
-    job = textwrap.dedent(
+    job = SPIN_TASK + textwrap.dedent(
         """
         import json, os, time
         from joblib import Parallel, delayed
         import pinbackend
-        def spin(seconds):
-            start = time.time()
-            while time.time() - start < seconds:
-                pass
-            return [os.getpid(), sorted(os.sched_getaffinity(0)), start, time.time()]
         out = Parallel(n_jobs=2, backend="pinned", other_pins="ignore")(
             delayed(spin)(0.25) for _ in range(60))
         print(json.dumps(out), flush=True)
