@@ -29,6 +29,23 @@ HOLD = textwrap.dedent(
 )
 
 
+#: The start of an attack script another user runs: ``attempt(name, action)`` records in
+#: ``out`` whether ``action`` was done or which error the kernel gave (its errno name).
+ATTEMPTS = textwrap.dedent(
+    """
+    import errno
+    out = {}
+
+    def attempt(name, action):
+        try:
+            action()
+            out[name] = "done"
+        except OSError as error:
+            out[name] = errno.errorcode[error.errno]
+    """
+)
+
+
 @dataclass
 class Site:
     """One test's host: the folder, its host registry path and each user's own registry."""

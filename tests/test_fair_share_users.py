@@ -19,7 +19,7 @@ import time
 
 import pytest
 from _helpers import SPIN_TASK
-from _host_site import first_line
+from _host_site import ATTEMPTS, first_line
 from _users import wait_until
 
 from pinbackend.host.fair import UNCLAIMED_SECONDS
@@ -142,19 +142,11 @@ def test_a_request_nobody_takes_up_costs_one_wait_not_the_call(site, alice, bob)
     assert any(overlap(a, b) > 0 and a[1] != b[1] for a in last for b in last), dump
 
 
-ATTACK = textwrap.dedent(
+ATTACK = ATTEMPTS + textwrap.dedent(
     """
     import errno, json, os, sys, time
     folder, want = sys.argv[1], sys.argv[2]
     victim_uid, victim_pid = int(sys.argv[3]), int(sys.argv[4])
-    out = {}
-
-    def attempt(name, action):
-        try:
-            action()
-            out[name] = "done"
-        except OSError as error:
-            out[name] = errno.errorcode[error.errno]
 
     def plant(name, pid):
         with open(os.path.join(folder, name), "w") as file:

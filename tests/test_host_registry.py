@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _host_site import HOLD, first_line
+from _host_site import ATTEMPTS, HOLD, first_line
 from _users import world_folder
 
 from pinbackend.host.holders import host_holders, list_leases
@@ -230,7 +230,7 @@ def test_host_status_shows_every_user_and_hides_commands_from_others(site, alice
 
 # --- tampering --------------------------------------------------------------------------------
 
-ATTACK = textwrap.dedent(
+ATTACK = ATTEMPTS + textwrap.dedent(
     """
     import errno, fcntl, json, os, sys, time
     host = sys.argv[1]
@@ -238,14 +238,6 @@ ATTACK = textwrap.dedent(
     lock = f"{host}/cpu-{cpu}.lock"
     theirs = f"{host}/user-{victim_uid}"
     record = f"{theirs}/cpu-{cpu}.json"
-    out = {}
-
-    def attempt(name, action):
-        try:
-            action()
-            out[name] = "done"
-        except OSError as error:
-            out[name] = errno.errorcode[error.errno]
 
     def flock():
         fd = os.open(lock, os.O_RDONLY)
